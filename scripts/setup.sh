@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Set up everything gif-service needs on a fresh Debian machine: system packages (the
+# Fashion-MNIST files, Chromium for the report test), a virtual environment in .venv with
+# PyTorch pinned (pip takes it from the local disk where the machine carries it) and the
+# project installed editable with its service and dev extras. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+
+need_apt=()
+[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || need_apt+=(dataset-fashion-mnist)
+if [ "${GIF_SETUP_CHROMIUM:-1}" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
+  need_apt+=(chromium)
+fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "setup: apt-get install ${need_apt[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    echo "setup: not root; install these Debian packages yourself: ${need_apt[*]}" >&2
+  fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $PYTHON"
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+# Torch first and alone, pinned: a CUDA build of ~5.5 GB that pip finds on this disk.
+.venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+.venv/bin/python -m pip install -q -e '.[service,dev]'
+echo "setup: done ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
