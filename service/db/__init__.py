@@ -1,0 +1,2 @@
+"""Database layer: the schema (``models``), engines and sessions (``session``) and the
+Alembic upgrade entry point (``migrate``)."""

@@ -1,0 +1,220 @@
+"""The database schema (SQLAlchemy 2, typed declarative), portable between PostgreSQL and SQLite.
+
+The schema is only ever created by the Alembic migrations in ``migrations/``; a test checks that
+they produce exactly these tables (autogenerate finds no difference).
+
+Ids are opaque strings with a type prefix (``own_``, ``key_``, ``art_``, ``mdl_``, ``ds_``,
+``job_``) made by :func:`new_id`. Timestamps are timezone-aware UTC everywhere: SQLite keeps no
+zone, so :class:`UTCDateTime` normalises on write and re-attaches UTC on read.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+EVENT_LEVELS = ("debug", "info", "warning", "error")
+
+
+def new_id(prefix: str) -> str:
+    """A fresh opaque id: ``prefix + "_" + 24 hex characters`` (96 random bits)."""
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+def utcnow() -> datetime:
+    """The current time as a timezone-aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(sa.TypeDecorator):
+    """A datetime column that always round-trips as timezone-aware UTC.
+
+    PostgreSQL stores ``timestamptz``; SQLite stores text without a zone, so values are
+    converted to UTC before writing and tagged UTC after reading. Naive inputs are refused:
+    guessing their zone is how timestamps silently drift."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: pass a timezone-aware (UTC) value")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+# Deterministic constraint names: migrations can then name (and later drop) them on every dialect.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base; JSON-typed attributes map to the portable ``sa.JSON``."""
+
+    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: sa.JSON, list[Any]: sa.JSON, datetime: UTCDateTime}
+
+
+class Owner(Base):
+    """A tenant: every resource belongs to exactly one owner and is invisible to the others."""
+
+    __tablename__ = "owners"
+
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True, default=lambda: new_id("own"))
+    name: Mapped[str] = mapped_column(sa.String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key, stored as the sha256 of the whole key plus its first 12 characters for lookup."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True, default=lambda: new_id("key"))
+    owner_id: Mapped[str] = mapped_column(sa.ForeignKey("owners.id"), index=True)
+    prefix: Mapped[str] = mapped_column(sa.String(12), index=True)
+    key_hash: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column()
+    last_used_at: Mapped[datetime | None] = mapped_column()
+
+
+class Artifact(Base):
+    """A file in the content-addressed store (``<artifacts_dir>/<sha[:2]>/<sha>``).
+
+    This row is the store's index: the file is only reachable through it."""
+
+    __tablename__ = "artifacts"
+
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True, default=lambda: new_id("art"))
+    owner_id: Mapped[str] = mapped_column(sa.ForeignKey("owners.id"), index=True)
+    sha256: Mapped[str] = mapped_column(sa.String(64), index=True)
+    size_bytes: Mapped[int] = mapped_column(sa.BigInteger)
+    kind: Mapped[str] = mapped_column(sa.String(32))  # checkpoint | dataset | plot | ...
+    media_type: Mapped[str] = mapped_column(sa.String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Model(Base):
+    """An uploaded or edited checkpoint with its architecture spec (API.md model object)."""
+
+    __tablename__ = "models"
+
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True, default=lambda: new_id("mdl"))
+    owner_id: Mapped[str] = mapped_column(sa.ForeignKey("owners.id"), index=True)
+    name: Mapped[str | None] = mapped_column(sa.String(200))
+    arch: Mapped[str] = mapped_column(sa.String(100))
+    arch_kwargs: Mapped[dict[str, Any]] = mapped_column()
+    input: Mapped[dict[str, Any]] = mapped_column()
+    task: Mapped[str] = mapped_column(sa.String(32), default="classification")
+    num_parameters: Mapped[int] = mapped_column(sa.BigInteger)
+    size_bytes: Mapped[int] = mapped_column(sa.BigInteger)
+    sha256: Mapped[str] = mapped_column(sa.String(64))
+    artifact_id: Mapped[str] = mapped_column(sa.ForeignKey("artifacts.id"))
+    # At most one edited model per job; use_alter breaks the models <-> jobs FK cycle.
+    source_job_id: Mapped[str | None] = mapped_column(
+        sa.ForeignKey("jobs.id", use_alter=True, name="fk_models_source_job_id_jobs"), unique=True
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    deleted_at: Mapped[datetime | None] = mapped_column()  # soft delete keeps job history valid
+
+
+class Dataset(Base):
+    """An uploaded dataset (API.md dataset object); built-ins have no row."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True, default=lambda: new_id("ds"))
+    owner_id: Mapped[str] = mapped_column(sa.ForeignKey("owners.id"), index=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    num_samples: Mapped[int] = mapped_column()
+    sample_shape: Mapped[list[Any]] = mapped_column()
+    dtype: Mapped[str] = mapped_column(sa.String(32))
+    num_classes: Mapped[int] = mapped_column()
+    class_counts: Mapped[list[Any]] = mapped_column()
+    sha256: Mapped[str] = mapped_column(sa.String(64))
+    size_bytes: Mapped[int] = mapped_column(sa.BigInteger)
+    artifact_id: Mapped[str] = mapped_column(sa.ForeignKey("artifacts.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    deleted_at: Mapped[datetime | None] = mapped_column()
+
+
+class Job(Base):
+    """An edit job: the source of truth for its state (``queued → running → terminal``).
+
+    Transitions are conditional UPDATEs (``WHERE status IN (...)``) so terminal states never
+    change, whoever races."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        sa.UniqueConstraint("owner_id", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
+    )
+
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True, default=lambda: new_id("job"))
+    owner_id: Mapped[str] = mapped_column(sa.ForeignKey("owners.id"), index=True)
+    status: Mapped[str] = mapped_column(sa.String(16), default="queued", index=True)
+    request: Mapped[dict[str, Any]] = mapped_column()
+    request_hash: Mapped[str] = mapped_column(sa.String(64))
+    idempotency_key: Mapped[str | None] = mapped_column(sa.String(255))
+    model_id: Mapped[str] = mapped_column(sa.ForeignKey("models.id"), index=True)
+    train_dataset_id: Mapped[str] = mapped_column(sa.String(100))  # ds_… or builtin:…
+    progress: Mapped[dict[str, Any] | None] = mapped_column()
+    error: Mapped[dict[str, Any] | None] = mapped_column()
+    result: Mapped[dict[str, Any] | None] = mapped_column()
+    edited_model_id: Mapped[str | None] = mapped_column(sa.String(40))
+    cancel_requested: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    worker_id: Mapped[str | None] = mapped_column(sa.String(200))
+    heartbeat_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+
+
+class JobEvent(Base):
+    """One line of a job's log (``GET /v1/jobs/{id}/events``); ``seq`` orders them per job."""
+
+    __tablename__ = "job_events"
+    __table_args__ = (sa.UniqueConstraint("job_id", "seq", name="uq_job_events_job_id_seq"),)
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(sa.ForeignKey("jobs.id"), index=True)
+    seq: Mapped[int] = mapped_column()
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    level: Mapped[str] = mapped_column(sa.String(16), default="info")
+    phase: Mapped[str | None] = mapped_column(sa.String(32))
+    message: Mapped[str] = mapped_column(sa.Text)
+    data: Mapped[dict[str, Any] | None] = mapped_column()
+
+
+class Metric(Base):
+    """Metrics of one named set before or after an edit (``_summary`` holds scalars like score)."""
+
+    __tablename__ = "metrics"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(sa.ForeignKey("jobs.id"), index=True)
+    model_id: Mapped[str | None] = mapped_column(sa.String(40))
+    stage: Mapped[str] = mapped_column(sa.String(16))  # before | after
+    dataset: Mapped[str] = mapped_column(sa.String(200))
+    values: Mapped[dict[str, Any]] = mapped_column()
