@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,14 +131,10 @@ class LiveServer(LiveProcess):
 
 def _kill_group(process: subprocess.Popen) -> None:
     """Kill what is left of the process group the test started (only that group)."""
-    try:
+    with suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
+    with suppress(subprocess.TimeoutExpired):
         process.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 def _spawn(name: str, args: list[str], env: Mapping[str, str], log_path: Path) -> LiveProcess:
@@ -180,9 +176,9 @@ def run_cli(args: list[str], env: Mapping[str, str], timeout: float = 120.0) -> 
 
 
 def create_api_key(env: Mapping[str, str], owner: str) -> str:
-    """A new API key for ``owner`` through ``gif-service keys create`` (the key is its last line)."""
-    lines = [line.strip() for line in run_cli(["keys", "create", "--owner", owner], env).splitlines()]
-    lines = [line for line in lines if line]
+    """A new API key for ``owner`` via ``gif-service keys create`` (the key is its last line)."""
+    output = run_cli(["keys", "create", "--owner", owner], env)
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
     if not lines:
         raise RuntimeError("gif-service keys create printed nothing")
     return lines[-1]
@@ -207,7 +203,8 @@ def _wait_healthy(proc: LiveProcess, url: str, timeout: float) -> None:
         time.sleep(0.2)
     proc.stop()
     raise RuntimeError(
-        f"{proc.name} not healthy after {timeout:.0f}s ({last_error}).\n--- log ---\n{proc.log_tail()}"
+        f"{proc.name} not healthy after {timeout:.0f}s ({last_error}).\n"
+        f"--- log ---\n{proc.log_tail()}"
     )
 
 
@@ -227,8 +224,10 @@ def start_server(
     ``owner`` is created with ``gif-service keys create``. Call ``stop()`` when done."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    full_env = dict(env) if env is not None else service_env(
-        data_dir, database_url=database_url, broker_url=broker_url
+    full_env = (
+        dict(env)
+        if env is not None
+        else service_env(data_dir, database_url=database_url, broker_url=broker_url)
     )
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -272,7 +271,9 @@ def _wait_worker_ready(proc: LiveProcess, timeout: float) -> None:
             return
         time.sleep(0.2)
     proc.stop()
-    raise RuntimeError(f"{proc.name} not ready after {timeout:.0f}s.\n--- log ---\n{proc.log_tail()}")
+    raise RuntimeError(
+        f"{proc.name} not ready after {timeout:.0f}s.\n--- log ---\n{proc.log_tail()}"
+    )
 
 
 def start_worker(
