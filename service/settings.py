@@ -1,0 +1,98 @@
+"""Service configuration, read from ``GIF_*`` environment variables (pydantic-settings).
+
+Every path default derives from ``data_dir``, so one variable moves the whole state of an
+embedded install. Unset values are resolved once, in :meth:`Settings._derive_defaults`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+GIB = 1024**3
+
+
+class Settings(BaseSettings):
+    """All knobs of the API process and its workers (env prefix ``GIF_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="GIF_", extra="ignore")
+
+    data_dir: Path = Field(
+        Path("./data"), description="Root of the service's state. Default: ./data"
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL. Default: the SQLite file <data_dir>/gif.db. "
+        "PostgreSQL: postgresql+psycopg://user@host/db",
+    )
+    artifacts_dir: Path | None = Field(
+        None, description="Content-addressed file store. Default: <data_dir>/artifacts"
+    )
+    broker_url: str | None = Field(
+        None,
+        description="Celery broker (e.g. redis://host:6379/0). Default: None, the embedded "
+        "local runner executes jobs inside the API process.",
+    )
+    runner: Literal["auto", "local", "celery", "none"] = Field(
+        "auto",
+        description="Who runs jobs. Default auto: celery when broker_url is set, else local. "
+        "none: API only, jobs stay queued (tests, or workers started elsewhere).",
+    )
+    max_upload_bytes: int = Field(
+        GIB, gt=0, description="Upload size cap in bytes; larger uploads get 413. Default: 1 GiB"
+    )
+    job_time_limit_s: float = Field(
+        6 * 3600.0, gt=0, description="Hard wall-clock limit of one job. Default: 6 h"
+    )
+    broker_visibility_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds before the broker redelivers an unacknowledged job; must exceed "
+        "job_time_limit_s so a long job is never run twice. Default: job_time_limit_s + 1 h",
+    )
+    heartbeat_interval_s: float = Field(
+        10.0, gt=0, description="How often a running job refreshes heartbeat_at. Default: 10 s"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level of the service loggers. Default: info"
+    )
+    api_key_file: Path | None = Field(
+        None,
+        description="Where the embedded install writes its first API key (mode 0600). "
+        "Default: <data_dir>/api_key",
+    )
+
+    @model_validator(mode="after")
+    def _derive_defaults(self) -> Settings:
+        if self.database_url is None:
+            self.database_url = f"sqlite:///{(self.data_dir / 'gif.db').as_posix()}"
+        if self.artifacts_dir is None:
+            self.artifacts_dir = self.data_dir / "artifacts"
+        if self.api_key_file is None:
+            self.api_key_file = self.data_dir / "api_key"
+        if self.broker_visibility_timeout_s is None:
+            self.broker_visibility_timeout_s = self.job_time_limit_s + 3600.0
+        if self.broker_visibility_timeout_s <= self.job_time_limit_s:
+            raise ValueError(
+                f"broker_visibility_timeout_s ({self.broker_visibility_timeout_s}) must exceed "
+                f"job_time_limit_s ({self.job_time_limit_s}), or the broker redelivers running jobs"
+            )
+        if self.runner == "celery" and not self.broker_url:
+            raise ValueError("runner 'celery' needs broker_url")
+        return self
+
+    @property
+    def effective_runner(self) -> Literal["local", "celery", "none"]:
+        """The runner actually used: ``auto`` resolved by whether a broker is configured."""
+        if self.runner == "auto":
+            return "celery" if self.broker_url else "local"
+        return self.runner
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings from the environment (cached; tests build their own)."""
+    return Settings()
