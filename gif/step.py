@@ -1,0 +1,114 @@
+"""MATH.md E9: the step ``θ_S ← θ_S + α Δ_S`` and the honest choice of ``α``.
+
+Deep networks are far from quadratic, so the Newton step ``α = 1`` is rarely the best one.
+``α`` is chosen on a validation split held out from the training data the edit was given
+(never on the evaluation sets) by an explicit objective, and the whole curve is reported.
+
+The default grid is geometric with ratio 2 from 1/64 to 64 (13 points, α = 1 among them):
+it brackets the Newton step by six octaves on either side, which covers both an update that
+overshoots (the linearisation is too optimistic) and one that undershoots (a whole-class
+removal, whose loss is far from its quadratic model), while costing only 13 forward passes
+over the validation split.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_SCALES: tuple[float, ...] = tuple(2.0**k for k in range(-6, 7))
+
+
+@dataclass(frozen=True)
+class ScalePoint:
+    """One evaluated ``α``: its objective and the components it was computed from."""
+
+    scale: float
+    objective: float
+    components: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"scale": self.scale, "objective": self.objective, **self.components}
+
+
+@dataclass(frozen=True)
+class ScaleCurve:
+    """The evaluated curve and the chosen ``α`` (E9). ``mode`` is ``auto`` or ``fixed``."""
+
+    mode: str
+    points: tuple[ScalePoint, ...]
+    best_index: int
+
+    @property
+    def best(self) -> ScalePoint:
+        return self.points[self.best_index]
+
+    @property
+    def scale(self) -> float:
+        return self.best.scale
+
+    def to_json(self) -> dict[str, Any]:
+        """``{mode, curve: [{scale, objective, ...components}]}``, the result's ``step``."""
+        return {"mode": self.mode, "curve": [point.to_json() for point in self.points]}
+
+
+def validate_scales(scales: Sequence[float]) -> tuple[float, ...]:
+    """The grid, sorted ascending; every ``α`` must be finite and > 0 (E9)."""
+    if len(scales) == 0:
+        raise ValueError("the scale grid is empty")
+    for scale in scales:
+        if not (math.isfinite(scale) and scale > 0.0):
+            raise ValueError(f"every scale must be finite and > 0, got {scale!r}")
+    return tuple(sorted(set(float(s) for s in scales)))
+
+
+def _evaluate(
+    apply_fn: Callable[[float], Any],
+    objective_fn: Callable[[Any], dict[str, float]],
+    scale: float,
+) -> ScalePoint:
+    """Apply ``α`` and score it. A non-finite objective (NaN weights) counts as -inf."""
+    values = dict(objective_fn(apply_fn(scale)))
+    objective = float(values.pop("objective"))
+    if not math.isfinite(objective):
+        objective = -math.inf
+    return ScalePoint(scale=scale, objective=objective, components=values)
+
+
+def search_scale(
+    apply_fn: Callable[[float], Any],
+    objective_fn: Callable[[Any], dict[str, float]],
+    scales: Sequence[float] = DEFAULT_SCALES,
+    *,
+    should_stop: Callable[[], None] | None = None,
+) -> ScaleCurve:
+    """E9, ``mode=auto``: evaluate every ``α`` in ``scales`` and keep the best.
+
+    ``apply_fn(α)`` returns whatever ``objective_fn`` scores (the model with
+    ``θ_S + αΔ_S`` loaded); ``objective_fn`` returns ``{"objective": float, **components}``
+    measured on the validation split. Ties go to the *smallest* ``α``: among equally good
+    edits, the one that moves the weights least. ``should_stop`` is called before each point
+    (it raises to cancel). A curve whose every point is non-finite still returns (its
+    smallest ``α``); the caller's check of the edited weights then reports it.
+    """
+    grid = validate_scales(scales)
+    points = []
+    for scale in grid:
+        if should_stop is not None:
+            should_stop()
+        points.append(_evaluate(apply_fn, objective_fn, scale))
+    best_index = max(range(len(points)), key=lambda i: (points[i].objective, -points[i].scale))
+    return ScaleCurve(mode="auto", points=tuple(points), best_index=best_index)
+
+
+def fixed_scale(
+    apply_fn: Callable[[float], Any],
+    objective_fn: Callable[[Any], dict[str, float]],
+    scale: float,
+) -> ScaleCurve:
+    """E9, ``mode=fixed``: use the caller's ``α``, still recording its objective."""
+    (scale,) = validate_scales([scale])
+    point = _evaluate(apply_fn, objective_fn, scale)
+    return ScaleCurve(mode="fixed", points=(point,), best_index=0)

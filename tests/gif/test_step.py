@@ -1,0 +1,81 @@
+"""E9 step search: it must pick the argmax of a known curve and record the whole curve."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from gif.step import DEFAULT_SCALES, fixed_scale, search_scale, validate_scales
+
+
+def _peaked_objective(peak: float):
+    """A known curve in log α with its maximum at ``peak``: -(log2 α - log2 peak)²."""
+
+    def objective(alpha: float) -> dict[str, float]:
+        return {"objective": -((math.log2(alpha) - math.log2(peak)) ** 2), "alpha_seen": alpha}
+
+    return objective
+
+
+@pytest.mark.parametrize("peak", [1 / 16, 1.0, 8.0])
+def test_search_picks_argmax_of_known_curve(peak):
+    applied = []
+
+    def apply(alpha):
+        applied.append(alpha)
+        return alpha
+
+    curve = search_scale(apply, _peaked_objective(peak))
+    assert curve.scale == pytest.approx(peak)
+    assert curve.mode == "auto"
+    assert applied == sorted(DEFAULT_SCALES)  # every grid point evaluated, in order
+    assert len(curve.to_json()["curve"]) == len(DEFAULT_SCALES)
+    # The components come back with each point, computed at that point's α.
+    assert all(p["alpha_seen"] == p["scale"] for p in curve.to_json()["curve"])
+
+
+def test_default_grid_is_positive_geometric_and_contains_newton_step():
+    assert 1.0 in DEFAULT_SCALES
+    assert all(s > 0 for s in DEFAULT_SCALES)
+    ratios = {b / a for a, b in zip(DEFAULT_SCALES, DEFAULT_SCALES[1:], strict=False)}
+    assert ratios == {2.0}
+
+
+def test_ties_go_to_smallest_scale():
+    curve = search_scale(lambda a: a, lambda a: {"objective": 1.0 if a >= 0.5 else 0.0},
+                         scales=[4.0, 0.25, 0.5, 2.0])
+    assert curve.scale == 0.5
+
+
+def test_nan_objective_never_wins():
+    curve = search_scale(lambda a: a,
+                         lambda a: {"objective": float("nan") if a > 1 else a},
+                         scales=[0.5, 1.0, 2.0, 4.0])
+    assert curve.scale == 1.0
+    assert curve.points[-1].objective == -math.inf
+
+
+@pytest.mark.parametrize("bad", [[0.0], [-1.0], [float("inf")], []])
+def test_nonpositive_scales_rejected(bad):
+    with pytest.raises(ValueError):
+        validate_scales(bad)
+
+
+def test_fixed_mode_uses_given_scale_and_records_it():
+    curve = fixed_scale(lambda a: a, _peaked_objective(8.0), 0.5)
+    assert curve.mode == "fixed"
+    assert curve.scale == 0.5
+    assert curve.to_json()["curve"][0]["objective"] == pytest.approx(-16.0)
+
+
+def test_should_stop_can_cancel_between_points():
+    seen = []
+
+    def stop():
+        if len(seen) == 2:
+            raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError):
+        search_scale(lambda a: seen.append(a) or a, lambda a: {"objective": a}, should_stop=stop)
+    assert len(seen) == 2
