@@ -1,0 +1,366 @@
+"""Safe checkpoint IO (API.md ``POST /v1/models``).
+
+An uploaded file is untrusted. It is read as
+
+- **safetensors** (detected by content: an 8-byte little-endian header length followed by
+  ``{``), with the header parsed and checked here before any tensor is read, so a header that
+  claims more data than the file holds, overlapping or out-of-range offsets, or an absurd header
+  size is refused without allocating what it claims; or
+- a **PyTorch zip checkpoint** (what ``torch.save`` writes since 1.6), through
+  ``torch.load(path, weights_only=True, map_location="cpu")`` only, after checking the zip's
+  declared member sizes (torch stores members uncompressed, so the data read is bounded by the
+  file size). Anything that needs arbitrary unpickling is refused; nothing in it executes.
+
+Refused as well: the legacy (pre-1.6, non-zip) PyTorch format, whose loader allocates storages
+of whatever size the file declares; bare pickles; non-tensor values; NaN/Inf in floating
+tensors; unsupported dtypes. Every refusal is an ``InvalidCheckpoint`` saying what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import struct
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gif.errors import GifError, InvalidCheckpoint
+from gif.registry import build_model
+from gif.spec import ModelSpec
+
+# safetensors itself refuses headers over 100 MB; so do we, and never more than the file holds.
+MAX_SAFETENSORS_HEADER = 100_000_000
+
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+}
+SUPPORTED_DTYPES = frozenset(SAFETENSORS_DTYPES.values())
+
+_ZIP_MAGIC = b"PK\x03\x04"
+# torch's legacy format starts with the pickled magic number 0x1950a86a20f9469cfc6c.
+_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"
+
+
+def sniff_format(path: str | os.PathLike) -> str:
+    """The file's format by content: ``"safetensors"``, ``"zip"``, ``"torch-legacy"``,
+    ``"pickle"`` or ``"unknown"``."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(_ZIP_MAGIC):
+        return "zip"
+    if head.startswith(_LEGACY_TORCH_MAGIC):
+        return "torch-legacy"
+    if len(head) >= 9 and head[8:9] == b"{":
+        return "safetensors"
+    if head[:1] == b"\x80":
+        return "pickle"
+    return "unknown"
+
+
+# --------------------------------------------------------------------------- safetensors
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        raise ValueError(f"duplicate keys {dup}")
+    return dict(pairs)
+
+
+def read_safetensors_header(
+    path: str | os.PathLike, error: type[GifError] = InvalidCheckpoint
+) -> tuple[int, dict[str, dict]]:
+    """(data start offset, tensor entries) of a safetensors file, every entry checked against
+    the real file size: known dtype, non-negative integer shape, offsets that tile the data
+    region exactly and match ``numel × itemsize``. Raises ``error`` saying what is wrong."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise error(f"not a safetensors file: {size} bytes, shorter than the 8-byte header")
+        (header_len,) = struct.unpack("<Q", head)
+        if header_len > MAX_SAFETENSORS_HEADER:
+            raise error(f"safetensors header size {header_len:,} bytes is absurd "
+                        f"(limit {MAX_SAFETENSORS_HEADER:,})")
+        if header_len > size - 8:
+            raise error(f"safetensors header claims {header_len:,} bytes but the file holds "
+                        f"only {size - 8:,} after the length field (truncated?)")
+        raw = f.read(header_len)
+    try:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except (UnicodeDecodeError, ValueError) as err:
+        raise error(f"safetensors header is not valid JSON: {err}") from None
+    if not isinstance(header, dict):
+        raise error("safetensors header is not a JSON object")
+    metadata = header.pop("__metadata__", None)
+    if metadata is not None and not (
+        isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
+    ):
+        raise error("safetensors __metadata__ must map strings to strings")
+
+    data_start = 8 + header_len
+    data_len = size - data_start
+    spans = []
+    for name, entry in header.items():
+        spans.append((*_check_safetensors_entry(name, entry, error), name))
+    spans.sort()
+    cursor = 0
+    for begin, end, name in spans:
+        if begin != cursor:
+            what = "overlaps the previous tensor" if begin < cursor else "leaves a gap before it"
+            raise error(f"safetensors tensor {name!r}: data offset {begin} {what}")
+        cursor = end
+    if cursor > data_len:
+        raise error(f"safetensors header claims {cursor:,} data bytes but the file holds only "
+                    f"{data_len:,} (truncated?)")
+    if cursor < data_len:
+        raise error(f"safetensors file has {data_len - cursor:,} trailing bytes after the data")
+    return data_start, header
+
+
+def _check_safetensors_entry(name: str, entry: object, error: type[GifError]) -> tuple[int, int]:
+    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+        raise error(f"safetensors tensor {name!r}: entry must have exactly dtype, shape, "
+                    f"data_offsets")
+    dtype_name, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if dtype_name not in SAFETENSORS_DTYPES:
+        raise error(f"tensor {name!r} has unsupported dtype {dtype_name!r} "
+                    f"(supported: {', '.join(SAFETENSORS_DTYPES)})")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise error(f"safetensors tensor {name!r}: shape {shape!r} is not a list of sizes >= 0")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(
+        isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets
+    ) and offsets[0] <= offsets[1]):
+        raise error(f"safetensors tensor {name!r}: data_offsets {offsets!r} are not [begin, end]")
+    itemsize = SAFETENSORS_DTYPES[dtype_name].itemsize
+    expected = math.prod(shape) * itemsize
+    if offsets[1] - offsets[0] != expected:
+        raise error(f"safetensors tensor {name!r}: shape {shape} of {dtype_name} needs {expected:,}"
+                    f" bytes but its offsets span {offsets[1] - offsets[0]:,}")
+    return offsets[0], offsets[1]
+
+
+def read_safetensors(
+    path: str | os.PathLike, error: type[GifError] = InvalidCheckpoint
+) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file, after :func:`read_safetensors_header` passed; each
+    tensor is read from exactly the byte range the checked header gives it."""
+    data_start, header = read_safetensors_header(path, error)
+    tensors = {}
+    with open(path, "rb") as f:
+        for name, entry in header.items():
+            begin, end = entry["data_offsets"]
+            dtype = SAFETENSORS_DTYPES[entry["dtype"]]
+            f.seek(data_start + begin)
+            buffer = bytearray(f.read(end - begin))
+            if len(buffer) != end - begin:  # the file shrank under us
+                raise error(f"safetensors tensor {name!r} is truncated")
+            flat = (torch.frombuffer(buffer, dtype=dtype) if buffer
+                    else torch.empty(0, dtype=dtype))
+            tensors[name] = flat.reshape(entry["shape"])
+    return tensors
+
+
+# --------------------------------------------------------------------------- torch zip
+
+
+def _check_torch_zip(path: str | os.PathLike) -> None:
+    """Bound what torch.load will read: members must be stored (torch never compresses) and
+    their declared sizes fit in the file."""
+    size = os.path.getsize(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise InvalidCheckpoint(f"corrupt or truncated PyTorch checkpoint (zip): {err}") from None
+    declared = 0
+    for info in members:
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise InvalidCheckpoint(
+                f"zip member {info.filename!r} is compressed; torch.save writes uncompressed "
+                f"members, so this is not a PyTorch checkpoint"
+            )
+        declared += info.file_size
+    if declared > size:
+        raise InvalidCheckpoint(
+            f"zip members declare {declared:,} bytes but the file holds only {size:,}"
+        )
+    if not any(info.filename.endswith("data.pkl") for info in members):
+        raise InvalidCheckpoint("zip file has no data.pkl: not a PyTorch checkpoint")
+
+
+def _refused_global(message: str) -> str:
+    found = re.search(r"GLOBAL\s+([\w.]+)", message) or re.search(
+        r"[Uu]nsupported (?:global|class)[:\s]+([\w.]+)", message)
+    return f" ({found.group(1)})" if found else ""
+
+
+def _torch_load(path: str | os.PathLike) -> object:
+    _check_torch_zip(path)
+    try:
+        # A file object, not the path: torch.load dispatches on the file *name* otherwise
+        # (a ".safetensors" name is handed to the safetensors reader), and we sniff content.
+        with open(path, "rb") as f:
+            return torch.load(f, weights_only=True, map_location="cpu")
+    except Exception as err:  # noqa: BLE001 - every torch.load failure becomes a clear 422
+        message = str(err)
+        if "Weights only load failed" in message or "Unsupported" in message:
+            raise InvalidCheckpoint(
+                "refused: needs unpickling of arbitrary objects" + _refused_global(message)
+                + "; upload safetensors or a plain state dict of tensors"
+            ) from None
+        first_line = message.strip().splitlines()[0] if message.strip() else type(err).__name__
+        raise InvalidCheckpoint(f"corrupt or truncated PyTorch checkpoint: {first_line}") from None
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def validate_state_dict(obj: object) -> dict[str, torch.Tensor]:
+    """A plain ``{name: Tensor}`` dict (unwrapping ``{"state_dict": {...}}``), every value a
+    dense CPU tensor of a supported dtype with no NaN/Inf; ``InvalidCheckpoint`` otherwise."""
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise InvalidCheckpoint(
+            f"checkpoint holds a {type(obj).__name__}, not a state dict (a mapping of names "
+            f"to tensors, or {{'state_dict': ...}})"
+        )
+    if not obj:
+        raise InvalidCheckpoint("checkpoint holds an empty state dict")
+    out: dict[str, torch.Tensor] = {}
+    for key, value in obj.items():
+        if not isinstance(key, str):
+            raise InvalidCheckpoint(f"state dict key {key!r} is a {type(key).__name__}, "
+                                    f"not a string")
+        if not isinstance(value, torch.Tensor):
+            raise InvalidCheckpoint(f"value of {key!r} is a {type(value).__name__}, not a tensor")
+        if value.layout != torch.strided:
+            raise InvalidCheckpoint(f"tensor {key!r} has layout {value.layout}; only dense "
+                                    f"tensors are supported")
+        if value.dtype not in SUPPORTED_DTYPES:
+            raise InvalidCheckpoint(
+                f"tensor {key!r} has unsupported dtype {value.dtype} "
+                f"(supported: {', '.join(sorted(str(d) for d in SUPPORTED_DTYPES))})"
+            )
+        value = value.detach()
+        if value.is_floating_point():
+            bad = int((~torch.isfinite(value)).sum())
+            if bad:
+                raise InvalidCheckpoint(f"tensor {key!r} has {bad} NaN/Inf value(s) "
+                                        f"out of {value.numel()}")
+        out[key] = value.contiguous()
+    return out
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The state dict in a safetensors or PyTorch (zip) file, safely (see module docstring)."""
+    if not os.path.isfile(path):
+        raise InvalidCheckpoint(f"checkpoint file {os.fspath(path)!r} does not exist")
+    kind = sniff_format(path)
+    if kind == "safetensors":
+        return validate_state_dict(read_safetensors(path, InvalidCheckpoint))
+    if kind == "zip":
+        return validate_state_dict(_torch_load(path))
+    if kind == "torch-legacy":
+        raise InvalidCheckpoint(
+            "legacy PyTorch format (before 1.6) is not accepted: its loader trusts sizes "
+            "declared in the file; re-save with torch.save (zip format) or as safetensors"
+        )
+    if kind == "pickle":
+        raise InvalidCheckpoint(
+            "refused: needs unpickling of arbitrary objects (a bare pickle, not a PyTorch "
+            "checkpoint); upload safetensors or a torch.save state dict"
+        )
+    raise InvalidCheckpoint(
+        "unrecognised checkpoint format: expected safetensors or a PyTorch zip checkpoint"
+    )
+
+
+def _shape(t: torch.Tensor) -> list[int]:
+    return list(t.shape)
+
+
+def _listing(keys: list[str], limit: int = 10) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", … ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
+    """Load every key strictly; the error names missing, unexpected and mis-shaped keys (with
+    both shapes) in ``details`` and, up to ten of each, in the message."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [
+        {"key": k, "checkpoint_shape": _shape(state_dict[k]), "model_shape": _shape(v)}
+        for k, v in expected.items()
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
+    wrong_kind = [
+        k for k, v in expected.items()
+        if k in state_dict and v.is_floating_point() and not state_dict[k].is_floating_point()
+    ]
+    if missing or unexpected or mismatched or wrong_kind:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {_listing(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_listing(unexpected)}")
+        if mismatched:
+            shown = [f"{m['key']} (checkpoint {m['checkpoint_shape']}, model "
+                     f"{m['model_shape']})" for m in mismatched]
+            parts.append(f"shape mismatch: {_listing(shown)}")
+        if wrong_kind:
+            parts.append(f"integer/bool tensors for floating parameters: {_listing(wrong_kind)}")
+        raise InvalidCheckpoint(
+            "checkpoint does not fit the architecture: " + "; ".join(parts),
+            details={"missing": missing, "unexpected": unexpected, "mismatched": mismatched,
+                     "wrong_dtype": wrong_kind},
+        )
+    model.load_state_dict(dict(state_dict), strict=True)
+    return model
+
+
+def write_safetensors(
+    state_dict: Mapping[str, torch.Tensor],
+    path: str | os.PathLike,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write contiguous CPU copies atomically (temp file in the same directory, then rename),
+    so a reader never sees a half-written file."""
+    from safetensors.torch import save_file
+
+    target = Path(path)
+    # Cloning also separates tensors that share storage (tied weights), which safetensors refuses.
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=dict(metadata) if metadata else None)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def load_model(spec: ModelSpec, path: str | os.PathLike) -> nn.Module:
+    """``build_model(spec)`` with the checkpoint at ``path`` loaded strictly, in eval mode."""
+    model = build_model(spec)
+    load_state_dict_strict(model, read_state_dict(path))
+    return model.eval()

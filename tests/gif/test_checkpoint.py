@@ -1,0 +1,285 @@
+"""Safe checkpoint IO: what loads, what is refused (and that a refused pickle never ran)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+import zipfile
+
+import pytest
+import torch
+from torch import nn
+
+from gif.checkpoint import (
+    load_model,
+    load_state_dict_strict,
+    read_state_dict,
+    write_safetensors,
+)
+from gif.errors import InvalidCheckpoint
+from gif.registry import build_model
+from gif.spec import ModelSpec
+
+torch.set_num_threads(1)
+
+
+def _state_dict() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return {
+        "0.weight": torch.randn(4, 3, generator=g),
+        "0.bias": torch.randn(4, generator=g, dtype=torch.float64),
+        "bn.num_batches_tracked": torch.tensor(7),
+        "mask": torch.tensor([True, False]),
+        "half": torch.randn(2, 2, generator=g).to(torch.bfloat16),
+        "empty": torch.zeros(0, 5),
+    }
+
+
+def _assert_equal_dicts(a: dict, b: dict) -> None:
+    assert list(a) == list(b) or sorted(a) == sorted(b)
+    for key in a:
+        assert a[key].dtype == b[key].dtype, key
+        assert torch.equal(a[key], b[key]), key
+
+
+def _raw_safetensors(path, header: dict, data: bytes, header_len: int | None = None) -> None:
+    raw = json.dumps(header).encode()
+    length = len(raw) if header_len is None else header_len
+    path.write_bytes(struct.pack("<Q", length) + raw + data)
+
+
+# --- what loads -----------------------------------------------------------------------------
+
+
+def test_safetensors_round_trip_is_exact_and_atomic(tmp_path):
+    sd = _state_dict()
+    target = tmp_path / "model.safetensors"
+    target.write_bytes(b"old content")
+    write_safetensors(sd, target, metadata={"arch": "mlp"})
+    _assert_equal_dicts(read_state_dict(target), sd)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]  # no temp file left
+
+
+def test_write_safetensors_separates_shared_and_non_contiguous_tensors(tmp_path):
+    base = torch.arange(12.0).reshape(3, 4)
+    sd = {"a": base, "tied": base, "t": base.t()}
+    write_safetensors(sd, tmp_path / "x.safetensors")
+    back = read_state_dict(tmp_path / "x.safetensors")
+    assert torch.equal(back["tied"], base) and torch.equal(back["t"], base.t())
+
+
+def test_torch_files_plain_and_wrapped_with_parameters(tmp_path):
+    sd = _state_dict()
+    torch.save(sd, tmp_path / "plain.pt")
+    _assert_equal_dicts(read_state_dict(tmp_path / "plain.pt"), sd)
+    wrapped = {"state_dict": {k: nn.Parameter(v, requires_grad=False) if v.is_floating_point()
+                              else v for k, v in sd.items()}, "epoch": 3}
+    torch.save(wrapped, tmp_path / "wrapped.pt")
+    back = read_state_dict(tmp_path / "wrapped.pt")
+    _assert_equal_dicts(back, sd)
+    assert all(type(v) is torch.Tensor for v in back.values())
+
+
+def test_format_is_detected_by_content_not_by_name(tmp_path):
+    sd = _state_dict()
+    write_safetensors(sd, tmp_path / "really_safetensors.pt")
+    torch.save(sd, tmp_path / "really_torch.safetensors")
+    _assert_equal_dicts(read_state_dict(tmp_path / "really_safetensors.pt"), sd)
+    _assert_equal_dicts(read_state_dict(tmp_path / "really_torch.safetensors"), sd)
+
+
+# --- unsafe content is refused and never executed -------------------------------------------
+
+
+class _Malicious:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))  # unpickling would create the marker file
+
+
+def test_malicious_torch_pickle_is_refused_and_does_not_run(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"weight": torch.ones(2), "payload": _Malicious(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(InvalidCheckpoint) as info:
+        read_state_dict(tmp_path / "evil.pt")
+    assert "refused: needs unpickling of arbitrary objects" in str(info.value)
+    assert "open" in str(info.value)  # names the refused global
+    assert not marker.exists()
+
+
+def test_bare_pickle_is_refused_and_does_not_run(tmp_path):
+    marker = tmp_path / "pwned"
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"w": _Malicious(marker)}))
+    with pytest.raises(InvalidCheckpoint, match="refused: needs unpickling of arbitrary objects"):
+        read_state_dict(tmp_path / "evil.pkl")
+    assert not marker.exists()
+
+
+def test_legacy_torch_format_is_refused(tmp_path):
+    torch.save({"w": torch.ones(2)}, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    with pytest.raises(InvalidCheckpoint, match="legacy PyTorch format"):
+        read_state_dict(tmp_path / "old.pt")
+
+
+def test_compressed_zip_pretending_to_be_torch_is_refused(tmp_path):
+    with zipfile.ZipFile(tmp_path / "bomb.pt", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", b"\0" * 1_000_000)
+    with pytest.raises(InvalidCheckpoint, match="is compressed"):
+        read_state_dict(tmp_path / "bomb.pt")
+
+
+# --- malformed files ------------------------------------------------------------------------
+
+
+def test_truncated_torch_checkpoint(tmp_path):
+    torch.save(_state_dict(), tmp_path / "full.pt")
+    data = (tmp_path / "full.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InvalidCheckpoint, match="corrupt or truncated"):
+        read_state_dict(tmp_path / "cut.pt")
+
+
+def test_truncated_safetensors(tmp_path):
+    write_safetensors(_state_dict(), tmp_path / "full.safetensors")
+    data = (tmp_path / "full.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:-10])
+    with pytest.raises(InvalidCheckpoint, match="file holds only .* \\(truncated\\?\\)"):
+        read_state_dict(tmp_path / "cut.safetensors")
+
+
+def test_safetensors_absurd_header_size(tmp_path):
+    _raw_safetensors(tmp_path / "a.safetensors", {}, b"", header_len=2**62)
+    with pytest.raises(InvalidCheckpoint, match="header size .* is absurd"):
+        read_state_dict(tmp_path / "a.safetensors")
+    _raw_safetensors(tmp_path / "b.safetensors", {}, b"", header_len=5000)
+    with pytest.raises(InvalidCheckpoint, match="header claims 5,000 bytes"):
+        read_state_dict(tmp_path / "b.safetensors")
+
+
+def test_safetensors_header_claiming_more_data_than_the_file_holds(tmp_path):
+    # 10^12 floats claimed, 16 bytes present: refused from the header, nothing allocated.
+    header = {"w": {"dtype": "F32", "shape": [10**6, 10**6], "data_offsets": [0, 4 * 10**12]}}
+    _raw_safetensors(tmp_path / "huge.safetensors", header, b"\0" * 16)
+    with pytest.raises(InvalidCheckpoint, match="claims 4,000,000,000,000 data bytes"):
+        read_state_dict(tmp_path / "huge.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("header", "data", "fragment"),
+    [
+        ({"w": {"dtype": "F32", "shape": [1000], "data_offsets": [0, 16]}}, b"\0" * 16,
+         "needs 4,000 bytes but its offsets span 16"),
+        ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+          "v": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12,
+         "overlaps the previous tensor"),
+        ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12,
+         "leaves a gap"),
+        ({"w": {"dtype": "F8_E4M3", "shape": [2], "data_offsets": [0, 2]}}, b"\0" * 2,
+         "unsupported dtype 'F8_E4M3'"),
+        ({"w": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, b"\0" * 8,
+         "is not a list of sizes"),
+        ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 12,
+         "4 trailing bytes"),
+        ({"w": [1, 2]}, b"", "entry must have exactly dtype, shape, data_offsets"),
+    ],
+)
+def test_malformed_safetensors_headers(tmp_path, header, data, fragment):
+    _raw_safetensors(tmp_path / "m.safetensors", header, data)
+    with pytest.raises(InvalidCheckpoint) as info:
+        read_state_dict(tmp_path / "m.safetensors")
+    assert fragment in str(info.value)
+
+
+def test_safetensors_header_that_is_not_json(tmp_path):
+    (tmp_path / "j.safetensors").write_bytes(struct.pack("<Q", 6) + b"{nope}")
+    with pytest.raises(InvalidCheckpoint, match="not valid JSON"):
+        read_state_dict(tmp_path / "j.safetensors")
+
+
+def test_non_tensor_values_are_refused(tmp_path):
+    torch.save({"w": torch.ones(2), "epoch": 3}, tmp_path / "n.pt")
+    with pytest.raises(InvalidCheckpoint, match="value of 'epoch' is a int, not a tensor"):
+        read_state_dict(tmp_path / "n.pt")
+    torch.save([torch.ones(2)], tmp_path / "list.pt")
+    with pytest.raises(InvalidCheckpoint, match="holds a list, not a state dict"):
+        read_state_dict(tmp_path / "list.pt")
+    torch.save({}, tmp_path / "empty.pt")
+    with pytest.raises(InvalidCheckpoint, match="empty state dict"):
+        read_state_dict(tmp_path / "empty.pt")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_values_are_refused_in_both_formats(tmp_path, bad):
+    sd = {"ok": torch.ones(3), "w": torch.tensor([1.0, bad, 2.0, bad])}
+    torch.save(sd, tmp_path / "n.pt")
+    write_safetensors(sd, tmp_path / "n.safetensors")
+    expected = r"tensor 'w' has 2 NaN/Inf value\(s\) out of 4"
+    for name in ("n.pt", "n.safetensors"):
+        with pytest.raises(InvalidCheckpoint, match=expected):
+            read_state_dict(tmp_path / name)
+
+
+def test_unsupported_torch_dtype_is_refused(tmp_path):
+    torch.save({"w": torch.ones(2, dtype=torch.complex64)}, tmp_path / "c.pt")
+    with pytest.raises(InvalidCheckpoint, match="'w' has unsupported dtype torch.complex64"):
+        read_state_dict(tmp_path / "c.pt")
+
+
+@pytest.mark.parametrize("content", [b"", b"hello world, not a checkpoint", b"\x00" * 64])
+def test_unrecognised_content(tmp_path, content):
+    (tmp_path / "x.bin").write_bytes(content)
+    with pytest.raises(InvalidCheckpoint, match="unrecognised checkpoint format"):
+        read_state_dict(tmp_path / "x.bin")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InvalidCheckpoint, match="does not exist"):
+        read_state_dict(tmp_path / "nope.safetensors")
+
+
+# --- strict loading into an architecture ----------------------------------------------------
+
+MLP = ModelSpec(arch="mlp", arch_kwargs={"in_features": 3, "hidden": [4], "num_classes": 2})
+
+
+def test_strict_load_names_missing_unexpected_and_mis_shaped_keys():
+    model = build_model(MLP)
+    sd = dict(model.state_dict())
+    del sd["2.bias"]
+    sd["extra.weight"] = torch.ones(1)
+    sd["0.weight"] = torch.ones(4, 5)
+    with pytest.raises(InvalidCheckpoint) as info:
+        load_state_dict_strict(model, sd)
+    message = str(info.value)
+    assert "missing keys: 2.bias" in message
+    assert "unexpected keys: extra.weight" in message
+    assert "0.weight (checkpoint [4, 5], model [4, 3])" in message
+    assert info.value.details["mismatched"] == [
+        {"key": "0.weight", "checkpoint_shape": [4, 5], "model_shape": [4, 3]}]
+    assert info.value.details["missing"] == ["2.bias"]
+    assert info.value.details["unexpected"] == ["extra.weight"]
+
+
+def test_strict_load_refuses_integer_tensors_for_float_parameters():
+    model = build_model(MLP)
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    sd["0.bias"] = torch.zeros(4, dtype=torch.int64)
+    with pytest.raises(InvalidCheckpoint, match="integer/bool tensors for floating parameters: "
+                                                "0.bias"):
+        load_state_dict_strict(model, sd)
+
+
+def test_load_model_reproduces_the_clients_network(tmp_path):
+    client = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    torch.save(client.state_dict(), tmp_path / "client.pt")
+    model = load_model(MLP, tmp_path / "client.pt")
+    assert not model.training
+    x = torch.randn(5, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), client(x), rtol=0, atol=0)
+    wrong = ModelSpec(arch="mlp", arch_kwargs={"in_features": 3, "hidden": [5], "num_classes": 2})
+    with pytest.raises(InvalidCheckpoint, match="shape mismatch"):
+        load_model(wrong, tmp_path / "client.pt")
