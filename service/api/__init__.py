@@ -1,0 +1,15 @@
+"""The HTTP routes, one router per resource. To add routes, append a router to ``ROUTERS``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.api import architectures, datasets, health, jobs, models
+
+ROUTERS: list[APIRouter] = [
+    health.router,
+    architectures.router,
+    models.router,
+    datasets.router,
+    jobs.router,
+]

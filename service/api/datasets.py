@@ -1,0 +1,257 @@
+"""``/v1/datasets``: upload (multipart ``file`` + ``name``), list (uploads, then the built-ins
+present on this server), get, delete."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Request, Response
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+
+from gif.errors import InvalidDataset
+from service.api.common import AUTH_PROBLEMS, get_owned, paginate, problem_responses
+from service.api.deps import (
+    CatalogDep,
+    OwnerDep,
+    PageDep,
+    SessionDep,
+    SessionFactoryDep,
+    SettingsDep,
+    StoreDep,
+)
+from service.api.uploads import receive_multipart
+from service.catalog import BuiltinCatalog, DatasetSummary, summarize
+from service.db.models import Artifact, Dataset, Job, utcnow
+from service.db.session import session_scope
+from service.problems import ProblemError, not_found, validation_problem
+from service.schemas import DatasetOut, Page
+from service.storage import ArtifactStore, StagedFile
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=AUTH_PROBLEMS)
+
+BUILTIN_PREFIX = "builtin:"
+MAX_NAME_LENGTH = 200
+ACTIVE_STATUSES = ("queued", "running")
+
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "name"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": ".npz (no pickles) or safetensors with x (N×C×H×W "
+                            "or N×F, uint8 or float32) and y (N integer labels).",
+                        },
+                        "name": {"type": "string", "maxLength": MAX_NAME_LENGTH},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def dataset_out(dataset: Dataset) -> DatasetOut:
+    return DatasetOut.model_validate(dataset)
+
+
+def builtin_out(dataset_id: str, summary: DatasetSummary) -> DatasetOut:
+    return DatasetOut(
+        id=dataset_id,
+        name=dataset_id.removeprefix(BUILTIN_PREFIX),
+        num_samples=summary.num_samples,
+        sample_shape=summary.sample_shape,
+        dtype=summary.dtype,
+        num_classes=summary.num_classes,
+        class_counts=summary.class_counts,
+        sha256=None,
+        created_at=None,
+        builtin=True,
+    )
+
+
+def _name_from_form(raw: str | None) -> str:
+    name = (raw or "").strip()
+    if not name:
+        raise validation_problem("missing form field 'name'", [(("body", "name"), "required")])
+    if len(name) > MAX_NAME_LENGTH:
+        raise validation_problem(
+            "dataset name too long",
+            [(("body", "name"), f"at most {MAX_NAME_LENGTH} characters")],
+        )
+    return name
+
+
+def read_and_store_dataset(
+    store: ArtifactStore, upload: StagedFile
+) -> tuple[DatasetSummary, str, int]:
+    """Read the uploaded file with the engine's safe reader (422 if it is not a valid dataset)
+    and move it into the store; returns ``(summary, sha256, size_bytes)``."""
+    from gif.data import read_dataset
+
+    upload.close()
+    try:
+        summary = summarize(read_dataset(upload.path))
+    except InvalidDataset as err:
+        raise validation_problem(err.message, [(("body", "file"), err.message)]) from None
+    sha256 = store.commit(upload)
+    return summary, sha256, upload.size
+
+
+def register_dataset(
+    factory: sessionmaker[Session],
+    owner_id: str,
+    name: str,
+    summary: DatasetSummary,
+    sha256: str,
+    size_bytes: int,
+) -> DatasetOut:
+    with session_scope(factory) as session:
+        artifact = Artifact(
+            owner_id=owner_id,
+            sha256=sha256,
+            size_bytes=size_bytes,
+            kind="dataset",
+            media_type="application/octet-stream",
+        )
+        session.add(artifact)
+        session.flush()
+        dataset = Dataset(
+            owner_id=owner_id,
+            name=name,
+            num_samples=summary.num_samples,
+            sample_shape=summary.sample_shape,
+            dtype=summary.dtype,
+            num_classes=summary.num_classes,
+            class_counts=summary.class_counts,
+            sha256=sha256,
+            size_bytes=size_bytes,
+            artifact_id=artifact.id,
+        )
+        session.add(dataset)
+        session.flush()
+        return dataset_out(dataset)
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=DatasetOut,
+    summary="Upload a dataset (.npz or safetensors with x and y)",
+    openapi_extra=UPLOAD_BODY,
+    responses=problem_responses(400, 413, 415),
+)
+async def create_dataset(
+    request: Request,
+    owner: OwnerDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    factory: SessionFactoryDep,
+    response: Response,
+) -> DatasetOut:
+    upload = await receive_multipart(request, store, limit=settings.max_upload_bytes)
+    try:
+        if upload.file is None:
+            raise validation_problem("missing form part 'file'", [(("body", "file"), "required")])
+        name = _name_from_form(upload.fields.get("name"))
+        summary, sha256, size = await run_in_threadpool(read_and_store_dataset, store, upload.file)
+    finally:
+        upload.discard()
+    created = await run_in_threadpool(
+        register_dataset, factory, owner.id, name, summary, sha256, size
+    )
+    response.headers["Location"] = f"/v1/datasets/{created.id}"
+    return created
+
+
+def _owned_datasets(owner_id: str) -> sa.Select:
+    return sa.select(Dataset).where(Dataset.owner_id == owner_id, Dataset.deleted_at.is_(None))
+
+
+def _builtin_page(
+    catalog: BuiltinCatalog, after: str | None, limit: int
+) -> tuple[list[DatasetOut], bool]:
+    entries = catalog.all()
+    ids = [dataset_id for dataset_id, _ in entries]
+    start = 0
+    if after is not None:
+        if after not in ids:
+            raise validation_problem(
+                f"unknown cursor {after!r}",
+                [(("query", "after"), "not the id of an item of this list")],
+            )
+        start = ids.index(after) + 1
+    chosen = entries[start : start + limit]
+    return [builtin_out(i, s) for i, s in chosen], start + limit < len(entries)
+
+
+@router.get(
+    "",
+    response_model=Page[DatasetOut],
+    summary="List datasets: uploads newest first, then the built-ins present here",
+)
+def list_datasets(
+    owner: OwnerDep, session: SessionDep, catalog: CatalogDep, page: PageDep
+) -> Page[DatasetOut]:
+    if page.after is not None and page.after.startswith(BUILTIN_PREFIX):
+        data, has_more = _builtin_page(catalog, page.after, page.limit)
+        return Page[DatasetOut](data=data, has_more=has_more)
+    rows, has_more = paginate(session, _owned_datasets(owner.id), Dataset, page)
+    data = [dataset_out(d) for d in rows]
+    if not has_more and len(data) < page.limit:
+        builtins, has_more = _builtin_page(catalog, None, page.limit - len(data))
+        data += builtins
+    elif not has_more:  # the uploads fill this page exactly: built-ins follow on the next
+        has_more = bool(catalog.ids())
+    return Page[DatasetOut](data=data, has_more=has_more)
+
+
+@router.get(
+    "/{dataset_id}",
+    response_model=DatasetOut,
+    summary="Get a dataset (an upload or a built-in)",
+    responses=problem_responses(404),
+)
+def get_dataset(
+    dataset_id: str, owner: OwnerDep, session: SessionDep, catalog: CatalogDep
+) -> DatasetOut:
+    if dataset_id.startswith(BUILTIN_PREFIX):
+        summary = catalog.get(dataset_id)
+        if summary is None:
+            raise not_found("dataset", dataset_id)
+        return builtin_out(dataset_id, summary)
+    return dataset_out(get_owned(session, Dataset, "dataset", owner.id, dataset_id))
+
+
+@router.delete(
+    "/{dataset_id}",
+    status_code=204,
+    summary="Delete an uploaded dataset",
+    responses=problem_responses(404, 409),
+)
+def delete_dataset(dataset_id: str, owner: OwnerDep, session: SessionDep) -> Response:
+    if dataset_id.startswith(BUILTIN_PREFIX):
+        raise ProblemError(409, "built-in datasets cannot be deleted", slug="builtin-dataset")
+    dataset = get_owned(session, Dataset, "dataset", owner.id, dataset_id)
+    active = session.scalar(
+        sa.select(sa.func.count())
+        .select_from(Job)
+        .where(Job.train_dataset_id == dataset.id, Job.status.in_(ACTIVE_STATUSES))
+    )
+    if active:
+        raise ProblemError(
+            409,
+            f"dataset {dataset_id!r} is used by {active} queued or running job(s)",
+            slug="dataset-in-use",
+        )
+    dataset.deleted_at = utcnow()
+    session.commit()
+    return Response(status_code=204)
+
+

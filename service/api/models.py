@@ -1,0 +1,357 @@
+"""``/v1/models``: upload (multipart ``file`` + ``spec``), list, get, download, delete."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Annotated
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+
+from gif.errors import GifError, InvalidCheckpoint, InvalidRequest
+from gif.spec import ModelSpec
+from service.api.common import AUTH_PROBLEMS, get_owned, paginate, problem_responses
+from service.api.deps import (
+    OwnerDep,
+    PageDep,
+    SessionDep,
+    SessionFactoryDep,
+    SettingsDep,
+    StoreDep,
+)
+from service.api.uploads import receive_multipart
+from service.db.models import Artifact, Job, Model, utcnow
+from service.db.session import session_scope
+from service.problems import ProblemError, validation_problem
+from service.schemas import ModelOut, Page
+from service.storage import CHUNK_BYTES, ArtifactStore, StagedFile
+
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=AUTH_PROBLEMS)
+
+SAFETENSORS_MEDIA_TYPE = "application/vnd.safetensors"
+ACTIVE_STATUSES = ("queued", "running")
+
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "spec"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "The checkpoint: safetensors, or a PyTorch state-dict "
+                            "file loadable with weights_only=True.",
+                        },
+                        "spec": {
+                            "type": "string",
+                            "description": "JSON: {arch, arch_kwargs, input, task, name} "
+                            "(see GET /v1/architectures).",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def model_out(model: Model) -> ModelOut:
+    return ModelOut.model_validate(model)
+
+
+def _spec_from_form(raw: str | None) -> ModelSpec:
+    if raw is None:
+        raise validation_problem("missing form field 'spec'", [(("body", "spec"), "required")])
+    try:
+        return ModelSpec.model_validate_json(raw)
+    except ValidationError as err:
+        errors = [
+            (("body", "spec", *e["loc"]), e["msg"].removeprefix("Value error, "))
+            for e in err.errors()
+        ]
+        raise validation_problem("invalid model spec", errors) from None
+
+
+def _gif_problem(err: GifError, default_loc: tuple) -> ProblemError:
+    """A 422 naming the offending field; ``InvalidRequest.loc`` paths start at the spec."""
+    loc = getattr(err, "loc", None) or default_loc
+    errors = [(("body", *loc), err.message)]
+    for key in ("missing", "unexpected", "mismatched"):
+        for name in err.details.get(key, []) or []:
+            errors.append((("body", "file", str(name)), key.replace("_", " ")))
+    return validation_problem(err.message, errors)
+
+
+@dataclass
+class CheckedModel:
+    """A spec and checkpoint that load strictly, converted to safetensors in the store."""
+
+    spec: ModelSpec
+    num_parameters: int
+    sha256: str
+    size_bytes: int
+
+
+def check_and_store_checkpoint(
+    store: ArtifactStore, spec: ModelSpec, upload: StagedFile
+) -> CheckedModel:
+    """Build the architecture, strictly load the uploaded state dict (read without executing
+    any pickle), and store it as safetensors. Raises 422 problems naming fields/keys."""
+    from gif.checkpoint import load_state_dict_strict, read_state_dict, write_safetensors
+    from gif.registry import build_model
+
+    upload.close()
+    try:
+        model = build_model(spec)
+    except InvalidRequest as err:
+        raise _gif_problem(err, ("spec", "arch_kwargs")) from None
+    try:
+        state_dict = read_state_dict(upload.path)
+        load_state_dict_strict(model, state_dict)
+    except InvalidCheckpoint as err:
+        raise _gif_problem(err, ("file",)) from None
+    staged = store.stage()
+    try:
+        staged.close()
+        write_safetensors(state_dict, staged.path)
+        sha256, size = store.put_file(staged.path)
+    finally:
+        staged.discard()
+    num_parameters = sum(p.numel() for p in model.parameters())
+    return CheckedModel(spec=spec, num_parameters=num_parameters, sha256=sha256, size_bytes=size)
+
+
+def register_model(
+    factory: sessionmaker[Session], owner_id: str, checked: CheckedModel
+) -> ModelOut:
+    """Insert the artifact and model rows for a checked upload."""
+    with session_scope(factory) as session:
+        artifact = Artifact(
+            owner_id=owner_id,
+            sha256=checked.sha256,
+            size_bytes=checked.size_bytes,
+            kind="checkpoint",
+            media_type=SAFETENSORS_MEDIA_TYPE,
+        )
+        session.add(artifact)
+        session.flush()
+        spec = checked.spec
+        model = Model(
+            owner_id=owner_id,
+            name=spec.name,
+            arch=spec.arch,
+            arch_kwargs=spec.arch_kwargs,
+            input=spec.input.model_dump(mode="json"),
+            task=spec.task,
+            num_parameters=checked.num_parameters,
+            size_bytes=checked.size_bytes,
+            sha256=checked.sha256,
+            artifact_id=artifact.id,
+        )
+        session.add(model)
+        session.flush()
+        return model_out(model)
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=ModelOut,
+    summary="Upload a checkpoint with its architecture spec",
+    openapi_extra=UPLOAD_BODY,
+    responses=problem_responses(400, 413, 415),
+)
+async def create_model(
+    request: Request,
+    owner: OwnerDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    factory: SessionFactoryDep,
+    response: Response,
+) -> ModelOut:
+    upload = await receive_multipart(request, store, limit=settings.max_upload_bytes)
+    try:
+        if upload.file is None:
+            raise validation_problem("missing form part 'file'", [(("body", "file"), "required")])
+        spec = _spec_from_form(upload.fields.get("spec"))
+        checked = await run_in_threadpool(check_and_store_checkpoint, store, spec, upload.file)
+    finally:
+        upload.discard()
+    created = await run_in_threadpool(register_model, factory, owner.id, checked)
+    response.headers["Location"] = f"/v1/models/{created.id}"
+    return created
+
+
+def _owned_models(owner_id: str) -> sa.Select:
+    return sa.select(Model).where(Model.owner_id == owner_id, Model.deleted_at.is_(None))
+
+
+@router.get("", response_model=Page[ModelOut], summary="List models, newest first")
+def list_models(owner: OwnerDep, session: SessionDep, page: PageDep) -> Page[ModelOut]:
+    rows, has_more = paginate(session, _owned_models(owner.id), Model, page)
+    return Page[ModelOut](data=[model_out(m) for m in rows], has_more=has_more)
+
+
+@router.get(
+    "/{model_id}", response_model=ModelOut, summary="Get a model", responses=problem_responses(404)
+)
+def get_model(model_id: str, owner: OwnerDep, session: SessionDep) -> ModelOut:
+    return model_out(get_owned(session, Model, "model", owner.id, model_id))
+
+
+@router.delete(
+    "/{model_id}",
+    status_code=204,
+    summary="Delete a model (jobs that used it keep their history)",
+    responses=problem_responses(404, 409),
+)
+def delete_model(model_id: str, owner: OwnerDep, session: SessionDep) -> Response:
+    model = get_owned(session, Model, "model", owner.id, model_id)
+    active = session.scalar(
+        sa.select(sa.func.count())
+        .select_from(Job)
+        .where(Job.model_id == model.id, Job.status.in_(ACTIVE_STATUSES))
+    )
+    if active:
+        raise ProblemError(
+            409,
+            f"model {model_id!r} is used by {active} queued or running job(s); cancel them first",
+            slug="model-in-use",
+        )
+    model.deleted_at = utcnow()
+    session.commit()
+    return Response(status_code=204)
+
+
+# ------------------------------------------------------------------ download with Range/ETag
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """``(start, end_inclusive)`` of a single-range ``Range`` header, or None to send it all.
+
+    Unparseable or multi-range headers are ignored (RFC 9110 allows it); an unsatisfiable range
+    raises 416 with ``Content-Range: bytes */size``."""
+    match = _RANGE.match(header.strip())
+    if match is None:
+        return None
+    first, last = match.groups()
+    if not first and not last:
+        return None
+    if not first:  # suffix: the last N bytes
+        length = int(last)
+        if length == 0:
+            raise _unsatisfiable(size)
+        return max(size - length, 0), size - 1
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if last and int(last) < start:
+        return None  # invalid range: ignore the header
+    if start >= size:
+        raise _unsatisfiable(size)
+    return start, end
+
+
+def _unsatisfiable(size: int) -> ProblemError:
+    return ProblemError(
+        416,
+        f"the requested range is outside the {size}-byte content",
+        slug="range-not-satisfiable",
+        headers={"Content-Range": f"bytes */{size}"},
+    )
+
+
+def _file_chunks(store: ArtifactStore, sha256: str, start: int, length: int):
+    with store.open(sha256) as handle:
+        handle.seek(start)
+        remaining = length
+        while remaining > 0:
+            chunk = handle.read(min(CHUNK_BYTES, remaining))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+            yield chunk
+
+
+def artifact_response(
+    store: ArtifactStore,
+    sha256: str,
+    media_type: str,
+    filename: str,
+    range_header: str | None,
+    if_none_match: str | None,
+    size: int,
+) -> Response:
+    """A download with ``ETag`` (the sha256), ``Content-Length``, ``Accept-Ranges`` and 206/304."""
+    etag = f'"{sha256}"'
+    headers = {
+        "ETag": etag,
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": f'attachment; filename="{filename}"',
+    }
+    if if_none_match is not None and etag in {t.strip() for t in if_none_match.split(",")}:
+        return Response(status_code=304, headers=headers)
+    byte_range = parse_range(range_header, size) if range_header else None
+    if byte_range is None:
+        headers["Content-Length"] = str(size)
+        return StreamingResponse(
+            _file_chunks(store, sha256, 0, size), media_type=media_type, headers=headers
+        )
+    start, end = byte_range
+    headers["Content-Length"] = str(end - start + 1)
+    headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    return StreamingResponse(
+        _file_chunks(store, sha256, start, end - start + 1),
+        status_code=206,
+        media_type=media_type,
+        headers=headers,
+    )
+
+
+@router.get(
+    "/{model_id}/content",
+    summary="Download the checkpoint (safetensors); honours Range and If-None-Match",
+    response_class=Response,
+    responses={
+        200: {"content": {SAFETENSORS_MEDIA_TYPE: {}}, "description": "The whole file"},
+        206: {"content": {SAFETENSORS_MEDIA_TYPE: {}}, "description": "The requested range"},
+        304: {"description": "Not modified (ETag matched)"},
+        **problem_responses(404, 416),
+    },
+)
+async def download_model(
+    model_id: str,
+    owner: OwnerDep,
+    factory: SessionFactoryDep,
+    store: StoreDep,
+    range_header: Annotated[str | None, Header(alias="Range")] = None,
+    if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
+) -> Response:
+    def lookup() -> tuple[Model, str]:
+        with factory() as session:
+            model = get_owned(session, Model, "model", owner.id, model_id)
+            artifact = session.get(Artifact, model.artifact_id)
+            assert artifact is not None  # foreign key
+            return model, artifact.media_type
+
+    model, media_type = await run_in_threadpool(lookup)
+    size = await run_in_threadpool(store.verify, model.sha256)  # integrity before serving
+    return artifact_response(
+        store,
+        model.sha256,
+        media_type,
+        f"{model.id}.safetensors",
+        range_header,
+        if_none_match,
+        size,
+    )
