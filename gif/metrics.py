@@ -31,16 +31,20 @@ class _EvalMode:
         self.model.train(self.was_training)
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     for tensor in model.parameters():
-        return tensor.device
-    return torch.device("cpu")
+        return tensor.device, tensor.dtype
+    return torch.device("cpu"), torch.get_default_dtype()
 
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int) -> torch.Tensor:
-    """Logits of ``model`` on ``x`` in micro-batches, returned on the CPU in float32."""
-    device = _model_device(model)
+    """Logits of ``model`` on ``x`` in micro-batches, returned on the CPU in float32.
+
+    Floating inputs are cast to the parameters' dtype (a float64 model gets float64 inputs)."""
+    device, dtype = _model_device_dtype(model)
+    if x.is_floating_point():
+        x = x.to(dtype)
     with _EvalMode(model):
         chunks = [
             model(x[start : start + batch_size].to(device)).float().cpu()

@@ -6,7 +6,13 @@ import math
 
 import pytest
 
-from gif.step import DEFAULT_SCALES, fixed_scale, search_scale, validate_scales
+from gif.step import (
+    DEFAULT_SCALES,
+    REFINE_OCTAVES,
+    fixed_scale,
+    search_scale,
+    validate_scales,
+)
 
 
 def _peaked_objective(peak: float):
@@ -29,10 +35,22 @@ def test_search_picks_argmax_of_known_curve(peak):
     curve = search_scale(apply, _peaked_objective(peak))
     assert curve.scale == pytest.approx(peak)
     assert curve.mode == "auto"
-    assert applied == sorted(DEFAULT_SCALES)  # every grid point evaluated, in order
-    assert len(curve.to_json()["curve"]) == len(DEFAULT_SCALES)
+    # Every grid point evaluated, in order, then the bisection refinement around the best.
+    assert applied[: len(DEFAULT_SCALES)] == sorted(DEFAULT_SCALES)
+    assert len(applied) == len(DEFAULT_SCALES) + 2 * len(REFINE_OCTAVES)
+    scales = [p["scale"] for p in curve.to_json()["curve"]]
+    assert scales == sorted(applied)  # the whole curve is reported, sorted by α
     # The components come back with each point, computed at that point's α.
     assert all(p["alpha_seen"] == p["scale"] for p in curve.to_json()["curve"])
+
+
+def test_refinement_finds_an_off_grid_peak():
+    peak = 2.0**3.375  # between grid points 8 and 16; reachable by ±1/2, ±1/4, ±1/8 octave
+    coarse = search_scale(lambda a: a, _peaked_objective(peak), refine_octaves=())
+    fine = search_scale(lambda a: a, _peaked_objective(peak))
+    assert coarse.scale == 8.0
+    assert fine.scale == pytest.approx(peak, rel=1e-9)
+    assert fine.best.objective > coarse.best.objective
 
 
 def test_default_grid_is_positive_geometric_and_contains_newton_step():
