@@ -261,8 +261,10 @@ def jobs() -> None:
 
 
 class ProgressBar:
-    """A tqdm bar on stderr that follows a job's progress: one bar per phase, counting solver
-    iterations (``iteration/max_iter``) with the residual alongside."""
+    """A tqdm bar on stderr that follows a job's progress: one bar per phase; in phases that
+    iterate (the solve) it counts ``iteration/max_iter`` with the residual alongside."""
+
+    PHASE_FORMAT = "{desc} [{elapsed}]"  # phases without iterations: name and time only
 
     def __init__(self, job_id: str, file: Any = None):
         self._job_id = job_id
@@ -273,21 +275,32 @@ class ProgressBar:
     def __call__(self, progress: JobProgress) -> None:
         if self._bar is None or progress.phase != self._phase:
             self._new_bar(progress)
-        assert self._bar is not None
-        if progress.max_iter is not None and self._bar.total != progress.max_iter:
-            self._bar.total = progress.max_iter
-        if progress.iteration is not None:
-            self._bar.n = progress.iteration
+        bar = self._bar
+        assert bar is not None
+        if progress.max_iter is not None and bar.total != progress.max_iter:
+            bar.total = progress.max_iter
         if progress.residual is not None:
-            self._bar.set_postfix(residual=f"{progress.residual:.3g}", refresh=False)
-        self._bar.refresh()
+            bar.set_postfix(residual=f"{progress.residual:.3g}", refresh=False)
+        if progress.iteration is not None and progress.iteration < bar.n:
+            bar.reset(total=bar.total)  # the phase started over (e.g. a second solve)
+        if progress.iteration is not None and progress.iteration > bar.n:
+            bar.update(progress.iteration - bar.n)  # draws (mininterval=0)
+        else:
+            bar.refresh()
 
     def _new_bar(self, progress: JobProgress) -> None:
         self.close()
         self._phase = progress.phase
-        self._bar = tqdm(total=progress.max_iter, desc=f"{self._job_id} {progress.phase or ''}",
-                         unit="it", file=self._file, mininterval=0, dynamic_ncols=True,
-                         leave=True)
+        iterates = progress.max_iter is not None or progress.iteration is not None
+        self._bar = tqdm(
+            total=progress.max_iter,
+            desc=f"{self._job_id} {progress.phase or 'queued'}",
+            unit="it",
+            file=self._file,
+            mininterval=0,  # every poll is a new value worth drawing
+            dynamic_ncols=True,
+            bar_format=None if iterates else self.PHASE_FORMAT,
+        )
 
     def close(self) -> None:
         if self._bar is not None:

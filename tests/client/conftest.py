@@ -1,0 +1,89 @@
+"""Fixtures of the client tests: ONE real embedded ``gif-service serve`` for the whole module
+set (starting a server costs seconds), and a small MLP trained on scikit-learn's digits, so
+the edit jobs run against ``builtin:digits:train`` and finish in seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from sklearn.datasets import load_digits
+
+from service.client import GifClient, Model
+from tests.live_server import LiveServer, live_server
+
+DIGITS_FEATURES = 64
+HIDDEN = [32]
+MODEL_SPEC = {
+    "arch": "mlp",
+    "arch_kwargs": {"in_features": DIGITS_FEATURES, "hidden": HIDDEN, "num_classes": 10},
+    "input": {"scale": 1.0 / 16.0},  # digits pixels are 0..16
+    "task": "classification",
+    "name": "digits-mlp",
+}
+
+
+def train_digits_mlp(epochs: int = 150, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A state dict of MODELS.md's ``mlp`` (keys ``0.weight``, ``0.bias``, ``2.weight``, ...)
+    trained full-batch on digits with the spec's preprocessing (x / 16, flattened)."""
+    torch.manual_seed(seed)
+    digits = load_digits()
+    x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(digits.target, dtype=torch.long)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(DIGITS_FEATURES, HIDDEN[0]), torch.nn.ReLU(), torch.nn.Linear(HIDDEN[0], 10)
+    )
+    optimiser = torch.optim.Adam(net.parameters(), lr=0.01)
+    for _ in range(epochs):
+        optimiser.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        optimiser.step()
+    return {name: tensor.detach().contiguous() for name, tensor in net.state_dict().items()}
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> LiveServer:
+    torch.set_num_threads(1)
+    with live_server(tmp_path_factory.mktemp("gif-data")) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.set_num_threads(1)
+    path = tmp_path_factory.mktemp("ckpt") / "digits-mlp.safetensors"
+    save_file(train_digits_mlp(), str(path))
+    return path
+
+
+@pytest.fixture()
+def client(server: LiveServer) -> GifClient:
+    with GifClient(server.url, server.api_key, timeout=60.0) as gif:
+        yield gif
+
+
+@pytest.fixture(scope="session")
+def model(server: LiveServer, checkpoint: Path) -> Model:
+    """The uploaded digits MLP, shared by the job tests."""
+    with GifClient(server.url, server.api_key, timeout=60.0) as gif:
+        return gif.upload_model(checkpoint, MODEL_SPEC)
+
+
+def edit_body(model_id: str, **overrides) -> dict:
+    """A small, quick ``remove_class`` job on digits (API.md body)."""
+    body = {
+        "model_id": model_id,
+        "train_dataset_id": "builtin:digits:train",
+        "edit": {"kind": "remove_class", "class": 8},
+        "selection": {"criterion": "topk_outputs", "ratio": 0.5},
+        "solver": {"algorithm": "lsqr", "max_iter": 30, "tol": 1e-10,
+                   "hessian_samples": 512, "edit_samples": 128},
+        "step": {"mode": "fixed", "scale": 1.0},
+        "eval": {"datasets": {"test": "builtin:digits:test"}},
+        "device": "cpu",
+        "seed": 0,
+    }
+    body.update(overrides)
+    return body
