@@ -204,9 +204,15 @@ def models_architectures(client: GifClient, as_json: bool) -> None:
     archs = client.list_architectures()
     if as_json:
         return echo_json(archs)
-    for arch in archs:
-        extra = {k: v for k, v in arch.model_dump().items() if k != "name"}
-        click.echo(f"{arch.name}  {json.dumps(extra) if extra else ''}".rstrip())
+    click.echo(format_table(
+        ["NAME", "ARGUMENTS", "DESCRIPTION"],
+        [[arch.name, ", ".join(_argument(a) for a in arch.arguments), arch.description]
+         for arch in archs],
+    ))
+
+
+def _argument(argument: Any) -> str:
+    return argument.name if argument.required else f"{argument.name}={argument.default!r}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,18 +318,16 @@ def metrics_table(job: Job) -> str:
     """Before/after accuracy and loss of every evaluated set, then the score."""
     if job.result is None:
         return ""
-    before, after = job.result.metrics.before, job.result.metrics.after
-    rows: list[list[Any]] = []
-    names = [n for n in dict.fromkeys([*before, *after]) if isinstance(
-        before.get(n, after.get(n)), dict)]
-    for name in names:
-        b, a = before.get(name) or {}, after.get(name) or {}
+    metrics = job.result.metrics
+    rows = []
+    for name in metrics.set_names():
+        b, a = metrics.before.get(name) or {}, metrics.after.get(name) or {}
         rows.append([name, b.get("accuracy"), a.get("accuracy"), b.get("loss"), a.get("loss")])
     table = format_table(["SET", "ACC BEFORE", "ACC AFTER", "LOSS BEFORE", "LOSS AFTER"], rows)
-    lines = [table]
-    if "score" in before or "score" in after:
-        lines.append(f"score: {_cell(before.get('score'))} -> {_cell(after.get('score'))}")
-    return "\n".join(lines)
+    before, after = metrics.score("before"), metrics.score("after")
+    if before is None and after is None:
+        return table
+    return f"{table}\nscore: {_cell(before)} -> {_cell(after)}"
 
 
 def report_job(job: Job, as_json: bool) -> None:

@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "DEFAULT_URL",
     "Architecture",
+    "ArchitectureArgument",
     "AsyncGifClient",
     "AuthenticationError",
     "BadRequestError",
@@ -258,11 +259,24 @@ class Dataset(_Resource):
     num_classes: int | None = None
     class_counts: Any = None
     sha256: str | None = None
+    size_bytes: int | None = None
     created_at: datetime | None = None
+    builtin: bool = False
+
+
+class ArchitectureArgument(_Resource):
+    name: str
+    type: str | None = None
+    required: bool = False
+    default: Any = None
+    description: str | None = None
 
 
 class Architecture(_Resource):
     name: str
+    description: str | None = None
+    arguments: list[ArchitectureArgument] = Field(default_factory=list)
+    flat_input: bool | None = None
 
 
 class JobProgress(_Resource):
@@ -282,6 +296,20 @@ class JobMetrics(_Resource):
 
     before: dict[str, Any] = Field(default_factory=dict)
     after: dict[str, Any] = Field(default_factory=dict)
+
+    def set_names(self) -> list[str]:
+        """The evaluated sets (entries that are per-set dicts; ``_``-names are summaries)."""
+        names = dict.fromkeys([*self.before, *self.after])
+        return [n for n in names if not n.startswith("_")
+                and isinstance(self.before.get(n, self.after.get(n)), dict)]
+
+    def score(self, stage: Literal["before", "after"]) -> float | None:
+        """E9's score of one stage, top-level or in the ``_summary`` row."""
+        values = self.before if stage == "before" else self.after
+        summary = values.get("_summary")
+        if "score" not in values and isinstance(summary, dict):
+            return summary.get("score")
+        return values.get("score")
 
 
 class JobResult(_Resource):
@@ -303,6 +331,10 @@ class Job(_Resource):
     progress: JobProgress | None = None
     error: JobError | None = None
     result: JobResult | None = None
+    model_id: str | None = None
+    train_dataset_id: str | None = None
+    edited_model_id: str | None = None
+    cancel_requested: bool = False
 
     @property
     def is_terminal(self) -> bool:
