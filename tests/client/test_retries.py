@@ -1,0 +1,142 @@
+"""Retry, backoff and resume behaviour over real HTTP. The real service cannot be made to
+answer 503 or to cut a download in half on demand, so these few tests inject those faults with
+a tiny standard-library HTTP server (a real socket and real httpx, nothing patched)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from service.client import GifClient, IntegrityError, ServiceUnavailableError
+
+MODEL_BYTES = bytes(range(256)) * 64
+MODEL_SHA = hashlib.sha256(MODEL_BYTES).hexdigest()
+MODEL_JSON = {"id": "mdl_x", "arch": "mlp", "sha256": MODEL_SHA}
+
+Handler = Callable[[BaseHTTPRequestHandler, int], None]
+
+
+@contextmanager
+def faulty_server(handle: Handler) -> Iterator[tuple[str, list[str]]]:
+    """Serve ``handle(request, n)`` (n = how many requests came before); yield the URL and the
+    log of ``"METHOD path"`` lines received."""
+    seen: list[str] = []
+
+    class Faulty(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _any(self) -> None:
+            seen.append(f"{self.command} {self.path} {self.headers.get('Range') or ''}".strip())
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(length)
+            handle(self, len(seen) - 1)
+
+        do_GET = do_POST = do_DELETE = _any
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Faulty)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def reply(request: BaseHTTPRequestHandler, status: int, body: bytes = b"",
+          headers: dict[str, str] | None = None) -> None:
+    request.send_response(status)
+    for name, value in {"Content-Length": str(len(body)), **(headers or {})}.items():
+        request.send_header(name, value)
+    request.end_headers()
+    request.wfile.write(body)
+
+
+def problem(request: BaseHTTPRequestHandler, status: int) -> None:
+    body = json.dumps({"type": "about:blank", "title": "Unavailable", "status": status,
+                       "detail": "starting up"}).encode()
+    reply(request, status, body, {"Content-Type": "application/problem+json", "Retry-After": "0"})
+
+
+def test_an_idempotent_read_is_retried_through_503s():
+    def handle(request, n):
+        if n < 2:
+            return problem(request, 503)
+        reply(request, 200, json.dumps(MODEL_JSON).encode(), {"Content-Type": "application/json"})
+
+    with faulty_server(handle) as (url, seen), GifClient(url, "key") as gif:
+        model = gif.get_model("mdl_x")
+
+    assert model.sha256 == MODEL_SHA
+    assert seen == ["GET /v1/models/mdl_x"] * 3
+
+
+def test_retries_stop_after_max_retries_with_the_problem_raised():
+    with faulty_server(lambda request, n: problem(request, 503)) as (url, seen), \
+            GifClient(url, "key", max_retries=2) as gif, \
+            pytest.raises(ServiceUnavailableError) as caught:
+        gif.list_jobs()
+
+    assert len(seen) == 3
+    assert caught.value.detail == "starting up"
+
+
+def test_an_upload_is_never_retried(tmp_path: Path):
+    checkpoint = tmp_path / "m.safetensors"
+    checkpoint.write_bytes(MODEL_BYTES)
+    with faulty_server(lambda request, n: problem(request, 503)) as (url, seen), \
+            GifClient(url, "key") as gif, pytest.raises(ServiceUnavailableError):
+        gif.upload_model(checkpoint, {"arch": "mlp"})
+
+    assert seen == ["POST /v1/models"]
+
+
+def test_a_broken_download_resumes_with_range_and_is_verified(tmp_path: Path):
+    half = len(MODEL_BYTES) // 2
+    etag = {"ETag": f'"{MODEL_SHA}"'}
+
+    def handle(request, n):
+        if request.path == "/v1/models/mdl_x":
+            return reply(request, 200, json.dumps(MODEL_JSON).encode())
+        if not request.headers.get("Range"):
+            # Promise everything, send half, drop the connection.
+            request.send_response(200)
+            request.send_header("Content-Length", str(len(MODEL_BYTES)))
+            request.send_header("ETag", etag["ETag"])
+            request.end_headers()
+            request.wfile.write(MODEL_BYTES[:half])
+            request.wfile.flush()
+            request.close_connection = True
+            return
+        start = int(request.headers["Range"].removeprefix("bytes=").rstrip("-"))
+        reply(request, 206, MODEL_BYTES[start:],
+              {**etag, "Content-Range": f"bytes {start}-{len(MODEL_BYTES) - 1}/{len(MODEL_BYTES)}"})
+
+    with faulty_server(handle) as (url, seen), GifClient(url, "key") as gif:
+        path = gif.download_model("mdl_x", tmp_path / "m.safetensors")
+
+    assert path.read_bytes() == MODEL_BYTES
+    assert seen[-1] == f"GET /v1/models/mdl_x/content bytes={half}-"
+
+
+def test_a_download_whose_bytes_do_not_match_the_etag_leaves_nothing(tmp_path: Path):
+    def handle(request, n):
+        if request.path == "/v1/models/mdl_x":
+            return reply(request, 200, json.dumps({**MODEL_JSON, "sha256": None}).encode())
+        reply(request, 200, MODEL_BYTES[:-1] + b"\x00", {"ETag": f'"{MODEL_SHA}"'})
+
+    with faulty_server(handle) as (url, _), GifClient(url, "key") as gif, \
+            pytest.raises(IntegrityError, match=MODEL_SHA):
+        gif.download_model("mdl_x", tmp_path)
+
+    assert list(tmp_path.iterdir()) == []
