@@ -1,0 +1,516 @@
+"""Datasets: upload formats, built-ins, preprocessing (API.md ``POST /v1/datasets``, MODELS.md).
+
+Uploads hold arrays ``x`` (``N×C×H×W``, ``N×H×W`` — read as ``N×1×H×W`` — or ``N×F``; uint8 or
+float32) and ``y`` (``N`` integer labels) in
+
+- ``.npz``, read with ``allow_pickle=False``, after every zip member's declared size and
+  compression ratio and the ``.npy`` headers of ``x``/``y`` were checked against caps (a zip
+  bomb or a header claiming more than its member holds is refused before anything is
+  allocated; Python's zip reader never inflates a member past its declared size); or
+- safetensors (its header checked as for checkpoints, see ``gif.checkpoint``).
+
+The format is detected by content, not by name.
+
+Built-ins (ids ``builtin:<name>:<split>``, split ``train`` or ``test``):
+
+- ``fashion-mnist``: the IDX files of Debian's ``dataset-fashion-mnist`` in
+  ``/usr/share/datasets/fashion-mnist/`` (env ``GIF_FASHION_MNIST_DIR`` overrides); uint8
+  ``N×1×28×28``.
+- ``digits``: scikit-learn's ``load_digits()`` (1,797 8×8 images, values 0..16) as uint8
+  ``N×1×8×8``. Split: ``numpy.random.default_rng(0).permutation(1797)``; its first
+  ``floor(0.8·1797) = 1437`` indices (sorted) are ``train``, the other 360 ``test``.
+- ``mnist`` and ``cifar10``: read by torchvision (``download=False``) from the directory in env
+  ``GIF_TORCHVISION_ROOT``, only when their files are there (uint8 ``N×1×28×28`` / ``N×3×32×32``).
+
+``load_builtin`` caches per process (the arrays are shared: never modify them in place).
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import importlib.util
+import math
+import os
+import struct
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gif.checkpoint import read_safetensors, sniff_format
+from gif.errors import InvalidDataset, InvalidRequest
+from gif.registry import build_meta_model, get_architecture
+from gif.spec import InputSpec, ModelSpec
+
+# Bounds for uploads. A dataset bigger than this is refused, not half-read.
+MAX_DATASET_BYTES = 4 * 1024**3
+# Deflate compresses real images by a small factor; a member inflating far more is a bomb.
+MAX_COMPRESSION_RATIO = 250
+_RATIO_EXEMPT_BYTES = 1024**2  # small members (e.g. all-zero labels) may compress extremely
+MAX_LABEL = 1_000_000  # class_counts has max_label + 1 entries; keep it bounded
+_NPY_MAX_HEADER = 10_000
+
+DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+_SPLITS = ("train", "test")
+
+
+# --------------------------------------------------------------------------- ArrayDataset
+
+
+@dataclass(frozen=True, eq=False)
+class ArrayDataset:
+    """Labelled samples in memory: ``x`` uint8/float32 ``N×C×H×W`` or ``N×F``, ``y`` int64 ``N``.
+
+    Construction validates everything (``InvalidDataset`` naming the problem)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    name: str = "dataset"
+
+    def __post_init__(self) -> None:
+        _validate_arrays(self.x, self.y, self.name)
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.x.shape[1:])
+
+    @property
+    def dtype(self) -> str:
+        return str(self.x.dtype).removeprefix("torch.")
+
+    @property
+    def num_classes(self) -> int:
+        """``max(y) + 1``: labels are class indices, absent classes below the maximum count."""
+        return int(self.y.max()) + 1
+
+    @property
+    def class_counts(self) -> list[int]:
+        return torch.bincount(self.y, minlength=self.num_classes).tolist()
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def subset(self, indices: Sequence[int] | torch.Tensor,
+               name: str | None = None) -> ArrayDataset:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return ArrayDataset(self.x[idx], self.y[idx], name or self.name)
+
+    def summary(self) -> dict:
+        """JSON-able description (the fields of API.md's dataset object)."""
+        return {"num_samples": self.num_samples, "sample_shape": list(self.sample_shape),
+                "dtype": self.dtype, "num_classes": self.num_classes,
+                "class_counts": self.class_counts}
+
+
+def _validate_arrays(x: object, y: object, name: str) -> None:
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise InvalidDataset(f"{name}: x and y must be tensors")
+    if x.dtype not in (torch.uint8, torch.float32):
+        raise InvalidDataset(f"{name}: x has dtype {_dtype_name(x.dtype)}; expected uint8 or "
+                             f"float32")
+    if x.ndim not in (2, 4):
+        raise InvalidDataset(f"{name}: x has shape {list(x.shape)}; expected N×F or N×C×H×W")
+    if x.shape[0] == 0:
+        raise InvalidDataset(f"{name}: the dataset has no samples")
+    if any(d == 0 for d in x.shape[1:]):
+        raise InvalidDataset(f"{name}: samples have an empty dimension {list(x.shape[1:])}")
+    if y.dtype != torch.int64 or y.ndim != 1:
+        raise InvalidDataset(f"{name}: y must be a 1-D int64 tensor, got {_dtype_name(y.dtype)} "
+                             f"of shape {list(y.shape)}")
+    if y.shape[0] != x.shape[0]:
+        raise InvalidDataset(f"{name}: x has {x.shape[0]} samples but y has {y.shape[0]} labels")
+    if int(y.min()) < 0:
+        raise InvalidDataset(f"{name}: labels must be >= 0; found {int(y.min())} "
+                             f"({int((y < 0).sum())} negative)")
+    if int(y.max()) > MAX_LABEL:
+        raise InvalidDataset(f"{name}: label {int(y.max())} is larger than the limit {MAX_LABEL}")
+    if x.is_floating_point():
+        bad = int((~torch.isfinite(x)).sum())
+        if bad:
+            raise InvalidDataset(f"{name}: x has {bad} NaN/Inf value(s)")
+
+
+def _dtype_name(dtype: torch.dtype | np.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _as_dataset(x: torch.Tensor, y: torch.Tensor, name: str) -> ArrayDataset:
+    """Normalise what a file holds: ``N×H×W`` images get a channel axis, integer labels int64."""
+    if x.dtype not in (torch.uint8, torch.float32):
+        raise InvalidDataset(f"{name}: x has dtype {_dtype_name(x.dtype)}; expected uint8 or "
+                             f"float32 (convert with x.astype(np.float32) or np.uint8)")
+    if x.ndim == 3:
+        x = x.unsqueeze(1)
+    if x.ndim not in (2, 4):
+        raise InvalidDataset(f"{name}: x has shape {list(x.shape)}; expected N×F, N×H×W or "
+                             f"N×C×H×W")
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise InvalidDataset(f"{name}: y has dtype {_dtype_name(y.dtype)}; labels must be "
+                             f"integers")
+    if y.ndim != 1:
+        raise InvalidDataset(f"{name}: y has shape {list(y.shape)}; expected a 1-D array of N "
+                             f"labels")
+    return ArrayDataset(x.contiguous(), y.to(torch.int64), name)
+
+
+# --------------------------------------------------------------------------- uploads
+
+
+def _check_zip_members(path: Path, max_bytes: int) -> dict[str, zipfile.ZipInfo]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise InvalidDataset(f"corrupt or truncated .npz file: {err}") from None
+    total = 0
+    for info in members:
+        if info.file_size > max_bytes:
+            raise InvalidDataset(f".npz member {info.filename!r} declares {info.file_size:,} "
+                                 f"bytes, more than the limit {max_bytes:,}")
+        ratio = info.file_size / max(info.compress_size, 1)
+        if info.file_size > _RATIO_EXEMPT_BYTES and ratio > MAX_COMPRESSION_RATIO:
+            raise InvalidDataset(f".npz member {info.filename!r} inflates {ratio:.0f}× (limit "
+                                 f"{MAX_COMPRESSION_RATIO}×): refused as a likely zip bomb")
+        total += info.file_size
+    if total > max_bytes:
+        raise InvalidDataset(f".npz members declare {total:,} bytes in all, more than the limit "
+                             f"{max_bytes:,}")
+    return {info.filename: info for info in members}
+
+
+def _check_npy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str) -> None:
+    """The ``.npy`` header of one member: no object dtype, and a shape that the member holds."""
+    with archive.open(info) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f, _NPY_MAX_HEADER)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f, _NPY_MAX_HEADER)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+            raise InvalidDataset(f".npz array {key!r} has a malformed .npy header: {err}") from None
+        header_bytes = f.tell() if f.seekable() else None
+    if dtype.hasobject:
+        raise InvalidDataset(f".npz array {key!r} is an object array: refused (read with "
+                             f"allow_pickle=False; store numbers only)")
+    needed = math.prod(shape) * dtype.itemsize
+    available = info.file_size - (header_bytes or 0)
+    if needed > available:
+        raise InvalidDataset(f".npz array {key!r} claims shape {list(shape)} of {dtype} "
+                             f"({needed:,} bytes) but its member holds {available:,}")
+
+
+def _read_npz(path: Path, name: str, max_bytes: int) -> ArrayDataset:
+    members = _check_zip_members(path, max_bytes)
+    arrays = {}
+    with zipfile.ZipFile(path) as archive:
+        for key in ("x", "y"):
+            info = members.get(f"{key}.npy")
+            if info is None:
+                found = sorted(m.removesuffix(".npy") for m in members)
+                raise InvalidDataset(f"{name}: missing array {key!r} (found: {found})")
+            _check_npy_member(archive, info, key)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            for key in ("x", "y"):
+                arrays[key] = npz[key]
+    except ValueError as err:  # e.g. "Object arrays cannot be loaded when allow_pickle=False"
+        raise InvalidDataset(f"{name}: {err}") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
+        raise InvalidDataset(f"{name}: corrupt .npz: {err}") from None
+    x, y = arrays["x"], arrays["y"]
+    if x.dtype.kind == "f" and x.dtype.itemsize == 4:
+        x = x.astype(np.float32, copy=False)  # native byte order
+    elif not (x.dtype.kind == "u" and x.dtype.itemsize == 1):
+        raise InvalidDataset(f"{name}: x has dtype {x.dtype}; expected uint8 or float32 "
+                             f"(convert with x.astype(np.float32) or np.uint8)")
+    if y.dtype.kind not in "iu":
+        raise InvalidDataset(f"{name}: y has dtype {y.dtype}; labels must be integers")
+    if y.size and y.dtype.kind == "u" and y.dtype.itemsize == 8 and int(y.max()) > MAX_LABEL:
+        raise InvalidDataset(f"{name}: label {int(y.max())} is larger than the limit {MAX_LABEL}")
+    y = y.astype(np.int64, copy=False)
+    return _as_dataset(torch.from_numpy(np.ascontiguousarray(x)),
+                       torch.from_numpy(np.ascontiguousarray(y)), name)
+
+
+def _read_safetensors_dataset(path: Path, name: str) -> ArrayDataset:
+    tensors = read_safetensors(path, InvalidDataset)
+    for key in ("x", "y"):
+        if key not in tensors:
+            raise InvalidDataset(f"{name}: missing tensor {key!r} (found: {sorted(tensors)})")
+    return _as_dataset(tensors["x"], tensors["y"], name)
+
+
+def read_dataset(path: str | os.PathLike, name: str | None = None, *,
+                 max_bytes: int = MAX_DATASET_BYTES) -> ArrayDataset:
+    """An uploaded dataset (``.npz`` or safetensors, by content); ``InvalidDataset`` if it is
+    malformed, unsafe, too large, or its arrays break the rules of the module docstring."""
+    path = Path(path)
+    name = name or path.name
+    if not path.is_file():
+        raise InvalidDataset(f"dataset file {str(path)!r} does not exist")
+    if path.stat().st_size > max_bytes:
+        raise InvalidDataset(f"{name}: file of {path.stat().st_size:,} bytes exceeds the limit "
+                             f"{max_bytes:,}")
+    kind = sniff_format(path)
+    if kind == "zip":
+        return _read_npz(path, name, max_bytes)
+    if kind == "safetensors":
+        return _read_safetensors_dataset(path, name)
+    raise InvalidDataset(f"{name}: unrecognised dataset format: expected .npz (numpy.savez) or "
+                         f"safetensors with arrays 'x' and 'y'")
+
+
+# --------------------------------------------------------------------------- built-ins
+
+
+def read_idx(path: str | os.PathLike, *, max_elements: int = 2**31) -> torch.Tensor:
+    """An IDX file (``.gz`` or plain) of unsigned bytes, e.g. MNIST/Fashion-MNIST's, as uint8."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(4)
+            if len(head) < 4 or head[:2] != b"\0\0" or head[2] != 0x08:
+                raise InvalidDataset(f"{path}: not an unsigned-byte IDX file")
+            ndim = head[3]
+            dims = struct.unpack(f">{ndim}I", f.read(4 * ndim))
+            count = math.prod(dims)
+            if count > max_elements:
+                raise InvalidDataset(f"{path}: IDX dimensions {dims} exceed {max_elements:,}")
+            data = f.read(count + 1)
+    except (OSError, EOFError, struct.error) as err:
+        raise InvalidDataset(f"{path}: corrupt IDX file: {err}") from None
+    if len(data) != count:
+        raise InvalidDataset(f"{path}: IDX header declares {count:,} values but the file holds "
+                             f"{len(data):,}" + ("+" if len(data) > count else ""))
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).reshape(dims)
+
+
+def _fashion_dir() -> Path:
+    return Path(os.environ.get("GIF_FASHION_MNIST_DIR") or DEFAULT_FASHION_MNIST_DIR)
+
+
+def _fashion_files(split: str) -> tuple[Path, Path]:
+    prefix = "train" if split == "train" else "t10k"
+    folder = _fashion_dir()
+    return (folder / f"{prefix}-images-idx3-ubyte.gz", folder / f"{prefix}-labels-idx1-ubyte.gz")
+
+
+def _torchvision_root() -> Path | None:
+    root = os.environ.get("GIF_TORCHVISION_ROOT")
+    return Path(root) if root else None
+
+
+def _mnist_files(split: str) -> list[Path]:
+    # torchvision's MNIST opens either split only when all four raw files are present.
+    root = _torchvision_root()
+    if root is None:
+        return []
+    return [root / "MNIST" / "raw" / f"{prefix}-{kind}-idx{dims}-ubyte"
+            for prefix in ("train", "t10k") for kind, dims in (("images", 3), ("labels", 1))]
+
+
+def _cifar10_files(split: str) -> list[Path]:
+    root = _torchvision_root()
+    if root is None:
+        return []
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    return [root / "cifar-10-batches-py" / n for n in names]
+
+
+def _present(files: list[Path]) -> bool:
+    return bool(files) and all(f.is_file() for f in files)
+
+
+def _has_sklearn_digits() -> bool:
+    # find_spec, not import: importing scikit-learn takes seconds and listing must stay cheap.
+    return importlib.util.find_spec("sklearn") is not None
+
+
+def _available(name: str, split: str) -> bool:
+    if name == "fashion-mnist":
+        return _present(list(_fashion_files(split)))
+    if name == "digits":
+        return _has_sklearn_digits()
+    if name == "mnist":
+        return _present(_mnist_files(split))
+    if name == "cifar10":
+        return _present(_cifar10_files(split))
+    return False
+
+
+_BUILTIN_NAMES = ("fashion-mnist", "digits", "mnist", "cifar10")
+
+
+def builtin_dataset_ids() -> list[str]:
+    """Ids of the built-in datasets whose files are present on this machine."""
+    return [f"builtin:{name}:{split}" for name in _BUILTIN_NAMES for split in _SPLITS
+            if _available(name, split)]
+
+
+def _load_fashion(split: str, dataset_id: str) -> ArrayDataset:
+    images, labels = _fashion_files(split)
+    x = read_idx(images)
+    y = read_idx(labels)
+    if x.ndim != 3 or y.ndim != 1:
+        raise InvalidDataset(f"{dataset_id}: unexpected IDX shapes {list(x.shape)}, "
+                             f"{list(y.shape)}")
+    return ArrayDataset(x.unsqueeze(1).contiguous(), y.to(torch.int64), dataset_id)
+
+
+DIGITS_SPLIT_SEED = 0
+DIGITS_TRAIN_FRACTION = 0.8
+
+
+def digits_split_indices(num_samples: int) -> dict[str, np.ndarray]:
+    """The documented digits split: seeded permutation, first 80 % train (sorted), rest test."""
+    order = np.random.default_rng(DIGITS_SPLIT_SEED).permutation(num_samples)
+    cut = math.floor(DIGITS_TRAIN_FRACTION * num_samples)
+    return {"train": np.sort(order[:cut]), "test": np.sort(order[cut:])}
+
+
+def _load_digits(split: str, dataset_id: str) -> ArrayDataset:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    idx = digits_split_indices(len(bunch.target))[split]
+    images = bunch.images[idx].astype(np.uint8)[:, None]  # values are integers 0..16
+    labels = bunch.target[idx].astype(np.int64)
+    return ArrayDataset(torch.from_numpy(np.ascontiguousarray(images)),
+                        torch.from_numpy(labels), dataset_id)
+
+
+def _load_torchvision(name: str, split: str, dataset_id: str) -> ArrayDataset:
+    from torchvision import datasets
+
+    root = str(_torchvision_root())
+    try:
+        if name == "mnist":
+            ds = datasets.MNIST(root, train=split == "train", download=False)
+            x = ds.data.unsqueeze(1)
+            y = torch.as_tensor(ds.targets, dtype=torch.int64)
+        else:
+            ds = datasets.CIFAR10(root, train=split == "train", download=False)
+            x = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2)
+            y = torch.as_tensor(ds.targets, dtype=torch.int64)
+    except (RuntimeError, OSError, ValueError) as err:
+        raise InvalidDataset(f"{dataset_id}: cannot read from {root}: {err}") from None
+    return ArrayDataset(x.contiguous(), y, dataset_id)
+
+
+def _parse_builtin_id(dataset_id: str) -> tuple[str, str]:
+    parts = dataset_id.split(":")
+    if len(parts) != 3 or parts[0] != "builtin" or parts[1] not in _BUILTIN_NAMES or (
+        parts[2] not in _SPLITS
+    ):
+        known = ", ".join(f"builtin:{n}:{s}" for n in _BUILTIN_NAMES for s in _SPLITS)
+        raise InvalidDataset(f"unknown built-in dataset {dataset_id!r} (known: {known})")
+    return parts[1], parts[2]
+
+
+@functools.lru_cache(maxsize=8)
+def _load_builtin_cached(dataset_id: str, source: str) -> ArrayDataset:
+    # ``source`` (the directory read) is part of the key, so changing the env var is honoured.
+    name, split = _parse_builtin_id(dataset_id)
+    if name == "fashion-mnist":
+        return _load_fashion(split, dataset_id)
+    if name == "digits":
+        return _load_digits(split, dataset_id)
+    return _load_torchvision(name, split, dataset_id)
+
+
+def load_builtin(dataset_id: str) -> ArrayDataset:
+    """A built-in dataset by id, cached per process; ``InvalidDataset`` when unknown or absent."""
+    name, split = _parse_builtin_id(dataset_id)
+    if not _available(name, split):
+        where = {"fashion-mnist": str(_fashion_dir()), "digits": "scikit-learn",
+                 "mnist": f"GIF_TORCHVISION_ROOT={_torchvision_root()}",
+                 "cifar10": f"GIF_TORCHVISION_ROOT={_torchvision_root()}"}[name]
+        raise InvalidDataset(f"built-in dataset {dataset_id!r} is not available on this server "
+                             f"(files not found: {where})")
+    source = {"fashion-mnist": str(_fashion_dir()), "digits": ""}.get(
+        name, str(_torchvision_root()))
+    return _load_builtin_cached(dataset_id, source)
+
+
+def load_dataset(id_or_path: str | os.PathLike) -> ArrayDataset:
+    """``builtin:…`` ids through :func:`load_builtin`, anything else as an uploaded file."""
+    if isinstance(id_or_path, str) and id_or_path.startswith("builtin:"):
+        return load_builtin(id_or_path)
+    return read_dataset(id_or_path)
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+def prepare_inputs(x: torch.Tensor, input_spec: InputSpec, flat: bool) -> torch.Tensor:
+    """Raw values → the model's float32 input: ``x · scale``, then ``(x − mean) / std`` per
+    channel (axis 1; one value broadcasts to all), then ``N×…`` → ``N×F`` for flat models.
+    Never modifies ``x``."""
+    out = x.to(torch.float32) * input_spec.scale
+    if input_spec.mean is not None and input_spec.std is not None:
+        channels = out.shape[1] if out.ndim >= 2 else 1
+        if len(input_spec.mean) not in (1, channels):
+            raise InvalidRequest(
+                f"input normalisation has {len(input_spec.mean)} mean/std values but the "
+                f"samples have {channels} channels", loc=("spec", "input", "mean"))
+        view = (1, -1) + (1,) * (out.ndim - 2)
+        mean = torch.tensor(input_spec.mean, dtype=torch.float32).view(view)
+        std = torch.tensor(input_spec.std, dtype=torch.float32).view(view)
+        out = (out - mean) / std
+    if flat:
+        out = out.reshape(out.shape[0], -1)
+    return out.contiguous()
+
+
+def check_dataset_fits(spec: ModelSpec, ds: ArrayDataset, *,
+                       loc: tuple[str | int, ...] = ("train_dataset_id",)) -> None:
+    """``InvalidRequest`` (at ``loc``) when ``ds``'s samples cannot feed ``spec``'s model or its
+    labels exceed the model's outputs. Shapes come from the architecture; the output count from a
+    forward pass on the meta device (no memory, no compute)."""
+    arch = get_architecture(spec.arch)
+    kwargs = arch.resolve_kwargs(spec.arch_kwargs)
+    expected = arch.shape_of(kwargs) if arch.shape_of is not None else None
+    sample = ds.sample_shape
+    if arch.flat_input:
+        features = math.prod(sample)
+        if expected is not None and expected[0] is not None and features != expected[0]:
+            raise InvalidRequest(f"{arch.name} takes {expected[0]} features; a sample of "
+                                 f"{ds.name} has shape {list(sample)} = {features}", loc=loc)
+    elif expected is not None and (len(sample) != len(expected) or any(
+            e is not None and e != s for e, s in zip(expected, sample, strict=False))):
+        shown = ["*" if e is None else e for e in expected]
+        raise InvalidRequest(f"{arch.name} takes samples of shape {shown}; {ds.name}'s are "
+                             f"{list(sample)}", loc=loc)
+    mean = spec.input.mean
+    channels = sample[0]
+    if mean is not None and len(mean) not in (1, channels):
+        raise InvalidRequest(f"the model's input normalisation has {len(mean)} channels; samples "
+                             f"of {ds.name} have {channels}", loc=loc)
+    outputs = _meta_num_outputs(spec, (math.prod(sample),) if arch.flat_input else sample, loc)
+    if outputs is not None and ds.num_classes > outputs:
+        raise InvalidRequest(f"{ds.name} has labels up to {ds.num_classes - 1}; the model has "
+                             f"{outputs} outputs", loc=loc)
+
+
+def _meta_num_outputs(spec: ModelSpec, shape: tuple[int, ...],
+                      loc: tuple[str | int, ...]) -> int | None:
+    model = build_meta_model(spec).eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.empty((1, *shape), device="meta"))
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InvalidRequest(f"samples of shape {list(shape)} do not fit {spec.arch}: {first}",
+                             loc=loc) from None
+    except NotImplementedError:  # an op without a meta kernel: the shape check above stands
+        return None
+    return int(out.shape[-1]) if isinstance(out, torch.Tensor) and out.ndim == 2 else None
