@@ -1,0 +1,154 @@
+"""The edit methods (MATH.md E1–E5) as right-hand sides and linear operators built from HVPs.
+
+Every method solves a (least-squares) linear system with a solver of ``gif.solvers``:
+
+====== ============================ ================================ ==================
+method operator (E6 HVPs)            right-hand side                  what moves
+====== ============================ ================================ ==================
+gif    ``H[:,S]``  (p × k)          ``−b``                           ``S``   (E3)
+fif    ``H[S,S]``  (k × k)          ``−b_S``                         ``S``   (E4)
+if     ``H``       (p × p)          ``−b``                           all θ   (E2)
+pif    ``H``       (p × p)          ``−b``, then keep ``S``          ``S``   (E5)
+====== ============================ ================================ ==================
+
+Each operator's product and transposed product cost one HVP each (E6), so one iteration of
+LSQR / CG / the Neumann series costs two HVPs whichever method is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from gif.errors import InvalidRequest
+from gif.params import scatter
+from gif.request import Solver
+from gif.solvers import Callback, LinearOperator, ShouldStop, SolveResult, solve
+
+METHODS = ("gif", "fif", "pif", "if")
+
+HessianProduct = Callable[[torch.Tensor], torch.Tensor]
+
+
+def removal_rhs(grad_forget_mean: torch.Tensor, m: int, n: int) -> torch.Tensor:
+    """E1, removal: ``b = −ε ∇ mean_U L``, ``ε = m / (N − m)``.
+
+    ``grad_forget_mean`` is the mean-loss gradient over the ``m`` removed points of ``N``.
+    """
+    if not 0 < m < n:
+        raise InvalidRequest(
+            f"removal needs 0 < m < N removed points, got m={m}, N={n}", loc=("edit",)
+        )
+    return -(m / (n - m)) * grad_forget_mean
+
+
+def relabel_rhs(
+    grad_new_mean: torch.Tensor, grad_old_mean: torch.Tensor, m: int, n: int
+) -> torch.Tensor:
+    """E1, relabel: ``b = (m / N) (∇ mean_U L(x, y') − ∇ mean_U L(x, y))``."""
+    if not 0 < m <= n:
+        raise InvalidRequest(
+            f"relabel needs 0 < m <= N edited points, got m={m}, N={n}", loc=("edit",)
+        )
+    return (m / n) * (grad_new_mean - grad_old_mean)
+
+
+def method_operator(
+    method: str, hvp: HessianProduct, selected: torch.Tensor, p: int
+) -> LinearOperator:
+    """The operator of ``method`` on the flat θ ∈ R^p with target indices ``selected`` (E2–E6).
+
+    - gif: ``H[:,S] v = H · pad_S(v)`` and ``H[:,S]ᵀ u = (H u)_S`` (E6).
+    - fif: ``H[S,S] v = (H · pad_S(v))_S`` (symmetric).
+    - if / pif: ``H`` itself (symmetric).
+    """
+    if method == "gif":
+        return LinearOperator(
+            (p, selected.numel()),
+            lambda v: hvp(scatter(v, selected, p)),
+            lambda u: hvp(u)[selected],
+        )
+    if method == "fif":
+
+        def principal_block(v: torch.Tensor) -> torch.Tensor:
+            return hvp(scatter(v, selected, p))[selected]
+
+        return LinearOperator(
+            (selected.numel(), selected.numel()), principal_block, principal_block
+        )
+    if method in ("if", "pif"):
+        return LinearOperator((p, p), hvp, hvp)
+    raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+
+
+def method_rhs(method: str, b: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+    """The right-hand side ``r`` of ``min ‖A Δ − r‖``: ``−b``, or ``−b_S`` for FIF (E2–E5)."""
+    return -b[selected] if method == "fif" else -b
+
+
+@dataclass
+class EditSolution:
+    """``θ[indices] ← θ[indices] + α · delta`` (E9), and how the solve went."""
+
+    method: str
+    indices: torch.Tensor
+    delta: torch.Tensor
+    result: SolveResult
+
+
+def check_selection(selected: torch.Tensor, p: int) -> torch.Tensor:
+    """Selected flat indices as a sorted, unique int64 vector inside [0, p)."""
+    selected = torch.as_tensor(selected).reshape(-1).long()
+    if selected.numel() == 0:
+        raise InvalidRequest(
+            "no parameter is selected: raise selection.ratio", loc=("selection", "ratio")
+        )
+    if int(selected.min()) < 0 or int(selected.max()) >= p:
+        raise ValueError(f"selected indices must lie in [0, {p})")
+    unique = torch.unique(selected)
+    if unique.numel() != selected.numel():
+        raise ValueError("selected indices must be unique")
+    return unique
+
+
+def solve_edit(
+    method: str,
+    hvp: HessianProduct,
+    b: torch.Tensor,
+    selected: torch.Tensor,
+    *,
+    solver_cfg: Solver,
+    callback: Callback | None = None,
+    should_stop: ShouldStop | None = None,
+) -> EditSolution:
+    """Solve one edit (E2–E5) with the solver of ``solver_cfg`` (E7/E8), damping included.
+
+    ``hvp`` applies ``H`` (``gif.hvp.make_hvp``), ``b`` is E1's right-hand side (length p) and
+    ``selected`` the flat indices of ``S``. The update moves ``indices`` (all of θ for ``"if"``)
+    by ``delta``.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    b = b.reshape(-1)
+    p = b.numel()
+    selected = check_selection(selected, p).to(b.device)
+    operator = method_operator(method, hvp, selected, p)
+    result = solve(
+        solver_cfg.algorithm,
+        operator,
+        method_rhs(method, b, selected),
+        damp=solver_cfg.damping,
+        tol=solver_cfg.tol,
+        max_iter=solver_cfg.max_iter,
+        callback=callback,
+        should_stop=should_stop,
+    )
+    if method == "if":
+        indices, delta = torch.arange(p, device=b.device), result.x
+    elif method == "pif":
+        indices, delta = selected, result.x[selected]
+    else:
+        indices, delta = selected, result.x
+    return EditSolution(method=method, indices=indices, delta=delta, result=result)
