@@ -356,7 +356,6 @@ def commit_success(
                     edited_model_id=result.get("edited_model_id"),
                     finished_at=now,
                     heartbeat_at=now,
-                    progress=None,
                 )
                 .execution_options(synchronize_session=False)
             ).rowcount
