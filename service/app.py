@@ -17,6 +17,7 @@ from service.api import ROUTERS
 from service.catalog import BuiltinCatalog
 from service.db.session import engine_from_settings, make_session_factory
 from service.dispatch import Dispatcher, NoneDispatcher, make_dispatcher
+from service.observability import install_observability
 from service.problems import install_problem_handlers
 from service.settings import Settings
 from service.storage import ArtifactStore
@@ -66,4 +67,5 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None) -> Fast
     install_problem_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    install_observability(app, app.state.session_factory)  # request ids, access log, /metrics
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.api import architectures, datasets, health, jobs, models
+from service.api import architectures, datasets, health, jobs, models, reports
 
 ROUTERS: list[APIRouter] = [
     health.router,
@@ -12,4 +12,5 @@ ROUTERS: list[APIRouter] = [
     models.router,
     datasets.router,
     jobs.router,
+    reports.router,
 ]

@@ -1,0 +1,159 @@
+"""The job report and its figures (README.md, "Job report").
+
+- ``GET /v1/jobs/{id}/report`` — a self-contained HTML page (``service.report``): every job
+  has one (unfinished and failed jobs show status, progress and error, without figures).
+- ``GET /v1/jobs/{id}/plots/{name}.png`` — one figure of a succeeded job as PNG; ``name`` is
+  a key of ``gif.plots.PLOTS``. 404 for an unknown name, a job without a result, or a figure
+  the result has no data for.
+
+Both are owner-scoped like every job route (another owner's job answers 404) and render in
+the thread pool (plain ``def`` handlers): matplotlib must not block the event loop. A
+succeeded job's result never changes, so a figure's ETag is a hash of the result, the figure
+name and the code version; a matching ``If-None-Match`` answers 304 without drawing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import metadata
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import HTMLResponse
+
+from service.api.common import get_owned, problem_responses
+from service.api.deps import OwnerDep, SessionDep
+from service.db.models import Job, Model
+from service.problems import ProblemError
+from service.report import CONTENT_SECURITY_POLICY, render_plots, render_report
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+PNG_MEDIA_TYPE = "image/png"
+# A terminal job's figures are immutable for a given code version; private: they need a key.
+PLOT_CACHE_CONTROL = "private, max-age=86400"
+
+
+def _code_version() -> str:
+    try:
+        return metadata.version("gif-service")
+    except metadata.PackageNotFoundError:  # running from a tree that is not installed
+        return "0"
+
+
+def job_as_dict(job: Job) -> dict[str, Any]:
+    """The API job object (API.md) of ``job``, JSON-ready."""
+
+    def iso(value):
+        return value.isoformat() if value is not None else None
+
+    return {
+        "id": job.id,
+        "status": job.status,
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "request": job.request,
+        "progress": job.progress,
+        "error": job.error,
+        "result": job.result,
+        "model_id": job.model_id,
+        "train_dataset_id": job.train_dataset_id,
+        "edited_model_id": job.edited_model_id,
+    }
+
+
+def _model_summary(session, owner_id: str, model_id: str | None) -> dict[str, Any] | None:
+    """id/name/arch of a model of this owner (a soft-deleted one still has its name)."""
+    if not model_id:
+        return None
+    model = session.get(Model, model_id)
+    if model is None or model.owner_id != owner_id:
+        return {"id": model_id}
+    return {"id": model.id, "name": model.name, "arch": model.arch}
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _etag(*parts: str) -> str:
+    return '"' + hashlib.sha256("\x00".join(parts).encode()).hexdigest() + '"'
+
+
+def _matches(request: Request, etag: str) -> bool:
+    header = request.headers.get("if-none-match", "")
+    candidates = {tag.strip().removeprefix("W/") for tag in header.split(",")}
+    return etag in candidates or "*" in candidates
+
+
+@router.get(
+    "/{job_id}/report",
+    response_class=HTMLResponse,
+    summary="The job's self-contained HTML report",
+    responses={200: {"content": {"text/html": {}}, "description": "The report page"},
+               304: {"description": "Not modified"},
+               **problem_responses(401, 404, 503)},
+)
+def job_report(job_id: str, request: Request, owner: OwnerDep, session: SessionDep) -> Response:
+    """Request, timings, solver diagnostics, metrics before/after and the figures of the job,
+    in one HTML page with no external assets (CSS inline, figures as data: URIs). A job that
+    has not succeeded shows its status, progress and error instead of figures."""
+    job = get_owned(session, Job, "job", owner.id, job_id)
+    document = job_as_dict(job)
+    models = {
+        "source": _model_summary(session, owner.id, job.model_id),
+        "edited": _model_summary(session, owner.id, job.edited_model_id),
+    }
+    models = {k: v for k, v in models.items() if v}
+    # The page is a function of the job object, the model names and the code: hash those, so
+    # a matching If-None-Match answers 304 without drawing the figures.
+    etag = _etag(_code_version(), _canonical(document), _canonical(models))
+    headers = {
+        "ETag": etag,
+        "Cache-Control": "private, no-cache",  # a running job's page changes: revalidate
+        "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+        "X-Content-Type-Options": "nosniff",
+    }
+    if _matches(request, etag):
+        return Response(status_code=304, headers=headers)
+    plots = render_plots(job.result) if job.status == "succeeded" and job.result else {}
+    page = render_report(document, plots=plots, models=models)
+    return HTMLResponse(page, headers=headers)
+
+
+@router.get(
+    "/{job_id}/plots/{name}.png",
+    response_class=Response,
+    summary="One figure of a succeeded job, as PNG",
+    responses={200: {"content": {PNG_MEDIA_TYPE: {"schema": {"type": "string",
+                                                               "format": "binary"}}},
+                     "description": "The figure"},
+               304: {"description": "Not modified"},
+               **problem_responses(401, 404, 503)},
+)
+def job_plot(job_id: str, name: str, request: Request, owner: OwnerDep,
+             session: SessionDep) -> Response:
+    """``name``: ``convergence`` (solver residuals), ``scale`` (step-size curve),
+    ``per_class`` (per-class accuracy before/after), ``per_layer`` (share changed and update
+    norm per layer)."""
+    from gif.plots import PLOTS, MissingPlotData
+
+    job = get_owned(session, Job, "job", owner.id, job_id)
+    if name not in PLOTS:
+        raise ProblemError(404, f"no plot named {name!r}; plots: {', '.join(sorted(PLOTS))}",
+                           slug="not-found")
+    if job.status != "succeeded" or not job.result:
+        raise ProblemError(404, f"job {job_id!r} has no result to plot (status {job.status})",
+                           slug="not-found")
+    etag = _etag(job.id, name, _code_version(), _canonical(job.result))
+    headers = {"ETag": etag, "Cache-Control": PLOT_CACHE_CONTROL,
+               "X-Content-Type-Options": "nosniff"}
+    if _matches(request, etag):
+        return Response(status_code=304, headers=headers)
+    try:
+        png = PLOTS[name](dict(job.result))
+    except MissingPlotData as missing:
+        raise ProblemError(404, f"job {job_id!r}: {missing}", slug="not-found") from missing
+    return Response(png, media_type=PNG_MEDIA_TYPE, headers=headers)
