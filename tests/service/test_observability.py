@@ -232,3 +232,36 @@ def test_metrics_still_answer_when_the_database_is_gone(tmp_path):
     assert samples[("gif_metrics_database_up", ())] == 0.0
     assert not any(name == "gif_jobs" for name, _ in samples)
     engine.dispose()
+
+
+def test_the_real_app_serves_metrics_without_a_key_and_never_logs_keys(tmp_path, log_stream):
+    from service.app import create_app
+    from service.auth import create_key
+    from service.db.migrate import upgrade
+    from service.settings import Settings
+
+    settings = Settings(data_dir=tmp_path, runner="none")
+    upgrade(settings)
+    app = create_app(settings)
+    with TestClient(app) as client:
+        with app.state.session_factory() as session:
+            key = create_key(session, "alice")
+            session.commit()
+        auth = {"Authorization": f"Bearer {key}"}
+        assert client.get("/v1/models", headers=auth).status_code == 200
+        wrong = client.get("/v1/models", headers={"Authorization": f"Bearer {SECRET_KEY}"})
+        assert wrong.status_code == 401
+        assert client.get("/v1/jobs/job_missing", headers=auth).status_code == 404
+        response = client.get("/metrics")  # no Authorization header at all
+    assert response.status_code == 200
+    samples = _samples(response.text)
+    route = ("route", "/v1/models")
+    assert samples[("gif_http_requests_total", (("method", "GET"), route, ("status", "200")))] == 1
+    assert samples[("gif_http_requests_total", (("method", "GET"), route, ("status", "401")))] == 1
+    assert samples[("gif_http_requests_total", (("method", "GET"), ("route", "/v1/jobs/{job_id}"),
+                                                ("status", "404")))] == 1
+    assert samples[("gif_jobs_queued", ())] == 0
+    text = log_stream.getvalue()
+    assert key not in text and SECRET_KEY not in text
+    assert key[4:] not in text and "Bearer gif" not in text
+    assert any(line.get("status") == 401 for line in _lines(log_stream))
