@@ -134,6 +134,46 @@ def test_compressed_zip_pretending_to_be_torch_is_refused(tmp_path):
 # --- malformed files ------------------------------------------------------------------------
 
 
+def _torch_zip_with_patched_pickle(tmp_path, old: bytes, new: bytes):
+    """A real torch.save file whose data.pkl has one opcode sequence replaced."""
+    torch.save({"w": torch.ones(3)}, tmp_path / "orig.pt")
+    with zipfile.ZipFile(tmp_path / "orig.pt") as archive:
+        members = [(i.filename, archive.read(i.filename)) for i in archive.infolist()]
+    target = tmp_path / "patched.pt"
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as out:
+        for name, data in members:
+            if name.endswith("data.pkl"):
+                assert data.count(old) == 1
+                data = data.replace(old, new)
+            out.writestr(name, data)
+    return target
+
+
+def test_torch_storage_larger_than_its_record_is_refused_without_allocating(tmp_path):
+    # The storage of 3 floats is declared as 2e9 elements (8 GB): torch checks the record size.
+    path = _torch_zip_with_patched_pickle(tmp_path, b"cpuq\x06K\x03",
+                                          b"cpuq\x06J" + struct.pack("<i", 2 * 10**9))
+    with pytest.raises(InvalidCheckpoint, match="corrupt or truncated PyTorch checkpoint: "
+                                                "record size"):
+        read_state_dict(path)
+
+
+def test_torch_tensor_view_beyond_its_storage_is_refused(tmp_path):
+    # The tensor claims 1e9 elements of a 3-element storage.
+    path = _torch_zip_with_patched_pickle(tmp_path, b"K\x00K\x03\x85",
+                                          b"K\x00J" + struct.pack("<i", 10**9) + b"\x85")
+    with pytest.raises(InvalidCheckpoint, match="corrupt or truncated PyTorch checkpoint"):
+        read_state_dict(path)
+
+
+def test_a_zip_that_is_not_a_torch_checkpoint(tmp_path):
+    import numpy as np
+
+    np.savez(tmp_path / "arrays.npz", x=np.zeros(3))
+    with pytest.raises(InvalidCheckpoint, match="no data.pkl: not a PyTorch checkpoint"):
+        read_state_dict(tmp_path / "arrays.npz")
+
+
 def test_truncated_torch_checkpoint(tmp_path):
     torch.save(_state_dict(), tmp_path / "full.pt")
     data = (tmp_path / "full.pt").read_bytes()

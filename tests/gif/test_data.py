@@ -385,3 +385,36 @@ def test_check_dataset_fits_default_location_is_the_train_dataset():
     with pytest.raises(InvalidRequest) as info:
         check_dataset_fits(ModelSpec(arch="tinynet"), _ds((1, 8, 8)))
     assert info.value.loc == ("train_dataset_id",)
+
+
+PLUGIN = '''
+from torch import nn
+
+
+def any_size_net(num_classes: int = 3):
+    """Conv then Linear(8 * 4 * 4): fits only 4x4 inputs, but declares no input shape."""
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.Flatten(), nn.Linear(128, num_classes))
+
+
+def factory():
+    return any_size_net
+'''
+
+
+def test_architectures_without_a_declared_shape_are_checked_by_a_meta_forward(tmp_path,
+                                                                               monkeypatch):
+    (tmp_path / "gif_data_plugin_mod.py").write_text(PLUGIN)
+    dist = tmp_path / "gif_data_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: gif-data-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[gif_service.architectures]\nshapeless = gif_data_plugin_mod:factory\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = ModelSpec(arch="shapeless", arch_kwargs={"num_classes": 3})
+    check_dataset_fits(spec, _ds((1, 4, 4), labels=(0, 2)))
+    with pytest.raises(InvalidRequest) as info:
+        check_dataset_fits(spec, _ds((1, 5, 5)))
+    assert "samples of shape [1, 5, 5] do not fit shapeless" in str(info.value)
+    assert info.value.loc == ("train_dataset_id",)
+    with pytest.raises(InvalidRequest, match="labels up to 3; the model has 3 outputs"):
+        check_dataset_fits(spec, _ds((1, 4, 4), labels=(0, 3)))
