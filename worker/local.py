@@ -80,6 +80,7 @@ class LocalRunner:
         self._stopping = threading.Event()
         self._child_lock = threading.Lock()
         self._child: multiprocessing.process.BaseProcess | None = None
+        self._child_job_id = ""
         self._serial = count(1)
         self._worker_prefix = f"local:{socket.gethostname()}:{os.getpid()}"
         self._scan_on_start = scan_on_start
@@ -107,6 +108,16 @@ class LocalRunner:
         if child is not None and child.is_alive():
             child.terminate()
         self._thread.join(timeout)
+
+    @property
+    def running_job(self) -> tuple[str, int] | None:
+        """``(job_id, pid)`` of the job's child process running now, if any (for operators'
+        diagnostics and fault-injection tests)."""
+        with self._child_lock:
+            child, job_id = self._child, self._child_job_id
+        if child is None or child.pid is None or not child.is_alive():
+            return None
+        return job_id, child.pid
 
     # -- the runner thread ---------------------------------------------------------------
     def _loop(self) -> None:
@@ -137,7 +148,7 @@ class LocalRunner:
             if self._stopping.is_set():
                 return
             child.start()
-            self._child = child
+            self._child, self._child_job_id = child, task.job_id
         logger.info("local runner: job %s started in process %s", task.job_id, child.pid)
         child.join(self._settings.job_time_limit_s)
         timed_out = child.is_alive()

@@ -1,0 +1,92 @@
+"""The embedded runner (worker/local.py) with real ``spawn`` child processes on a real SQLite
+database: the start-up scan, submit, a child killed mid-job, and close().
+
+One runner serves the whole scenario: every child process imports torch afresh, which costs
+seconds on a loaded machine, so the steps share it instead of starting a runner per test."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from service.db.models import Model
+from tests.worker import digits
+from tests.worker.conftest import make_worker_db
+from worker.local import LocalRunner
+
+REMOVE_5 = {"kind": "remove_class", "class": 5}
+TIMEOUT_S = 180.0
+
+
+def _wait_for(db, job_id, predicate, what, timeout=TIMEOUT_S):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = db.job(job_id)
+        if predicate(job):
+            return job
+        time.sleep(0.2)
+    pytest.fail(f"job {job_id} never became {what}: status={job.status} error={job.error}")
+
+
+def _terminal(job):
+    return job.status in ("succeeded", "failed", "cancelled")
+
+
+def _solving(job):
+    return job.status == "running" and (job.progress or {}).get("phase") == "solve"
+
+
+def test_local_runner_scans_runs_and_survives_a_killed_child(tmp_path, trained_state, digits_data):
+    db, engine = make_worker_db(tmp_path / "data", heartbeat_interval_s=0.5)
+    x, y = digits_data
+    model, dataset = db.add_model(trained_state), db.add_dataset(x, y)
+    quick = digits.quick_request(REMOVE_5, step={"mode": "fixed", "scale": 1.0})
+    # Left by a previous server process: one queued, one running whose process is gone.
+    queued = db.add_job(model.id, dataset.id, quick)
+    orphan = db.add_job(
+        model.id, dataset.id, quick, status="running", attempts=1, worker_id="local:gone:1:1"
+    )
+    runner = LocalRunner(db.settings)
+    try:
+        assert runner.ready()
+        # 1. The start-up scan runs both: the orphan is re-run as its second attempt.
+        for job_id, attempts in ((queued, 1), (orphan, 2)):
+            job = _wait_for(db, job_id, _terminal, "terminal")
+            assert (job.status, job.attempts) == ("succeeded", attempts), job.error
+
+        # 2. A child killed in the middle of a solve fails its job worker_lost.
+        doomed = db.add_job(model.id, dataset.id, digits.long_request(REMOVE_5))
+        runner.submit(doomed)
+        _wait_for(db, doomed, _solving, "solving")
+        running_job_id, pid = runner.running_job
+        assert running_job_id == doomed
+        os.kill(pid, signal.SIGKILL)
+        job = _wait_for(db, doomed, _terminal, "terminal", timeout=30)
+        assert job.status == "failed" and job.error["code"] == "worker_lost"
+        assert "signal 9" in job.error["message"]
+
+        # 3. The runner survives: the next job runs; close() stops its child at once, and
+        # the job stays running for the next runner on this database to re-run.
+        interrupted = db.add_job(model.id, dataset.id, digits.long_request(REMOVE_5))
+        runner.submit(interrupted)
+        _wait_for(db, interrupted, _solving, "solving")
+        _, pid = runner.running_job
+        started = time.monotonic()
+        runner.close()
+        assert time.monotonic() - started < 15
+        assert not runner.ready()
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+        assert db.job(interrupted).status == "running"
+    finally:
+        runner.close()
+        engine.dispose()
+    with db.factory() as session:
+        edited = session.scalars(
+            sa.select(Model.source_job_id).where(Model.source_job_id.is_not(None))
+        ).all()
+    assert sorted(edited) == sorted([queued, orphan])
