@@ -71,7 +71,7 @@ class ArchArgument:
     def to_dict(self) -> dict:
         out = {"name": self.name, "type": self.type, "required": self.required}
         if not self.required:
-            out["default"] = self.default
+            out["default"] = _json_safe(self.default)
         if self.description:
             out["description"] = self.description
         if self.minimum is not None:
@@ -111,6 +111,16 @@ class ArchArgument:
         if self.minimum is not None and value < self.minimum:
             raise ValueError(f"{where}must be >= {self.minimum}, got {value}")
         return value
+
+
+def _json_safe(value: Any) -> Any:
+    """A plugin's default as JSON: numbers, strings, booleans, null and lists of them as they
+    are, anything else by its ``repr`` (so the listing never fails to serialise)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return repr(value)
 
 
 def _json_type(value: Any) -> str:

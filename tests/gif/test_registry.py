@@ -206,7 +206,7 @@ from torch import nn
 from gif.registry import ArchArgument, Architecture
 
 
-def wide_builder(width: int = 4, num_classes: int = 3, tag: str = "x"):
+def wide_builder(width: int = 4, num_classes: int = 3, tag: str = "x", act=nn.ReLU):
     """Two linear layers for tests."""
     return nn.Sequential(nn.Linear(2, width), nn.ReLU(), nn.Linear(width, num_classes))
 
@@ -262,6 +262,8 @@ def test_entry_point_plugins_are_listed_and_buildable(plugin_dist):
     args = {a.name: a.to_dict() for a in wide.arguments}
     assert args["width"] == {"name": "width", "type": "int", "required": False, "default": 4}
     assert args["tag"]["type"] == "str"
+    assert args["act"] == {"name": "act", "type": "any", "required": False,
+                           "default": repr(nn.ReLU)}  # JSON-safe listing of any default
     assert wide.description == "Two linear layers for tests."
     model = build_model(_spec("widenet", width=6))
     assert model[0].weight.shape == (6, 2)

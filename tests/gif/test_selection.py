@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -337,3 +338,22 @@ def test_non_finite_outputs_are_reported():
     with pytest.raises(NonFinite, match="non-finite topk_outputs scores in layer ''"):
         select_parameters(layer, torch.randn(2, 3), torch.zeros(2).long(),
                           criterion="topk_outputs", ratio=0.5, seed=0, batch_size=2)
+
+
+@pytest.mark.cuda
+def test_selection_of_a_cuda_model_gives_cpu_masks_matching_the_cpu_run():
+    model = _cnn()
+    x, y = _data("cnn")
+    on_gpu = copy.deepcopy(model).cuda()
+    for criterion in CRITERIA:
+        cpu = _select(model, x, y, criterion, 0.29, seed=3)
+        gpu = _select(on_gpu, x, y, criterion, 0.29, seed=3)
+        assert all(m.device.type == "cpu" for m in gpu.masks.values())
+        assert [e["num_selected"] for e in gpu.per_layer] == [
+            e["num_selected"] for e in cpu.per_layer]
+        if criterion == "random":  # no scores involved: bit-identical
+            assert all(torch.equal(gpu.masks[k], cpu.masks[k]) for k in cpu.masks)
+    layers = eligible_layers(model)
+    torch.testing.assert_close(
+        gradient_scores(on_gpu, eligible_layers(on_gpu), x, y, 4, "cross_entropy")["conv2"],
+        gradient_scores(model, layers, x, y, 4, "cross_entropy")["conv2"], rtol=1e-4, atol=1e-7)
