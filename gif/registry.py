@@ -447,9 +447,10 @@ def get_architecture(name: str) -> Architecture:
 def _build(arch: Architecture, kwargs: dict[str, Any]) -> nn.Module:
     try:
         model = arch.builder(**kwargs)
-    except (ValueError, TypeError, RuntimeError) as err:
+    except Exception as err:  # a plugin's builder may raise anything: report it, never a 500
         raise InvalidRequest(
-            f"architecture {arch.name!r} cannot be built with {kwargs}: {err}",
+            f"architecture {arch.name!r} cannot be built with {kwargs}: "
+            f"{type(err).__name__}: {err}",
             loc=("spec", "arch_kwargs"),
         ) from None
     if not isinstance(model, nn.Module):

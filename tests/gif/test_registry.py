@@ -215,6 +215,16 @@ def wide_factory():
     return wide_builder
 
 
+def picky_builder(width: int = 4):
+    if width % 2:
+        raise KeyError("width must be even")
+    return nn.Linear(width, 2)
+
+
+def picky():
+    return picky_builder
+
+
 def described():
     return Architecture(
         name="whatever",
@@ -247,6 +257,7 @@ def plugin_dist(tmp_path, monkeypatch):
         described = gif_test_plugin_mod:described
         linear = gif_test_plugin_mod:shadow
         brokennet = gif_test_plugin_mod:broken
+        picky = gif_test_plugin_mod:picky
         """))
     monkeypatch.syspath_prepend(str(tmp_path))
     return tmp_path
@@ -270,6 +281,11 @@ def test_entry_point_plugins_are_listed_and_buildable(plugin_dist):
     with pytest.raises(InvalidRequest) as info:
         build_model(_spec("widenet", width="6"))
     assert info.value.loc == ("spec", "arch_kwargs", "width")
+
+    with pytest.raises(InvalidRequest) as info:
+        build_model(_spec("picky", width=3))
+    assert "KeyError: 'width must be even'" in str(info.value)
+    assert info.value.loc == ("spec", "arch_kwargs")
 
     described = get_architecture("described")
     assert described.name == "described"  # the entry-point name wins
