@@ -463,8 +463,8 @@ def prepare_inputs(x: torch.Tensor, input_spec: InputSpec, flat: bool) -> torch.
                 f"input normalisation has {len(input_spec.mean)} mean/std values but the "
                 f"samples have {channels} channels", loc=("spec", "input", "mean"))
         view = (1, -1) + (1,) * (out.ndim - 2)
-        mean = torch.tensor(input_spec.mean, dtype=torch.float32).view(view)
-        std = torch.tensor(input_spec.std, dtype=torch.float32).view(view)
+        mean = torch.tensor(input_spec.mean, dtype=torch.float32, device=out.device).view(view)
+        std = torch.tensor(input_spec.std, dtype=torch.float32, device=out.device).view(view)
         out = (out - mean) / std
     if flat:
         out = out.reshape(out.shape[0], -1)

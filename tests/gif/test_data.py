@@ -418,3 +418,12 @@ def test_architectures_without_a_declared_shape_are_checked_by_a_meta_forward(tm
     assert info.value.loc == ("train_dataset_id",)
     with pytest.raises(InvalidRequest, match="labels up to 3; the model has 3 outputs"):
         check_dataset_fits(spec, _ds((1, 4, 4), labels=(0, 3)))
+
+
+@pytest.mark.cuda
+def test_prepare_inputs_keeps_the_device():
+    x = torch.from_numpy(_images(n=2, c=2)).cuda()
+    spec = InputSpec(scale=0.5, mean=[1.0, 2.0], std=[2.0, 4.0])
+    out = prepare_inputs(x, spec, flat=True)
+    assert out.device == x.device
+    torch.testing.assert_close(out.cpu(), prepare_inputs(x.cpu(), spec, flat=True))
