@@ -34,7 +34,8 @@ def _parse_eval(_ctx, _param, values: tuple[str, ...]) -> dict[str, str]:
 
 
 class _ProgressBar:
-    """A tqdm bar on stderr: one line per phase, the solver's iterations and residual."""
+    """tqdm on stderr, one line per phase: the phase and its time; in ``solve`` the iteration
+    out of ``max_iter`` and the current residual."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
@@ -49,9 +50,12 @@ class _ProgressBar:
         if progress.phase != self.phase:
             self.close()
             self.phase = progress.phase
-            total = progress.max_iter if progress.phase == "solve" else None
-            self.bar = tqdm(total=total, desc=progress.phase, file=sys.stderr, leave=True,
-                            dynamic_ncols=True)
+            if progress.phase == "solve":
+                self.bar = tqdm(total=progress.max_iter, desc="solve", file=sys.stderr,
+                                dynamic_ncols=True)
+            else:
+                self.bar = tqdm(desc=progress.phase, file=sys.stderr,
+                                bar_format="{desc}: {elapsed}")
         if progress.iteration is not None and self.bar is not None:
             if progress.max_iter and self.bar.total != progress.max_iter:
                 self.bar.total = progress.max_iter
@@ -60,16 +64,23 @@ class _ProgressBar:
                 self.bar.set_postfix(residual=f"{progress.residual:.3g}", refresh=False)
             self.bar.refresh()
 
+    def write(self, line: str) -> None:
+        """A message that does not break the bar."""
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            click.echo(line, err=True)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
 
 
-def _event_printer(verbose: bool):
+def _event_printer(bar: _ProgressBar, verbose: bool):
     def event(level: str, phase: str, message: str, data: dict) -> None:
         if verbose or level in ("warning", "error"):
-            click.echo(f"[{level}] {phase}: {message}", err=True)
+            bar.write(f"[{level}] {phase}: {message}")
 
     return event
 
@@ -109,7 +120,7 @@ def edit(model_path: Path, spec_path: Path, train: str, request_path: Path, out_
     from gif.edit import EditHooks, Progress, edit_from_files
 
     bar = _ProgressBar(enabled=not quiet)
-    hooks = EditHooks(progress=bar, event=_event_printer(verbose))
+    hooks = EditHooks(progress=bar, event=_event_printer(bar, verbose))
     try:
         outcome = edit_from_files(request_path, model_path, spec_path, train, evals, hooks)
         bar(Progress("save"))

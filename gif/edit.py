@@ -107,6 +107,7 @@ def run_edit(
     reporter = _Reporter(hooks or EditHooks())
     with reporter.phase("load"):
         device = resolve_device(request.device)
+        _check_finite_state(model.state_dict, "the input weights")
         arch = get_architecture(model.spec.arch)
         original = build_model(model.spec)
         own_copy = {k: v.detach().clone() for k, v in model.state_dict.items()}
@@ -157,13 +158,14 @@ def run_edit(
     with reporter.phase("evaluate"):
         edited_state = apply_update(model.state_dict, space, solution.indices.cpu(),
                                     solution.delta.cpu(), curve.scale)
-        _check_finite_state(edited_state)
+        _check_finite_state(edited_state, "the edited weights (nothing is returned)")
         measure = _Measurer(request, data, num_classes)
         before = measure(original)
         after = measure(edited)
         reporter.event("info", "evaluate", "metrics measured", {"score_before": before.get("score"),
                                                                  "score_after": after.get("score")})
 
+    selection_per_layer = selection_info.pop("_per_layer", None)
     result = {
         "scale": curve.scale,
         "step": curve.to_json(),
@@ -171,7 +173,7 @@ def run_edit(
         "selection": {**selection_info,
                       "per_layer": per_layer_changes(space, solution.indices.cpu(),
                                                      curve.scale * solution.delta.cpu(),
-                                                     selection_info.pop("_per_layer", None))},
+                                                     selection_per_layer)},
         "solver": solver_info,
         "metrics": {"before": before, "after": after},
         "timings": reporter.timings,
@@ -244,11 +246,7 @@ def validate_request(request: EditRequest, spec: ModelSpec, train, eval_sets: Ma
             raise InvalidRequest("every new label equals the current one: nothing to relabel",
                                  loc=("edit", "labels"))
     for name, dataset in eval_sets.items():
-        try:
-            check_dataset_fits(spec, dataset)
-        except InvalidRequest as err:
-            raise InvalidRequest(f"evaluation set {name!r}: {err.message}",
-                                 loc=("eval", "datasets", name)) from None
+        check_dataset_fits(spec, dataset, loc=("eval", "datasets", name))
         if dataset.num_samples == 0:
             raise InvalidRequest(f"evaluation set {name!r} is empty",
                                  loc=("eval", "datasets", name))
@@ -380,7 +378,8 @@ def _select(request: EditRequest, model: nn.Module, space, data: _EditData):
         raise InvalidRequest(f"the selection ratio {request.selection.ratio} selects no parameter "
                              f"in any layer; raise selection.ratio", loc=("selection", "ratio"))
     info = {"criterion": request.selection.criterion, "ratio": request.selection.ratio,
-            "num_selected": int(len(indices)), "_per_layer": selection.per_layer}
+            "num_selected": int(len(indices)), "num_eligible": selection.num_eligible,
+            "_per_layer": selection.per_layer}
     return indices, info
 
 
@@ -503,7 +502,7 @@ def per_layer_changes(space, indices: torch.Tensor, update: torch.Tensor,
 
     Layers are the modules owning the parameters (``conv1.weight`` → ``conv1``), so normalisation
     layers appear with 0 changed. Extra fields of the selection's own per-layer summary
-    (``type``, ``units_selected``) are merged in by layer name.
+    (``type``, ``units``, ``units_selected``, threshold) are merged in by layer name.
     """
     full = torch.zeros(space.size, dtype=torch.float64)
     full[indices] = update.double()
@@ -521,7 +520,8 @@ def per_layer_changes(space, indices: torch.Tensor, update: torch.Tensor,
     extra = {}
     for item in selection_per_layer or []:
         key = item.get("layer", item.get("name"))
-        extra[key] = {k: v for k, v in item.items() if k in ("type", "units_selected")}
+        extra[key] = {k: v for k, v in item.items()
+                      if k in ("type", "units", "units_selected", "threshold", "threshold_lowered")}
     rows = []
     for layer, entry in layers.items():
         square = entry.pop("_square")
@@ -552,12 +552,11 @@ def _copy_model(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).eval()
 
 
-def _check_finite_state(state: Mapping[str, torch.Tensor]) -> None:
+def _check_finite_state(state: Mapping[str, torch.Tensor], what: str) -> None:
     bad = [k for k, v in state.items()
            if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
-        raise NonFinite(f"the edited weights contain NaN or Inf in {bad[:5]}; nothing returned",
-                        details={"tensors": bad})
+        raise NonFinite(f"{what} contain NaN or Inf in {bad[:5]}", details={"tensors": bad})
 
 
 def _solver_summary(info: dict) -> dict:

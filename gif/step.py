@@ -91,7 +91,8 @@ def search_scale(
     """E9, ``mode=auto``: evaluate every ``α`` in ``scales``, refine around the best, keep it.
 
     Refinement: for each ``r`` in ``refine_octaves`` the current best ``α`` is tried at
-    ``α·2^(±r)`` (bisection in log α); pass ``()`` to evaluate the grid only.
+    ``α·2^(±r)`` (bisection in log α) when that lies strictly inside the grid's range; pass
+    ``()`` to evaluate the grid only.
 
     ``apply_fn(α)`` returns whatever ``objective_fn`` scores (the model with
     ``θ_S + αΔ_S`` loaded); ``objective_fn`` returns ``{"objective": float, **components}``
@@ -111,10 +112,11 @@ def search_scale(
 
     for scale in grid:
         visit(scale)
-    for octave in refine_octaves if len(grid) > 1 else ():
+    for octave in refine_octaves:
         best = _best(list(evaluated.values())).scale
         for factor in (2.0**-octave, 2.0**octave):
-            visit(best * factor)
+            if grid[0] < best * factor < grid[-1]:  # refine inside the grid, never beyond it
+                visit(best * factor)
     points = sorted(evaluated.values(), key=lambda point: point.scale)
     return ScaleCurve(mode="auto", points=tuple(points), best_index=points.index(_best(points)))
 

@@ -1,0 +1,231 @@
+"""End to end through ``gif.edit.run_edit`` on a real network trained here (digits, an MLP).
+
+- class removal with GIF at ratio 0.1 forgets the class (< 10 % forget accuracy) while the
+  test accuracy on the remaining classes drops by less than 5 points;
+- relabeling planted label flips restores the corrected labels on the edited points without
+  hurting test accuracy;
+- the input model is never mutated, the output has the input's keys and dtypes and moves only
+  the selected parameters, the reported metrics are what the returned weights really do;
+- sampling keeps the step's validation split out of the Hessian sample and the edited points;
+- bad requests fail before any work with ``InvalidRequest`` naming the field; cancel works.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gif.data import ArrayDataset, load_dataset, prepare_inputs
+from gif.edit import PHASES, EditHooks, LoadedModel, plan_indices, run_edit
+from gif.errors import Cancelled, InvalidRequest, NonFinite
+from gif.metrics import evaluate
+from gif.registry import build_model
+from gif.request import EditRequest
+from gif.spec import ModelSpec
+
+SPEC = ModelSpec(arch="mlp", arch_kwargs={"in_features": 64, "hidden": [64], "num_classes": 10},
+                 input={"scale": 1 / 16})
+REMOVED = 8
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2 threads on a shared, loaded 2-core box spin-wait: 20x slower
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[ArrayDataset, ArrayDataset]:
+    return load_dataset("builtin:digits:train"), load_dataset("builtin:digits:test")
+
+
+def train_mlp(train: ArrayDataset, labels: torch.Tensor, *, epochs: int = 200) -> dict:
+    """Full-batch Adam to (near) interpolation: the regime influence functions assume."""
+    torch.manual_seed(0)
+    model = build_model(SPEC).train()
+    x = prepare_inputs(train.x, SPEC.input, flat=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(epochs):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), labels).backward()
+        optimizer.step()
+    return {k: v.detach().clone() for k, v in model.eval().state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def clean_model(digits) -> dict:
+    train, _ = digits
+    return train_mlp(train, train.y)
+
+
+def request(**fields) -> EditRequest:
+    body = {"solver": {"batch_size": 2048, "max_iter": 50, "hessian_samples": None}, **fields}
+    return EditRequest.model_validate(body)
+
+
+def accuracy_of(state: dict, x: torch.Tensor, y: torch.Tensor, **kw) -> dict:
+    model = build_model(SPEC)
+    model.load_state_dict(state)
+    return evaluate(model, prepare_inputs(x, SPEC.input, flat=True), y, batch_size=512,
+                    num_classes=10, **kw)
+
+
+def test_class_removal_forgets_the_class_and_keeps_the_rest(digits, clean_model):
+    train, test = digits
+    snapshot = {k: v.clone() for k, v in clean_model.items()}
+    phases, iterations = [], []
+
+    def progress(p):
+        if not phases or phases[-1] != p.phase:
+            phases.append(p.phase)
+        if p.phase == "solve" and p.iteration is not None:
+            iterations.append(p.iteration)
+
+    outcome = run_edit(
+        request(edit={"kind": "remove_class", "class": REMOVED},
+                selection={"criterion": "topk_outputs", "ratio": 0.1}),
+        LoadedModel(SPEC, clean_model), train, {"test": test}, EditHooks(progress=progress),
+    )
+    result = outcome.result
+    before, after = result["metrics"]["before"], result["metrics"]["after"]
+
+    # The issue's requirement, measured on the returned weights, not only on the report.
+    forget_mask = train.y == REMOVED
+    forget_after = accuracy_of(outcome.state_dict, train.x[forget_mask], train.y[forget_mask])
+    test_after = accuracy_of(outcome.state_dict, test.x, test.y, removed_class=REMOVED)
+    test_before = accuracy_of(clean_model, test.x, test.y, removed_class=REMOVED)
+    assert before["forget"]["accuracy"] > 0.9
+    assert forget_after["accuracy"] < 0.10
+    drop = test_before["accuracy_remaining_classes"] - test_after["accuracy_remaining_classes"]
+    assert drop < 0.05
+    # The report says what the weights do.
+    assert after["forget"]["accuracy"] == pytest.approx(forget_after["accuracy"])
+    assert after["test"]["accuracy_remaining_classes"] == pytest.approx(
+        test_after["accuracy_remaining_classes"])
+    assert after["score"] > before["score"]
+
+    # Input untouched; output has the same keys/dtypes; only selected entries moved.
+    assert all(torch.equal(snapshot[k], clean_model[k]) for k in snapshot)
+    assert outcome.state_dict.keys() == clean_model.keys()
+    assert all(outcome.state_dict[k].dtype == clean_model[k].dtype for k in clean_model)
+    changed = sum(int((outcome.state_dict[k] != clean_model[k]).sum()) for k in clean_model)
+    num_selected = result["selection"]["num_selected"]
+    assert 0 < changed <= num_selected
+    per_layer = result["selection"]["per_layer"]
+    assert sum(layer["num_selected"] for layer in per_layer) == num_selected
+    assert all(abs(layer["ratio"] - 0.1) < 0.01 for layer in per_layer)
+
+    # Phases in order, solver iterations reported one by one, timings for each phase.
+    assert phases == [p for p in PHASES if p != "save"]
+    assert iterations == list(range(1, len(iterations) + 1))
+    assert len(iterations) == result["solver"]["iterations"]
+    assert set(result["timings"]) == set(phases)
+    assert result["step"]["mode"] == "auto"
+    assert result["scale"] in [point["scale"] for point in result["step"]["curve"]]
+
+
+def test_relabel_restores_flipped_labels_without_hurting_test_accuracy(digits):
+    train, test = digits
+    rng = np.random.default_rng(0)
+    flipped = np.sort(rng.choice(train.num_samples, size=train.num_samples // 10, replace=False))
+    true_labels = train.y[flipped].clone()
+    poisoned_labels = train.y.clone()
+    poisoned_labels[flipped] = (true_labels + 1) % 10
+    poisoned = ArrayDataset(train.x, poisoned_labels, "digits-flipped")
+    model = train_mlp(poisoned, poisoned_labels)
+
+    outcome = run_edit(
+        request(edit={"kind": "relabel", "indices": flipped.tolist(),
+                      "labels": true_labels.tolist()}),
+        LoadedModel(SPEC, model), poisoned, {"test": test},
+    )
+    idx = torch.as_tensor(flipped)
+    restored_before = accuracy_of(model, train.x[idx], true_labels)["accuracy"]
+    restored_after = accuracy_of(outcome.state_dict, train.x[idx], true_labels)["accuracy"]
+    test_before = accuracy_of(model, test.x, test.y)["accuracy"]
+    test_after = accuracy_of(outcome.state_dict, test.x, test.y)["accuracy"]
+    assert restored_after > restored_before + 0.25
+    assert test_after > test_before - 0.02
+    after = outcome.result["metrics"]["after"]
+    assert after["relabeled"]["accuracy"] == pytest.approx(restored_after)
+    assert after["relabeled"]["count"] == len(flipped)
+
+
+def test_sampling_keeps_validation_out_of_hessian_and_edit(digits):
+    train, _ = digits
+    req = request(edit={"kind": "remove_class", "class": 3},
+                  solver={"hessian_samples": 300, "edit_samples": 50},
+                  step={"validation_fraction": 0.2}, eval={"retain_samples": 100})
+    plan = plan_indices(req, train)
+    edited = set(plan.edited.tolist())
+    assert edited == set(np.flatnonzero(train.y.numpy() == 3).tolist())
+    assert set(plan.edit_sample.tolist()) <= edited and len(plan.edit_sample) == 50
+    validation, hessian = set(plan.validation.tolist()), set(plan.hessian.tolist())
+    assert not validation & hessian and not validation & edited and not hessian & edited
+    assert len(hessian) == 300 and len(plan.retain) == 100
+    assert len(validation) == round(0.2 * (train.num_samples - len(edited)))
+    again = plan_indices(req, train)
+    assert all(np.array_equal(getattr(plan, f), getattr(again, f))
+               for f in ("edit_sample", "validation", "hessian", "retain"))
+    other_seed = plan_indices(req.model_copy(update={"seed": 1}), train)
+    assert not np.array_equal(plan.hessian, other_seed.hessian)
+
+
+@pytest.mark.parametrize(
+    ("fields", "loc"),
+    [
+        ({"edit": {"kind": "remove_class", "class": 10}}, ("edit", "class")),
+        ({"edit": {"kind": "remove_samples", "indices": [0, 5000]}}, ("edit", "indices")),
+        ({"edit": {"kind": "relabel", "indices": [0], "labels": [12]}}, ("edit", "labels")),
+        ({"edit": {"kind": "remove_class", "class": 1}, "eval": {"mia": True}}, ("eval", "mia")),
+    ],
+)
+def test_impossible_requests_fail_before_any_work(digits, clean_model, fields, loc):
+    train, _ = digits
+    phases = []
+    with pytest.raises(InvalidRequest) as info:
+        run_edit(request(**fields), LoadedModel(SPEC, clean_model), train, {},
+                 EditHooks(progress=lambda p: phases.append(p.phase)))
+    assert info.value.loc == loc
+    assert phases == ["load"]
+
+
+def test_eval_set_that_does_not_fit_is_named(digits, clean_model):
+    train, _ = digits
+    wrong = ArrayDataset(torch.zeros(4, 1, 4, 4, dtype=torch.uint8),
+                         torch.zeros(4, dtype=torch.long), "small-images")
+    with pytest.raises(InvalidRequest) as info:
+        run_edit(request(edit={"kind": "remove_class", "class": 1}),
+                 LoadedModel(SPEC, clean_model), train, {"holdout": wrong})
+    assert info.value.loc == ("eval", "datasets", "holdout")
+
+
+def test_cancel_stops_during_the_solve(digits, clean_model):
+    train, _ = digits
+    seen = []
+
+    def progress(p):
+        seen.append((p.phase, p.iteration))
+
+    def should_cancel():
+        return any(phase == "solve" and it for phase, it in seen)
+
+    with pytest.raises(Cancelled):
+        run_edit(request(edit={"kind": "remove_class", "class": 1}),
+                 LoadedModel(SPEC, clean_model), train, {},
+                 EditHooks(progress=progress, should_cancel=should_cancel))
+    solver_iterations = [it for phase, it in seen if phase == "solve" and it]
+    assert solver_iterations == [1]
+    assert "step_search" not in [phase for phase, _ in seen]
+
+
+def test_non_finite_weights_are_refused(digits, clean_model):
+    train, _ = digits
+    broken = {k: v.clone() for k, v in clean_model.items()}
+    broken["0.weight"][0, 0] = float("nan")
+    with pytest.raises(NonFinite):
+        run_edit(request(edit={"kind": "remove_class", "class": 1}),
+                 LoadedModel(SPEC, broken), train, {})
