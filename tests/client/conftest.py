@@ -4,6 +4,9 @@ the edit jobs run against ``builtin:digits:train`` and finish in seconds."""
 
 from __future__ import annotations
 
+import threading
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 from sklearn.datasets import load_digits
 
-from service.client import GifClient, Model
+from service.client import GifClient, Job, JobEvent, JobProgress, Model
 from tests.live_server import LiveServer, live_server
 
 DIGITS_FEATURES = 64
@@ -69,6 +72,51 @@ def model(server: LiveServer, checkpoint: Path) -> Model:
     """The uploaded digits MLP, shared by the job tests."""
     with GifClient(server.url, server.api_key, timeout=60.0) as gif:
         return gif.upload_model(checkpoint, MODEL_SPEC)
+
+
+@pytest.fixture(scope="session")
+def exploding_model(server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> Model:
+    """The MLP with weights scaled by 1e30: finite (so the upload is accepted) but its outputs
+    overflow, so a job on it fails at run time (``non_finite``), not at submission."""
+    state = {name: tensor * 1e30 if name.endswith("weight") else tensor
+             for name, tensor in train_digits_mlp(epochs=1).items()}
+    path = tmp_path_factory.mktemp("ckpt") / "exploding.safetensors"
+    save_file(state, str(path))
+    with GifClient(server.url, server.api_key, timeout=60.0) as gif:
+        return gif.upload_model(path, {**MODEL_SPEC, "name": "exploding"})
+
+
+@dataclass
+class FinishedJob:
+    """The shared edit job, as observed live by whichever test needed it first."""
+
+    key: str  # its Idempotency-Key
+    body: dict
+    job: Job  # terminal
+    progress: list[JobProgress] = field(default_factory=list)  # each new value while waiting
+    streamed: list[JobEvent] = field(default_factory=list)  # the SSE stream, read concurrently
+
+
+@pytest.fixture(scope="session")
+def finished_job(server: LiveServer, model: Model) -> FinishedJob:
+    """One edit job for the whole session (each job costs the runner a fresh process): submitted,
+    its events streamed on a thread while the main thread waits with a progress callback."""
+    key, body = str(uuid.uuid4()), edit_body(model.id)
+    with GifClient(server.url, server.api_key, timeout=60.0) as gif:
+        job = gif.submit_job(body, idempotency_key=key)
+        record = FinishedJob(key, body, job)
+
+        def stream() -> None:
+            with GifClient(server.url, server.api_key, timeout=60.0) as streamer:
+                record.streamed.extend(streamer.stream_events(job.id))
+
+        reader = threading.Thread(target=stream, daemon=True)
+        reader.start()
+        record.job = gif.wait_for_job(job.id, on_progress=record.progress.append,
+                                      poll_interval=0.02, timeout=240)
+        reader.join(timeout=60)
+    assert record.job.status == "succeeded", record.job.error
+    return record
 
 
 def edit_body(model_id: str, **overrides) -> dict:

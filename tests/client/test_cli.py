@@ -1,0 +1,127 @@
+"""The ``models`` / ``datasets`` / ``jobs`` commands against the real server (click's runner in
+process, plus the installed ``gif-service`` script once for the wiring)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from service.cli_client import datasets, jobs, models
+from service.client import Model
+from tests.client.conftest import MODEL_SPEC, FinishedJob, edit_body
+from tests.live_server import LiveServer, gif_service_command, service_env
+
+
+@pytest.fixture()
+def run(server: LiveServer):
+    """Invoke a command group with the server's URL and key in the environment."""
+
+    def invoke(group, *args: str):
+        env = {"GIF_URL": server.url, "GIF_API_KEY": server.api_key}
+        return CliRunner().invoke(group, list(args), env=env, catch_exceptions=False)
+
+    return invoke
+
+
+def test_every_command_has_help():
+    runner = CliRunner()
+    for group in (models, datasets, jobs):
+        for name, command in group.commands.items():
+            result = runner.invoke(group, [name, "--help"])
+            assert result.exit_code == 0, (name, result.output)
+            assert "--api-key" in result.output and (command.help or "")[:20] in result.output
+
+
+def test_models_upload_list_show_download(run, checkpoint: Path, tmp_path: Path):
+    uploaded = run(models, "upload", str(checkpoint), "--spec", json.dumps(MODEL_SPEC),
+                   "--name", "cli-model", "--json")
+    assert uploaded.exit_code == 0, uploaded.output
+    model = json.loads(uploaded.output)
+    assert model["name"] == "cli-model"
+
+    listed = run(models, "list")
+    shown = run(models, "show", model["id"], "--json")
+    downloaded = run(models, "download", model["id"], str(tmp_path / "m.safetensors"))
+
+    assert model["id"] in listed.output and "cli-model" in listed.output
+    assert json.loads(shown.output) == model
+    assert downloaded.exit_code == 0
+    path = Path(downloaded.output.strip())
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == model["sha256"]
+
+
+def test_download_with_a_wrong_sha_exits_nonzero(run, model: Model, tmp_path: Path):
+    result = run(models, "download", model.id, str(tmp_path / "x.safetensors"),
+                 "--sha256", "f" * 64)
+
+    assert result.exit_code == 1
+    assert "sha256 mismatch" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_datasets_list_shows_the_builtins(run):
+    result = run(datasets, "list", "--json")
+
+    assert "builtin:digits:train" in [d["id"] for d in json.loads(result.output)]
+
+
+def test_show_of_a_missing_job_prints_the_problem_and_exits_1(run):
+    result = run(jobs, "show", "job_doesnotexist")
+
+    assert result.exit_code == 1
+    assert "404" in result.stderr and "job_doesnotexist" in result.stderr
+
+
+def test_submit_wait_shows_an_advancing_progress_bar_and_a_metrics_table(run, model: Model,
+                                                                         tmp_path: Path):
+    body = tmp_path / "job.json"
+    body.write_text(json.dumps(edit_body(model.id)))
+
+    result = run(jobs, "submit", str(body), "--wait", "--poll-interval", "0.02")
+
+    assert result.exit_code == 0, result.stderr
+    # tqdm redraws "<phase> ... n/total" on stderr; the iterations or the phases must move.
+    counts = [int(n) for n in re.findall(r"(\d+)/\d+ \[", result.stderr)]
+    phases = set(re.findall(r"job_\S+ (\w+)[: ]", result.stderr))
+    assert len(set(counts)) >= 2 or len(phases) >= 2, result.stderr
+    assert "ACC BEFORE" in result.stdout and "test" in result.stdout
+    assert re.search(r"score: \S+ -> \S+", result.stdout)
+
+
+def test_jobs_show_list_and_events_of_a_finished_job(run, finished_job: FinishedJob):
+    job_id = finished_job.job.id
+
+    shown = run(jobs, "show", job_id)
+    events = run(jobs, "events", job_id, "--json")
+    listed = run(jobs, "list", "--status", "succeeded", "--json")
+
+    assert "succeeded" in shown.output and finished_job.job.result.edited_model_id in shown.output
+    assert "ACC BEFORE" in shown.output
+    lines = [json.loads(line) for line in events.output.splitlines()]
+    assert [e["seq"] for e in lines] == [e.seq for e in finished_job.streamed]
+    assert job_id in [j["id"] for j in json.loads(listed.output)]
+
+
+def test_wait_on_a_failed_job_exits_nonzero_with_the_error_code(server: LiveServer,
+                                                                 exploding_model: Model,
+                                                                 tmp_path: Path):
+    """Through the installed ``gif-service`` script: the command wiring is part of the test."""
+    body = tmp_path / "job.json"
+    body.write_text(json.dumps(edit_body(exploding_model.id)))
+    env = {**service_env(server.data_dir), "GIF_URL": server.url, "GIF_API_KEY": server.api_key}
+    submit = subprocess.run([*gif_service_command(), "jobs", "submit", str(body)], env=env,
+                            capture_output=True, text=True, timeout=120, check=True)
+    job_id = submit.stdout.strip()
+
+    waited = subprocess.run([*gif_service_command(), "jobs", "wait", job_id, "--no-progress"],
+                            env=env, capture_output=True, text=True, timeout=240)
+
+    assert waited.returncode == 1, waited
+    assert f"job {job_id} failed" in waited.stdout
+    assert re.search(rf"error: job {job_id} failed: non_finite: \S", waited.stderr), waited.stderr
