@@ -10,8 +10,6 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 
 @dataclass(frozen=True)
 class DatasetSummary:
@@ -24,28 +22,10 @@ class DatasetSummary:
     class_counts: list[int]
 
 
-def _as_numpy(values: Any) -> np.ndarray:
-    if hasattr(values, "detach"):  # a torch tensor
-        return values.detach().cpu().numpy()
-    return np.asarray(values)
-
-
 def summarize(dataset: Any) -> DatasetSummary:
-    """Shape, dtype and label histogram of a dataset with arrays ``x`` (N×…) and ``y`` (N).
-
-    ``num_classes`` is ``max(y) + 1``: labels are class indices, so a class absent from this
-    file still counts below the largest one."""
-    x = dataset.x
-    labels = _as_numpy(dataset.y).astype(np.int64, copy=False).reshape(-1)
-    counts = np.bincount(labels) if labels.size else np.zeros(0, dtype=np.int64)
-    dtype = str(x.dtype).removeprefix("torch.")
-    return DatasetSummary(
-        num_samples=int(x.shape[0]),
-        sample_shape=[int(d) for d in x.shape[1:]],
-        dtype=dtype,
-        num_classes=int(counts.shape[0]),
-        class_counts=[int(c) for c in counts],
-    )
+    """The API's view of a :class:`gif.data.ArrayDataset` (its ``summary()``: shape, dtype, and
+    the label histogram with ``num_classes = max(y) + 1``)."""
+    return DatasetSummary(**dataset.summary())
 
 
 class BuiltinCatalog:

@@ -235,8 +235,12 @@ def get_dataset(
     summary="Delete an uploaded dataset",
     responses=problem_responses(404, 409),
 )
-def delete_dataset(dataset_id: str, owner: OwnerDep, session: SessionDep) -> Response:
+def delete_dataset(
+    dataset_id: str, owner: OwnerDep, session: SessionDep, catalog: CatalogDep
+) -> Response:
     if dataset_id.startswith(BUILTIN_PREFIX):
+        if dataset_id not in catalog.ids():
+            raise not_found("dataset", dataset_id)
         raise ProblemError(409, "built-in datasets cannot be deleted", slug="builtin-dataset")
     dataset = get_owned(session, Dataset, "dataset", owner.id, dataset_id)
     active = session.scalar(

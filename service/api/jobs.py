@@ -116,30 +116,28 @@ def _invalid(loc: Loc, msg: str) -> ProblemError:
     return validation_problem(msg, [(("body", *loc), msg)])
 
 
-def _shape_fits(spec: ModelSpec, sample_shape: Sequence[int]) -> str | None:
-    """Why a dataset of ``sample_shape`` cannot feed ``spec``'s architecture, or None."""
-    from gif.registry import get_architecture
+@dataclass(frozen=True)
+class _Shape:
+    """The metadata of a dataset that ``gif.data.check_dataset_fits`` reads (no arrays)."""
 
-    architecture = get_architecture(spec.arch)
-    expected = architecture.input_shape(spec.arch_kwargs)
-    if expected is None:
-        return None
-    if architecture.flat_input:
-        features = math.prod(sample_shape)
-        if (expected[0] is not None and features != expected[0]) or len(expected) != 1:
-            return f"the model takes {expected[0]} features; a sample has {features}"
-        return None
-    if len(sample_shape) != len(expected) or any(
-        e is not None and e != s for e, s in zip(expected, sample_shape, strict=False)
-    ):
-        shown = tuple("*" if e is None else e for e in expected)
-        return f"the model takes samples of shape {shown}; the dataset's are {tuple(sample_shape)}"
-    if spec.input.mean is not None and len(spec.input.mean) not in (1, sample_shape[0]):
-        return (
-            f"the model's input normalisation has {len(spec.input.mean)} channels; "
-            f"the samples have {sample_shape[0]}"
-        )
-    return None
+    name: str
+    sample_shape: tuple[int, ...]
+    num_classes: int
+
+
+def _check_fits(spec: ModelSpec, dataset: ResolvedDataset, loc: Loc) -> None:
+    """The engine's own fit check (shape, channels, labels vs outputs), on metadata only."""
+    from gif.data import check_dataset_fits
+
+    shape = _Shape(
+        name=dataset.id,
+        sample_shape=tuple(dataset.summary.sample_shape),
+        num_classes=dataset.summary.num_classes,
+    )
+    try:
+        check_dataset_fits(spec, shape, loc=loc)  # type: ignore[arg-type]
+    except InvalidRequest as err:
+        raise _invalid(loc, err.message) from None
 
 
 def _num_outputs(spec: ModelSpec, sample_shape: Sequence[int]) -> int | None:
@@ -182,23 +180,10 @@ def validate_job(
             raise _invalid(loc, f"eval set name {name!r} is reserved")
         evals[name] = _resolve_dataset(session, catalog, owner_id, dataset_id, loc)
 
-    try:
-        for loc, dataset in [(("train_dataset_id",), train)] + [
-            (("eval", "datasets", name), d) for name, d in evals.items()
-        ]:
-            reason = _shape_fits(spec, dataset.summary.sample_shape)
-            if reason is not None:
-                raise _invalid(loc, reason)
-    except InvalidRequest as err:  # the model's own architecture no longer resolves
-        raise _invalid(("model_id",), err.message) from None
-
+    _check_fits(spec, train, ("train_dataset_id",))
+    for name, dataset in evals.items():
+        _check_fits(spec, dataset, ("eval", "datasets", name))
     num_classes = _num_outputs(spec, train.summary.sample_shape)
-    if num_classes is not None and train.summary.num_classes > num_classes:
-        raise _invalid(
-            ("train_dataset_id",),
-            f"the dataset has labels up to {train.summary.num_classes - 1}; "
-            f"the model has {num_classes} classes",
-        )
     _validate_edit(body, train.summary, num_classes)
 
 

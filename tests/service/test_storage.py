@@ -1,0 +1,72 @@
+"""The content-addressed store: hashing, dedup, atomic commit, the size cap, integrity."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from service.storage import ArtifactCorrupt, ArtifactMissing, ArtifactStore, UploadTooLarge
+
+
+def test_put_bytes_is_content_addressed_and_deduplicated(tmp_path):
+    store = ArtifactStore(tmp_path)
+    data = b"hello artifacts" * 1000
+    sha, size = store.put_bytes(data)
+    assert sha == hashlib.sha256(data).hexdigest()
+    assert size == len(data)
+    assert store.path(sha) == tmp_path / sha[:2] / sha
+    assert store.path(sha).read_bytes() == data
+    assert store.put_bytes(data) == (sha, size)
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_put_file_copies_and_hashes(tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    source = tmp_path / "source.bin"
+    source.write_bytes(bytes(range(256)) * 9000)  # several chunks
+    sha, size = store.put_file(source)
+    assert sha == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert size == source.stat().st_size
+    assert store.verify(sha) == size
+
+
+def test_staging_past_the_cap_raises_and_discard_leaves_nothing(tmp_path):
+    store = ArtifactStore(tmp_path)
+    staged = store.stage(limit=10)
+    staged.write(b"12345")
+    with pytest.raises(UploadTooLarge):
+        staged.write(b"678901")
+    staged.discard()
+    assert list(store.tmp_dir.iterdir()) == []
+    assert [p for p in tmp_path.iterdir() if p.name != "tmp"] == []
+
+
+def test_verify_detects_corruption(tmp_path):
+    store = ArtifactStore(tmp_path)
+    sha, _ = store.put_bytes(b"original content")
+    store.path(sha).write_bytes(b"tampered content")
+    with pytest.raises(ArtifactCorrupt):
+        store.verify(sha)
+
+
+def test_missing_artifact_and_bad_hash_are_errors(tmp_path):
+    store = ArtifactStore(tmp_path)
+    with pytest.raises(ArtifactMissing):
+        store.open("0" * 64)
+    with pytest.raises(ValueError):
+        store.path("../../etc/passwd")
+
+
+def test_clean_tmp_removes_only_stale_staging_files(tmp_path):
+    store = ArtifactStore(tmp_path)
+    young = store.stage()
+    young.write(b"in progress")
+    old = store.stage()
+    old.close()
+    import os
+
+    os.utime(old.path, (0, 0))
+    assert store.clean_tmp(older_than_s=3600) == 1
+    assert young.path.exists() and not old.path.exists()
+    young.discard()
