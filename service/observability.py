@@ -410,13 +410,15 @@ def install_observability(app: Any, session_factory: Callable[[], Any] | None) -
     app.state.metrics = metrics
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
 
-    def prometheus_metrics() -> Response:
+    # No return annotation: with postponed annotations FastAPI could not resolve this local
+    # ``Response`` name and would try to build a response model from it.
+    def prometheus_metrics():
         """Prometheus metrics in text exposition format (no authentication, no secrets)."""
         return Response(content=metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     app.add_api_route(
         "/metrics", prometheus_metrics, methods=["GET"], tags=["health"],
-        summary="Prometheus metrics", response_class=Response,
+        summary="Prometheus metrics", response_class=Response, response_model=None,
         responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
                          "description": "Metrics in Prometheus text format"}},
     )

@@ -253,6 +253,11 @@ def test_the_real_app_serves_metrics_without_a_key_and_never_logs_keys(tmp_path,
         assert wrong.status_code == 401
         assert client.get("/v1/jobs/job_missing", headers=auth).status_code == 404
         response = client.get("/metrics")  # no Authorization header at all
+        openapi = client.get("/openapi.json")
+    assert openapi.status_code == 200
+    paths = openapi.json()["paths"]
+    assert "/metrics" in paths and "security" not in paths["/metrics"]["get"]
+    assert {"/v1/jobs/{job_id}/report", "/v1/jobs/{job_id}/plots/{name}.png"} <= set(paths)
     assert response.status_code == 200
     samples = _samples(response.text)
     route = ("route", "/v1/models")
