@@ -448,8 +448,6 @@ class _Measurer:
         self.removed_class = edit.class_ if isinstance(edit, RemoveClass) else None
 
     def __call__(self, model: nn.Module) -> dict[str, Any]:
-        from gif.hvp import mean_loss_grad
-
         d, kind = self.data, self.request.edit.kind
         sets = {"forget": (d.forget_x, d.forget_y)}
         if d.forget_new_y is not None:
@@ -462,8 +460,7 @@ class _Measurer:
             out[name] = self._evaluate(model, x, y, self.removed_class)
         out["score"] = self._score(kind, out)
         out["retained_grad_norm"] = M.retained_grad_norm(
-            lambda: mean_loss_grad(model, d.h_x, d.h_y, batch_size=self.request.solver.batch_size)
-        )
+            model, d.h_x, d.h_y, batch_size=self.request.solver.batch_size)
         if self.request.eval.mia:
             first = next(iter(d.evals.values()))
             out["mia"] = M.membership_inference(

@@ -7,8 +7,6 @@ returns plain Python numbers, so results are JSON-able as they are.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 from torch import nn
@@ -176,13 +174,15 @@ def membership_inference(
 
 
 def retained_grad_norm(
-    mean_grad: Callable[[], torch.Tensor],
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int
 ) -> float:
-    """‖∇R_retained(θ)‖₂ (MATH.md E1: the edit aims at ``∇R_new(θ̂ + Δ) = 0``).
+    """‖∇R_retained(θ)‖₂ over ``(x, y)``, the retained (or corrected) sample (MATH.md E1).
 
-    ``mean_grad`` returns the flat mean-loss gradient over the retained (or corrected) sample
-    at the parameters of interest (``gif.hvp.mean_loss_grad`` bound to that data); it is
-    passed in so this module stays independent of how batches and parameters are bound.
+    The edit aims at ``∇R_new(θ̂ + Δ) = 0``, so this norm before and after the edit says how
+    close to a stationary point of the new objective the edited model is. The gradient is
+    ``gif.hvp.mean_loss_grad`` (E6's cross-entropy, eval mode, micro-batched).
     """
-    gradient = mean_grad()
+    from gif.hvp import mean_loss_grad
+
+    gradient = mean_loss_grad(model, x, y, batch_size=batch_size)
     return float(torch.linalg.vector_norm(gradient.double()))

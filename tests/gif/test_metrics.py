@@ -134,7 +134,19 @@ def test_membership_inference_refuses_empty_targets(three_class_case):
                              targets=(x[:0], y[:0]), batch_size=4)
 
 
-def test_retained_grad_norm_is_euclidean_norm():
-    gradient = torch.tensor([3.0, 4.0, 12.0])
-    assert retained_grad_norm(lambda: gradient) == pytest.approx(13.0)
-    assert math.isnan(retained_grad_norm(lambda: torch.tensor([float("nan")])))
+def test_retained_grad_norm_matches_softmax_regression_closed_form():
+    # For logits = W x + c and mean cross-entropy, ∇W = mean((p - onehot(y)) xᵀ) and
+    # ∇c = mean(p - onehot(y)): computed here in numpy float64, independently of autograd.
+    generator = torch.Generator().manual_seed(3)
+    model = nn.Linear(4, 3).double()
+    x = torch.randn(37, 4, generator=generator, dtype=torch.float64)
+    y = torch.randint(0, 3, (37,), generator=generator)
+    w, c = model.weight.detach().numpy(), model.bias.detach().numpy()
+    logits = x.numpy() @ w.T + c
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    residual = p - np.eye(3)[y.numpy()]
+    grad_w, grad_c = residual.T @ x.numpy() / 37, residual.mean(axis=0)
+    expected = math.sqrt((grad_w**2).sum() + (grad_c**2).sum())
+    got = retained_grad_norm(model, x, y, batch_size=10)  # 4 micro-batches, unequal sizes
+    assert got == pytest.approx(expected, rel=1e-10)
