@@ -124,9 +124,10 @@ def _redact_value(key: str, value: Any) -> Any:
     return redact(repr(value))
 
 
-# Attributes every LogRecord has; anything else on a record came from ``extra=``.
+# Attributes every LogRecord has; anything else on a record came from ``extra=``
+# (uvicorn's ``color_message`` is its message again with terminal colour codes: dropped).
 _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
-    "message", "asctime", "taskName",
+    "message", "asctime", "taskName", "color_message",
 }
 
 
