@@ -131,8 +131,9 @@ def worker(hostname: str | None, loglevel: str | None) -> None:
 
     One job at a time (concurrency 1, prefetch 1, a fresh child process per job): start one
     worker per GPU, e.g. `CUDA_VISIBLE_DEVICES=1 gif-service worker --hostname gpu1@%h`.
-    It needs the same GIF_DATABASE_URL and a shared GIF_ARTIFACTS_DIR as the API."""
-    from worker.celery_app import JOB_QUEUE, make_celery_app
+    It needs the same GIF_DATABASE_URL and a shared GIF_ARTIFACTS_DIR as the API, and the
+    same GIF_JOB_QUEUE (default gif-jobs) when several deployments share one Redis."""
+    from worker.celery_app import job_queue, make_celery_app
 
     settings = _settings()
     if not settings.broker_url:
@@ -141,6 +142,10 @@ def worker(hostname: str | None, loglevel: str | None) -> None:
         )
     _require_migrated(settings)
     _configure_logging(loglevel or settings.log_level)
+    # Import the engine (torch, without touching CUDA) once in the parent: every job's fresh
+    # pool child is forked with it loaded instead of importing it again.
+    import worker.jobs  # noqa: F401
+
     app = make_celery_app(settings)
     argv = [
         "worker",
@@ -148,7 +153,7 @@ def worker(hostname: str | None, loglevel: str | None) -> None:
         "--pool=prefork",
         "--concurrency=1",
         "--max-tasks-per-child=1",
-        f"--queues={JOB_QUEUE}",
+        f"--queues={job_queue()}",
         "--without-gossip",
         "--without-mingle",
     ]

@@ -19,6 +19,7 @@ and the worker's parent process never initialises CUDA before it forks its pool 
 from __future__ import annotations
 
 import logging
+import os
 
 import redis
 from celery import Celery, Task
@@ -28,6 +29,9 @@ from service.settings import Settings
 
 RUN_JOB_TASK = "gif.run_job"
 JOB_QUEUE = "gif-jobs"
+# Several deployments (or test sessions) can share one Redis with distinct queue names; the API
+# and its workers must agree on it.
+JOB_QUEUE_ENV = "GIF_JOB_QUEUE"
 # A hard-limit kill comes this long after the soft limit (which fails the job cleanly), at most.
 HARD_LIMIT_GRACE_S = 60.0
 
@@ -43,6 +47,11 @@ def time_limits(settings: Settings) -> tuple[float, float]:
     return soft, soft + grace
 
 
+def job_queue() -> str:
+    """The broker queue of job messages: ``$GIF_JOB_QUEUE``, default ``gif-jobs``."""
+    return os.environ.get(JOB_QUEUE_ENV) or JOB_QUEUE
+
+
 def celery_config(settings: Settings) -> dict:
     """The Celery configuration derived from the settings (see the module docstring)."""
     soft, hard = time_limits(settings)
@@ -50,7 +59,7 @@ def celery_config(settings: Settings) -> dict:
         "broker_url": settings.broker_url,
         "broker_transport_options": {"visibility_timeout": settings.broker_visibility_timeout_s},
         "broker_connection_retry_on_startup": True,
-        "task_default_queue": JOB_QUEUE,
+        "task_default_queue": job_queue(),
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
@@ -117,6 +126,7 @@ class CeleryDispatcher:
 
     def __init__(self, settings: Settings):
         self._app = make_celery_app(settings)
+        self._queue = job_queue()
         self._redis = redis.Redis.from_url(
             settings.broker_url, socket_connect_timeout=1.0, socket_timeout=1.0
         )
@@ -124,7 +134,7 @@ class CeleryDispatcher:
     def submit(self, job_id: str) -> None:
         """Queue ``job_id``. The job row already exists; a lost message is recovered by
         re-submitting (``execute_job`` ignores a job that is not queued)."""
-        self._app.send_task(RUN_JOB_TASK, args=[job_id], queue=JOB_QUEUE)
+        self._app.send_task(RUN_JOB_TASK, args=[job_id], queue=self._queue)
 
     def ready(self) -> bool:
         """Whether the broker (Redis) answers a ping within a second."""
