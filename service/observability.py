@@ -426,9 +426,10 @@ def install_observability(app: Any, session_factory: Callable[[], Any] | None) -
     return metrics
 
 
-def worker_answers_ping(timeout_s: float = 10.0) -> bool:
+def worker_answers_ping(timeout_s: float = 5.0) -> bool:
     """True when the Celery worker running on this host answers a ping over the broker
-    (the worker container's healthcheck: ``python -m service.observability worker-ping``)."""
+    (the worker container's healthcheck: ``python -m service.observability worker-ping``).
+    The broadcast collects replies for the whole ``timeout_s``, so it takes that long."""
     import socket
 
     from service.settings import get_settings
