@@ -484,8 +484,10 @@ class _Calls:
         return _Call("POST", f"/v1/jobs/{_segment(job_id)}/cancel", _parse_json(Job))
 
     @staticmethod
-    def list_events(job_id: str) -> _Call[list[JobEvent]]:
-        return _Call("GET", _Calls.events_path(job_id), _parse_list(JobEvent),
+    def list_events(job_id: str, after_seq: int | None = None) -> _Call[list[JobEvent]]:
+        # ``after_seq`` only saves bandwidth: callers still drop any event already seen.
+        params = {"after_seq": after_seq} if after_seq is not None and after_seq >= 0 else None
+        return _Call("GET", _Calls.events_path(job_id), _parse_list(JobEvent), params=params,
                      headers={"Accept": "application/json"})
 
     @staticmethod
@@ -557,7 +559,7 @@ def _wait_for_job(
 def _poll_new_events(job_id: str, after_seq: int) -> _Operation[tuple[list[JobEvent], bool]]:
     """Events past ``after_seq`` and whether the job had ended before they were read."""
     job: Job = yield _Calls.get_job(job_id)
-    events: list[JobEvent] = yield _Calls.list_events(job_id)
+    events: list[JobEvent] = yield _Calls.list_events(job_id, after_seq)
     return [event for event in events if event.seq > after_seq], job.is_terminal
 
 

@@ -140,3 +140,57 @@ def test_a_download_whose_bytes_do_not_match_the_etag_leaves_nothing(tmp_path: P
         gif.download_model("mdl_x", tmp_path)
 
     assert list(tmp_path.iterdir()) == []
+
+
+def event_json(seq: int) -> dict:
+    return {"seq": seq, "at": "2026-01-01T00:00:00Z", "level": "info", "phase": "solve",
+            "message": f"event {seq}", "data": None}
+
+
+def test_a_broken_event_stream_continues_by_polling_without_repeats():
+    """SSE delivers events 0 and 1, then the connection drops; the JSON list then holds 0..3
+    and the job has ended: the client yields 0, 1, 2, 3 once each and stops."""
+
+    def handle(request, n):
+        if request.path == "/v1/jobs/job_x":
+            job = {"id": "job_x", "status": "succeeded"}
+            return reply(request, 200, json.dumps(job).encode())
+        if "text/event-stream" in request.headers.get("Accept", ""):
+            request.send_response(200)
+            request.send_header("Content-Type", "text/event-stream")
+            request.send_header("Content-Length", "100000")  # promises more than it sends
+            request.end_headers()
+            for seq in (0, 1):
+                request.wfile.write(
+                    f"event: job_event\nid: {seq}\ndata: {json.dumps(event_json(seq))}\n\n".encode()
+                )
+            request.wfile.flush()
+            request.close_connection = True
+            return
+        body = json.dumps({"data": [event_json(seq) for seq in range(4)], "has_more": False})
+        reply(request, 200, body.encode(), {"Content-Type": "application/json"})
+
+    with faulty_server(handle) as (url, seen), GifClient(url, "key") as gif:
+        events = list(gif.stream_events("job_x"))
+
+    assert [event.seq for event in events] == [0, 1, 2, 3]
+    assert seen[0] == "GET /v1/jobs/job_x/events"
+    assert "GET /v1/jobs/job_x" in seen[1:]
+
+
+def test_a_server_without_sse_is_polled_until_the_job_ends():
+    """An events endpoint that answers JSON even to ``Accept: text/event-stream``."""
+    states = iter(["running", "running", "succeeded"])
+
+    def handle(request, n):
+        if request.path == "/v1/jobs/job_x":
+            job = {"id": "job_x", "status": next(states, "succeeded")}
+            return reply(request, 200, json.dumps(job).encode())
+        count = min(n, 6)  # more events appear as the job runs
+        body = json.dumps([event_json(seq) for seq in range(count)])
+        reply(request, 200, body.encode(), {"Content-Type": "application/json"})
+
+    with faulty_server(handle) as (url, _), GifClient(url, "key") as gif:
+        events = list(gif.stream_events("job_x", poll_interval=0.01))
+
+    assert [event.seq for event in events] == [0, 1, 2, 3, 4, 5]
