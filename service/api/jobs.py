@@ -47,7 +47,6 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=AUTH_PROBLEMS)
 
 BUILTIN_PREFIX = "builtin:"
 RESERVED_EVAL_NAMES = ("forget", "relabeled", "retain", "_summary")
-MAX_JSON_BODY_BYTES = 16 * 1024 * 1024
 SSE_POLL_INTERVAL_S = 0.5
 SSE_KEEPALIVE_S = 15.0
 

@@ -281,3 +281,20 @@ def test_job_submission_with_builtin_eval_and_relabel(client, alice, uploaded):
     assert request["method"] == "fif"
     assert request["solver"]["algorithm"] == "cg" and request["solver"]["max_iter"] == 5
     assert request["solver"]["tol"] == 1e-4  # default kept beside the given fields
+
+
+def test_oversized_json_body_is_413(client, alice, app):
+    from service.app import MAX_JSON_BODY_BYTES
+
+    huge = b'{"edit": {"kind": "remove_samples", "indices": [' + b"1," * (MAX_JSON_BODY_BYTES // 2)
+    response = client.post(
+        "/v1/jobs", headers={**alice, "Content-Type": "application/json"}, content=huge + b"1]}}"
+    )
+    assert_problem(response, 413)
+    # Streamed without a Content-Length: counted while it arrives.
+    chunks = iter([huge[i : i + (1 << 20)] for i in range(0, len(huge), 1 << 20)] + [b"1]}}"])
+    streamed = client.post(
+        "/v1/jobs", headers={**alice, "Content-Type": "application/json"}, content=chunks
+    )
+    assert_problem(streamed, 413)
+    assert app.state.dispatcher.submitted == []
