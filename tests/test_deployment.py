@@ -216,3 +216,38 @@ def test_compose_log_level_is_a_valid_setting(compose):
     level = compose["services"]["api"]["environment"]["GIF_LOG_LEVEL"]
     default = re.fullmatch(r"\$\{GIF_LOG_LEVEL:-(\w+)\}", level).group(1)
     assert Settings(log_level=default).log_level == default
+
+
+@pytest.mark.services
+def test_worker_healthcheck_answers_only_while_a_worker_runs(compose, redis_url, tmp_path):
+    """The compose worker healthcheck, run as is against a real `gif-service worker` on a
+    real Redis: it fails with no worker and succeeds once one is up. Its JSON log shows the
+    worker logs through service.observability too."""
+    import subprocess
+    import sys
+
+    from tests.live_server import REPO_ROOT, run_cli, service_env, start_worker
+
+    # A Redis database of its own: other tests' workers must not answer this ping.
+    broker = redis_url.rsplit("/", 1)[0] + "/11"
+    env = service_env(tmp_path, database_url=f"sqlite:///{tmp_path / 'gif.db'}",
+                      broker_url=broker)
+    run_cli(["migrate"], env)
+    kind, *argv = compose["services"]["worker"]["healthcheck"]["test"]
+    assert kind == "CMD" and argv[0] == "python"
+    command = [sys.executable, *argv[1:]]
+
+    def healthcheck() -> int:
+        return subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True,
+                              timeout=60).returncode
+
+    assert healthcheck() != 0
+    worker = start_worker(env, log_dir=tmp_path)
+    try:
+        assert healthcheck() == 0
+    finally:
+        worker.stop()
+    records = [json.loads(line) for line in worker.logs().splitlines()
+               if line.startswith("{")]
+    assert any(r["logger"] == "celery.apps.worker" and r["message"].endswith("ready.")
+               for r in records)
