@@ -7,6 +7,7 @@ import datetime as dt
 import io
 import json
 import logging
+import secrets
 
 import pytest
 import sqlalchemy as sa
@@ -189,7 +190,35 @@ def _seed_jobs(engine, rows: list[tuple[str, float | None]]) -> None:
         session.commit()
 
 
+@pytest.fixture
+def postgres_database(postgres_url):
+    """A fresh, migrated PostgreSQL database (created here, dropped after)."""
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    name = f"gif_observability_test_{secrets.token_hex(4)}"
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    engine = make_engine(sa.make_url(postgres_url).set(database=name).render_as_string(False))
+    try:
+        upgrade_engine(engine)
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.mark.services
+def test_job_series_on_postgresql(postgres_database):
+    """timestamptz durations on PostgreSQL give the same histogram as on SQLite."""
+    _check_job_series(postgres_database)
+
+
 def test_job_gauges_and_duration_histogram_reflect_the_database(database):
+    _check_job_series(database)
+
+
+def _check_job_series(database) -> None:
     rows = [("queued", None)] * 3 + [("running", 4.0)] + [("succeeded", 2.0),
             ("succeeded", 40.0), ("succeeded", 5000.0), ("failed", 0.5), ("cancelled", None)]
     _seed_jobs(database, rows)
