@@ -18,9 +18,12 @@ from __future__ import annotations
 import base64
 import html
 import json
+import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 # Plots in page order, with the caption shown under each (names are gif.plots.PLOTS keys).
 PLOT_CAPTIONS: dict[str, str] = {
@@ -303,6 +306,11 @@ def render_plots(result: Mapping[str, Any],
         try:
             pngs[name] = function(dict(result))
         except MissingPlotData:
+            pngs[name] = None
+        except (KeyError, TypeError, ValueError, IndexError):
+            # A result of another shape (an older engine, a partial result) loses one figure,
+            # not the whole page.
+            logger.warning("report: could not draw %r from the result", name, exc_info=True)
             pngs[name] = None
     return pngs
 

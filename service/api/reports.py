@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from importlib import metadata
 from typing import Any
 
@@ -29,6 +30,7 @@ from service.problems import ProblemError
 from service.report import CONTENT_SECURITY_POLICY, render_plots, render_report
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+logger = logging.getLogger(__name__)
 
 PNG_MEDIA_TYPE = "image/png"
 # A terminal job's figures are immutable for a given code version; private: they need a key.
@@ -156,4 +158,9 @@ def job_plot(job_id: str, name: str, request: Request, owner: OwnerDep,
         png = PLOTS[name](dict(job.result))
     except MissingPlotData as missing:
         raise ProblemError(404, f"job {job_id!r}: {missing}", slug="not-found") from missing
+    except (KeyError, TypeError, ValueError, IndexError) as malformed:
+        # A result of another shape (older engine): no figure, but never a 500.
+        logger.warning("plot %r of job %s could not be drawn", name, job_id, exc_info=True)
+        raise ProblemError(404, f"job {job_id!r}: its result has no usable data for {name!r}",
+                           slug="not-found") from malformed
     return Response(png, media_type=PNG_MEDIA_TYPE, headers=headers)

@@ -155,13 +155,20 @@ def _seed(session, owner_id: str, result: dict) -> dict[str, str]:
                   model_id=source.id, train_dataset_id="builtin:digits:train", started_at=start,
                   progress={"phase": "solve", "iteration": 4, "max_iter": 30,
                             "residual": 0.25})
-    session.add_all([succeeded, failed, running])
+    # A succeeded job whose result has nothing to draw (a result of another shape).
+    bare = Job(owner_id=owner_id, status="succeeded", request=request, request_hash="4",
+               model_id=source.id, train_dataset_id="builtin:digits:train", started_at=start,
+               finished_at=start + timedelta(seconds=1),
+               result={"scale": 1.0, "solver": {"history": [{"residual": 0.5}]},
+                       "metrics": {"before": {}, "after": {}}})
+    session.add_all([succeeded, failed, running, bare])
     session.flush()
     edited = model("edited")
     edited.source_job_id = succeeded.id
     succeeded.edited_model_id = edited.id
     succeeded.result = {**result, "edited_model_id": edited.id}
-    return {"succeeded": succeeded.id, "failed": failed.id, "running": running.id}
+    return {"succeeded": succeeded.id, "failed": failed.id, "running": running.id,
+            "bare": bare.id}
 
 
 # --- the report page ------------------------------------------------------------------------
@@ -234,6 +241,18 @@ def test_unfinished_jobs_show_status_progress_and_error_without_figures(served):
     running = _report(served, "running").text
     assert '<span class="badge running">running</span>' in running
     assert "0.25" in running and "<img" not in running
+
+
+def test_a_result_without_figure_data_still_has_a_page_and_404_figures(served):
+    page = _report(served, "bare")
+    assert page.status_code == 200
+    assert "<img" not in page.text
+    assert all(f"{name}: no data for this figure." in page.text for name in PLOT_CAPTIONS)
+    for name in PLOT_CAPTIONS:
+        url = f"/v1/jobs/{served['jobs']['bare']}/plots/{name}.png"
+        response = served["client"].get(url, headers=served["alice"])
+        assert response.status_code == 404, name
+        assert response.headers["content-type"].startswith("application/problem+json")
 
 
 def test_report_revalidates_with_its_etag(served, succeeded_report):
