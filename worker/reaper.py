@@ -1,0 +1,198 @@
+"""The reaper: finds ``running`` jobs whose worker died (stale heartbeat) and requeues or ends
+them, so no job stays ``running`` forever.
+
+Why it is needed: with Celery, a job message is acknowledged late. When only the worker's pool
+child dies, the worker's parent rejects the message and Redis delivers it again at once. But
+when the whole worker (parent included) is killed — SIGKILL, OOM killer, a lost machine — the
+unacknowledged message comes back only after the broker's ``visibility_timeout``, which is
+longer than the job time limit (hours). Meanwhile the row says ``running`` and its heartbeat
+stops moving. The reaper closes that gap:
+
+- a ``running`` job whose ``heartbeat_at`` is older than ``STALE_HEARTBEATS`` heartbeat
+  intervals has lost its worker (a live run refreshes it from a thread every interval);
+- cancel requested → ``cancelled``; ``attempts >= MAX_ATTEMPTS`` → ``failed`` ``worker_lost``;
+  otherwise the job is sent to the dispatcher again: the worker that gets the message sees the
+  stale heartbeat and takes the job over (``worker.state.claim_job`` → attempt + 1), or fails
+  it ``timeout`` past the time limit. The late original message, when the broker restores it,
+  finds a terminal (or live) job and does nothing.
+
+Every write is a conditional UPDATE fenced on the row the reaper read (status, attempts and
+heartbeat unchanged), so a reaper racing a worker that just came back, or another API replica's
+reaper, changes nothing. A requeue is sent at most once per ``resend_after_s`` for one attempt.
+
+Who runs it: the API process, in a daemon thread started by the app's lifespan when the runner
+is ``celery`` (``maybe_start_reaper``); every API replica may run one. The embedded local runner
+needs none: it watches its child process itself and re-runs orphaned jobs when it starts."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.db.models import Job, utcnow
+from service.dispatch import Dispatcher
+from service.settings import Settings
+from worker.state import MAX_ATTEMPTS, STALE_HEARTBEATS, append_event
+
+logger = logging.getLogger(__name__)
+
+RESEND_FACTOR = 10  # a requeued job whose message got lost again is re-sent after 10 windows
+
+
+@dataclass(frozen=True)
+class StaleJob:
+    """What the reaper read of a ``running`` job with a stale heartbeat (its fence)."""
+
+    job_id: str
+    attempts: int
+    heartbeat_at: datetime | None
+    cancel_requested: bool
+
+
+@dataclass
+class ReapReport:
+    """What one sweep did, by job id."""
+
+    requeued: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+
+
+def stale_running_jobs(session: Session, stale_after_s: float) -> list[StaleJob]:
+    """``running`` jobs whose heartbeat is older than ``stale_after_s`` (or missing)."""
+    cutoff = utcnow() - timedelta(seconds=stale_after_s)
+    rows = session.execute(
+        sa.select(Job.id, Job.attempts, Job.heartbeat_at, Job.cancel_requested)
+        .where(
+            Job.status == "running",
+            sa.or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff),
+        )
+        .order_by(Job.created_at)
+    ).all()
+    return [StaleJob(r.id, r.attempts, r.heartbeat_at, bool(r.cancel_requested)) for r in rows]
+
+
+def _fence(job: StaleJob) -> sa.ColumnElement[bool]:
+    """The row is exactly as the reaper read it: nobody took it over or finished it since."""
+    seen = job.heartbeat_at
+    heartbeat = Job.heartbeat_at.is_(None) if seen is None else Job.heartbeat_at == seen
+    return sa.and_(
+        Job.id == job.job_id, Job.status == "running", Job.attempts == job.attempts, heartbeat
+    )
+
+
+def end_stale_job(
+    factory: sessionmaker[Session], job: StaleJob, status: str, error: dict | None
+) -> bool:
+    """Move a stale ``running`` job to ``status`` (fenced); True when this call did it."""
+    now = utcnow()
+    values: dict = {"status": status, "finished_at": now, "heartbeat_at": now}
+    if error is not None:
+        values["error"] = error
+    with factory() as session:
+        rows = session.execute(
+            sa.update(Job)
+            .where(_fence(job))
+            .values(values)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        session.commit()
+    if rows != 1:
+        return False
+    message = error["message"] if error else "cancelled (its worker was lost)"
+    append_event(factory, job.job_id, "error" if error else "info", None, message, error or {})
+    logger.warning("reaper: job %s %s: %s", job.job_id, status, message)
+    return True
+
+
+@dataclass
+class Reaper:
+    """Sweeps for stale ``running`` jobs (see the module docstring). ``sweep()`` runs one pass;
+    ``start()`` runs passes every ``interval_s`` in a daemon thread until ``close()``."""
+
+    factory: sessionmaker[Session]
+    dispatcher: Dispatcher
+    stale_after_s: float
+    interval_s: float
+    max_attempts: int = MAX_ATTEMPTS
+    resend_after_s: float | None = None
+    _sent: dict[tuple[str, int], float] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, factory: sessionmaker[Session], dispatcher: Dispatcher
+    ) -> Reaper:
+        """Stale after ``STALE_HEARTBEATS`` heartbeat intervals; one sweep per interval."""
+        interval = settings.heartbeat_interval_s
+        return cls(factory, dispatcher, STALE_HEARTBEATS * interval, interval)
+
+    def sweep(self) -> ReapReport:
+        """One pass: cancel, fail or requeue every stale ``running`` job."""
+        report = ReapReport()
+        with self.factory() as session:
+            stale = stale_running_jobs(session, self.stale_after_s)
+        resend_after = self.resend_after_s or RESEND_FACTOR * self.stale_after_s
+        now = time.monotonic()
+        live_keys = {(job.job_id, job.attempts) for job in stale}
+        self._sent = {key: at for key, at in self._sent.items() if key in live_keys}
+        for job in stale:
+            if job.cancel_requested:
+                if end_stale_job(self.factory, job, "cancelled", None):
+                    report.cancelled.append(job.job_id)
+            elif job.attempts >= self.max_attempts:
+                error = {
+                    "code": "worker_lost",
+                    "message": f"the worker running the job was lost {job.attempts} times "
+                    "(e.g. killed for memory or restarted); no heartbeat for "
+                    f"{self.stale_after_s:g} s",
+                }
+                if end_stale_job(self.factory, job, "failed", error):
+                    report.failed.append(job.job_id)
+            else:
+                key = (job.job_id, job.attempts)
+                sent_at = self._sent.get(key)
+                if sent_at is not None and now - sent_at < resend_after:
+                    continue  # its requeue message is still waiting for a free worker
+                self.dispatcher.submit(job.job_id)
+                self._sent[key] = now
+                report.requeued.append(job.job_id)
+                logger.warning(
+                    "reaper: job %s lost its worker (attempt %d): requeued",
+                    job.job_id,
+                    job.attempts,
+                )
+        return report
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.sweep()
+            except Exception:  # a database or broker outage: the next sweep retries
+                logger.warning("reaper: sweep failed", exc_info=True)
+
+    def start(self) -> Reaper:
+        self._thread = threading.Thread(target=self._loop, name="gif-reaper", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
+def maybe_start_reaper(
+    settings: Settings, factory: sessionmaker[Session], dispatcher: Dispatcher
+) -> Reaper | None:
+    """Start a reaper thread when jobs run on Celery workers (see the module docstring)."""
+    if settings.effective_runner != "celery":
+        return None
+    return Reaper.from_settings(settings, factory, dispatcher).start()
