@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -20,6 +22,7 @@ from gif.data import ArrayDataset, load_dataset, prepare_inputs
 from gif.edit import PHASES, EditHooks, LoadedModel, plan_indices, run_edit
 from gif.errors import Cancelled, InvalidRequest, NonFinite
 from gif.metrics import evaluate
+from gif.plots import PLOTS
 from gif.registry import build_model
 from gif.request import EditRequest
 from gif.spec import ModelSpec
@@ -125,6 +128,11 @@ def test_class_removal_forgets_the_class_and_keeps_the_rest(digits, clean_model)
     assert set(result["timings"]) == set(phases)
     assert result["step"]["mode"] == "auto"
     assert result["scale"] in [point["scale"] for point in result["step"]["curve"]]
+
+    # The result is JSON as it is, and every plot draws from it.
+    assert json.loads(json.dumps(result)) == result
+    for plot in PLOTS.values():
+        assert plot(result).startswith(b"\x89PNG")
 
 
 def test_relabel_restores_flipped_labels_without_hurting_test_accuracy(digits):
