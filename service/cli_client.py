@@ -277,29 +277,31 @@ class ProgressBar:
         self._file = file if file is not None else sys.stderr
         self._bar: tqdm | None = None
         self._phase: str | None = None
+        self._iterates = False
 
     def __call__(self, progress: JobProgress) -> None:
-        if self._bar is None or progress.phase != self._phase:
-            self._new_bar(progress)
+        iterates = bool(progress.max_iter)
+        # A phase's first report may come before its iteration count is known: switch then.
+        if self._bar is None or (progress.phase, iterates) != (self._phase, self._iterates):
+            self._new_bar(progress, iterates)
         bar = self._bar
         assert bar is not None
-        if progress.max_iter is not None and bar.total != progress.max_iter:
+        if iterates and bar.total != progress.max_iter:
             bar.total = progress.max_iter
         if progress.residual is not None:
             bar.set_postfix(residual=f"{progress.residual:.3g}", refresh=False)
-        if progress.iteration is not None and progress.iteration < bar.n:
+        if iterates and progress.iteration is not None and progress.iteration < bar.n:
             bar.reset(total=bar.total)  # the phase started over (e.g. a second solve)
-        if progress.iteration is not None and progress.iteration > bar.n:
+        if iterates and progress.iteration is not None and progress.iteration > bar.n:
             bar.update(progress.iteration - bar.n)  # draws (mininterval=0)
         else:
             bar.refresh()
 
-    def _new_bar(self, progress: JobProgress) -> None:
+    def _new_bar(self, progress: JobProgress, iterates: bool) -> None:
         self.close()
-        self._phase = progress.phase
-        iterates = progress.max_iter is not None or progress.iteration is not None
+        self._phase, self._iterates = progress.phase, iterates
         self._bar = tqdm(
-            total=progress.max_iter,
+            total=progress.max_iter if iterates else None,
             desc=f"{self._job_id} {progress.phase or 'queued'}",
             unit="it",
             file=self._file,

@@ -126,7 +126,8 @@ def edit_body(model_id: str, **overrides) -> dict:
         "train_dataset_id": "builtin:digits:train",
         "edit": {"kind": "remove_class", "class": 8},
         "selection": {"criterion": "topk_outputs", "ratio": 0.5},
-        "solver": {"algorithm": "lsqr", "max_iter": 30, "tol": 1e-10,
+        # Enough iterations (a few seconds) that the throttled progress reports several counts.
+        "solver": {"algorithm": "lsqr", "max_iter": 200, "tol": 1e-12,
                    "hessian_samples": 512, "edit_samples": 128},
         "step": {"mode": "fixed", "scale": 1.0},
         "eval": {"datasets": {"test": "builtin:digits:test"}},

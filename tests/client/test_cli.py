@@ -86,10 +86,11 @@ def test_submit_wait_shows_an_advancing_progress_bar_and_a_metrics_table(run, mo
     result = run(jobs, "submit", str(body), "--wait", "--poll-interval", "0.02")
 
     assert result.exit_code == 0, result.stderr
-    # tqdm redraws "<phase> ... n/total" on stderr; the iterations or the phases must move.
-    counts = [int(n) for n in re.findall(r"(\d+)/\d+ \[", result.stderr)]
-    phases = set(re.findall(r"job_\S+ (\w+)[: ]", result.stderr))
-    assert len(set(counts)) >= 2 or len(phases) >= 2, result.stderr
+    # tqdm redraws "job_… solve: …| n/200 [" on stderr: the count must climb, phases follow.
+    counts = [int(n) for n in re.findall(r"solve:.*?(\d+)/200 \[", result.stderr)]
+    phases = re.findall(r"job_\S+ (\w+)[: ]", result.stderr)
+    assert len(set(counts)) >= 2 and counts == sorted(counts), result.stderr
+    assert list(dict.fromkeys(phases))[-1] == "save" and "solve" in phases, result.stderr
     assert "ACC BEFORE" in result.stdout and "test" in result.stdout
     assert re.search(r"score: \S+ -> \S+", result.stdout)
 
