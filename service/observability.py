@@ -331,6 +331,8 @@ def _seconds_between(start: dt.datetime, end: dt.datetime) -> float:
 # ---------------------------------------------------------------------------------------------
 # Middleware
 
+# Any token is a valid HTTP method: label the unknown ones "other" so they add one series.
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _access_log = logging.getLogger("service.access")
 
@@ -368,7 +370,8 @@ class ObservabilityMiddleware:
             seconds = time.perf_counter() - start
             route = _route_template(scope)
             status = status_holder["status"]
-            self.metrics.observe_request(scope["method"], route, status, seconds)
+            method = scope["method"] if scope["method"] in _KNOWN_METHODS else "other"
+            self.metrics.observe_request(method, route, status, seconds)
             job_id = (scope.get("path_params") or {}).get("job_id")
             _access_log.info(
                 "%s %s %d", scope["method"], route, status,

@@ -128,6 +128,7 @@ def test_request_counters_move_and_access_log_has_no_headers(database, log_strea
         assert response.status_code == 200
         assert response.headers["x-request-id"] == "req-42"
     assert client.get("/nowhere/at/all").status_code == 404
+    assert client.request("BREW", "/v1/jobs/job_aaa").status_code == 405
     generated = client.get("/v1/jobs/job_bbb").headers["x-request-id"]
     assert len(generated) == 32
 
@@ -139,6 +140,9 @@ def test_request_counters_move_and_access_log_has_no_headers(database, log_strea
     assert samples[("gif_http_requests_total", ok)] == 4.0
     assert samples[("gif_http_requests_total",
                     (("method", "GET"), ("route", "unmatched"), ("status", "404")))] == 1.0
+    assert samples[("gif_http_requests_total", (("method", "other"), ("route", "/v1/jobs/{job_id}"),
+                                                ("status", "405")))] == 1.0
+    assert not any(dict(labels).get("method") == "BREW" for _, labels in samples)
     count_key = ("gif_http_request_duration_seconds_count",
                  (("method", "GET"), ("route", "/v1/jobs/{job_id}")))
     assert samples[count_key] == 4.0
