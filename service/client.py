@@ -25,7 +25,6 @@ import json
 import mimetypes
 import os
 import random
-import tempfile
 import time
 import urllib.parse
 import uuid
@@ -650,9 +649,9 @@ class _Download:
         self.dest = dest
         self.expected = expected_sha256.lower() if expected_sha256 else None
         self._etag: str | None = None
-        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-        self._path = Path(name)
-        self._file: IO[bytes] = os.fdopen(fd, "wb")
+        # Not mkstemp: its 0600 mode would stick to the renamed file; "x" still never clobbers.
+        self._path = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.part"
+        self._file: IO[bytes] = open(self._path, "xb")  # noqa: SIM115 - closed by commit/discard
         self._hash = hashlib.sha256()
         self._received = 0
 
