@@ -9,6 +9,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -65,10 +66,16 @@ def test_download_with_a_wrong_sha_exits_nonzero(run, model: Model, tmp_path: Pa
     assert list(tmp_path.iterdir()) == []
 
 
-def test_datasets_list_shows_the_builtins(run):
-    result = run(datasets, "list", "--json")
+def test_datasets_upload_then_list_shows_it_beside_the_builtins(run, tmp_path: Path):
+    path = tmp_path / "cli-set.npz"
+    np.savez(path, x=np.zeros((4, 64), dtype=np.float32), y=np.array([0, 1, 0, 1]))
 
-    assert "builtin:digits:train" in [d["id"] for d in json.loads(result.output)]
+    uploaded = run(datasets, "upload", str(path), "--json")
+    listed = run(datasets, "list")
+
+    dataset = json.loads(uploaded.output)
+    assert dataset["name"] == "cli-set" and dataset["num_samples"] == 4
+    assert dataset["id"] in listed.output and "builtin:digits:train" in listed.output
 
 
 def test_show_of_a_missing_job_prints_the_problem_and_exits_1(run):

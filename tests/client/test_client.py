@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -60,6 +61,31 @@ def test_list_models_follows_the_cursor_over_pages(client: GifClient, checkpoint
     assert len(listed) == len(set(listed)), "a page boundary repeated a model"
     positions = [listed.index(m.id) for m in created]
     assert positions == sorted(positions, reverse=True), "not newest first"
+
+
+def test_upload_show_and_list_a_dataset(client: GifClient, tmp_path: Path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 17, size=(30, 1, 8, 8), dtype=np.uint8)
+    y = np.repeat(np.arange(3), 10)
+    path = tmp_path / "tiny.npz"
+    np.savez(path, x=x, y=y)
+
+    dataset = client.upload_dataset(path, "tiny")
+
+    assert dataset.id.startswith("ds_") and dataset.name == "tiny"
+    assert dataset.num_samples == 30 and dataset.sample_shape == [1, 8, 8]
+    assert dataset.sha256 == sha256_of(path)
+    assert client.get_dataset(dataset.id) == dataset
+    assert dataset.id in [d.id for d in client.list_datasets(page_size=1)]
+
+
+def test_architectures_list_their_arguments(client: GifClient):
+    architectures = {arch.name: arch for arch in client.list_architectures()}
+
+    assert {"linear", "mlp", "tinynet", "resnet18", "vgg11"} <= set(architectures)
+    mlp_arguments = {a.name: a for a in architectures["mlp"].arguments}
+    assert set(mlp_arguments) == {"in_features", "hidden", "num_classes"}
+    assert all(a.required for a in mlp_arguments.values())
 
 
 def test_download_with_a_wrong_sha_raises_and_leaves_nothing(client: GifClient, model: Model,
