@@ -5,7 +5,9 @@
   end of the session), so each deployment starts empty;
 - ``own_redis``: a throwaway ``redis-server`` on a free port started by the tests, so broker
   outages and killed workers never touch the Redis everyone else uses;
-- ``distributed_env``: the environment of an API + Celery workers on those two.
+- ``distributed``: one API on those two for the session (tests start their own workers);
+- ``embedded``: one embedded API (SQLite, local runner) for the session; ``uploaded``: the
+  digits model and dataset on it.
 
 PostgreSQL/Redis missing: skip locally, FAIL in CI (tests/conftest.py)."""
 
@@ -25,11 +27,13 @@ import redis
 import sqlalchemy as sa
 
 from tests.conftest import IN_CI
-from tests.live_server import free_port, service_env
+from tests.live_server import LiveServer, free_port, live_server, service_env
+from tests.reliability.helpers import upload_dataset, upload_model
 from tests.worker import digits
 
 # Heartbeats every second: a dead worker is noticed after 3 s (STALE_HEARTBEATS).
 FAST_ENV = {"GIF_HEARTBEAT_INTERVAL_S": "1", "GIF_LOG_LEVEL": "info"}
+UPLOAD_CAP = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -143,14 +147,37 @@ def own_redis(redis_url, tmp_path_factory) -> Iterator[RedisInstance]:
         instance.stop()
 
 
-@pytest.fixture
-def distributed_env(
-    tmp_path, make_database, own_redis
-) -> dict[str, str]:
-    """API + worker environment: a fresh PostgreSQL database, our Redis, a unique queue."""
-    return service_env(
-        tmp_path / "data",
+@pytest.fixture(scope="session")
+def distributed(tmp_path_factory, make_database, own_redis) -> Iterator[LiveServer]:
+    """One ``gif-service serve`` for the session in distributed mode: a fresh PostgreSQL
+    database, our own Redis, a unique queue. Tests start (and kill) their own workers with
+    ``live_worker(distributed.env)``; the API (and its reaper) stays up throughout."""
+    data_dir = tmp_path_factory.mktemp("distributed") / "data"
+    env = service_env(
+        data_dir,
         database_url=make_database(),
         broker_url=own_redis.url,
         extra={**FAST_ENV, "GIF_JOB_QUEUE": f"gif-rel-{secrets.token_hex(6)}"},
     )
+    with live_server(data_dir, env=env) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def embedded(tmp_path_factory) -> Iterator[LiveServer]:
+    """One embedded ``gif-service serve`` (SQLite, local runner) for the session, with a small
+    upload cap (2 MiB) so size limits are cheap to test."""
+    data_dir = tmp_path_factory.mktemp("embedded") / "data"
+    env = service_env(data_dir, extra={**FAST_ENV, "GIF_MAX_UPLOAD_BYTES": str(UPLOAD_CAP)})
+    with live_server(data_dir, env=env) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def uploaded(embedded, upload_files) -> dict:
+    """The digits model and dataset uploaded once to the embedded server."""
+    client = embedded.client()
+    return {
+        "model": upload_model(client, upload_files.model),
+        "dataset": upload_dataset(client, upload_files.data),
+    }

@@ -17,8 +17,7 @@ import json
 import os
 import signal
 
-from tests.live_server import live_server, live_worker, service_env
-from tests.reliability.conftest import FAST_ENV
+from tests.live_server import live_worker
 from tests.reliability.helpers import (
     alive,
     celery_pool_child,
@@ -61,15 +60,15 @@ def _kill_group(process) -> None:
 
 
 def test_celery_pool_child_killed_mid_solve_is_redelivered_and_completes(
-    distributed_env, upload_files
+    distributed, upload_files
 ):
-    env = distributed_env
-    data_dir = __import__("pathlib").Path(env["GIF_DATA_DIR"])
-    with live_server(data_dir, env=env) as server, live_worker(env, log_dir=data_dir) as worker:
-        client = server.client()
-        model = upload_model(client, upload_files.model)
-        dataset = upload_dataset(client, upload_files.data)
-        job = submit(client, model["id"], dataset["id"], finite_solve_request(1500))
+    server, env = distributed, distributed.env
+    database = env["GIF_DATABASE_URL"]
+    client = server.client()
+    model = upload_model(client, upload_files.model)
+    dataset = upload_dataset(client, upload_files.data)
+    with live_worker(env, name="pool-kill", log_dir=server.data_dir) as worker:
+        job = submit(client, model["id"], dataset["id"], finite_solve_request(400))
         running = wait_job(server, client, job["id"], until=in_solve)
         assert running["status"] == "running", running
 
@@ -79,72 +78,62 @@ def test_celery_pool_child_killed_mid_solve_is_redelivered_and_completes(
         done = wait_job(server, client, job["id"])
 
         assert done["status"] == "succeeded", (done["error"], worker.log_tail())
-        row = job_rows(env["GIF_DATABASE_URL"])[job["id"]]
-        assert row["attempts"] == 2  # the killed run, then the redelivered one
-        assert edited_models_per_job(env["GIF_DATABASE_URL"]) == {job["id"]: 1}
+        assert job_rows(database)[job["id"]]["attempts"] == 2  # killed run + redelivered one
+        assert edited_models_per_job(database).get(job["id"]) == 1
         messages = [e["message"] for e in _events(client, job["id"])]
         assert any("previous worker was lost" in m for m in messages), messages
         assert worker.running  # the worker's parent survived its child
 
 
 def test_whole_celery_worker_killed_is_requeued_by_the_reaper_then_bounded(
-    distributed_env, upload_files
+    distributed, upload_files
 ):
-    env = distributed_env
-    data_dir = __import__("pathlib").Path(env["GIF_DATA_DIR"])
-    with live_server(data_dir, env=env) as server:
-        client = server.client()
-        model = upload_model(client, upload_files.model)
-        dataset = upload_dataset(client, upload_files.data)
-        with live_worker(env, name="first", log_dir=data_dir) as first:
-            job = submit(client, model["id"], dataset["id"], endless_request())
-            assert wait_job(server, client, job["id"], until=in_solve)["status"] == "running"
-            _kill_group(first.process)  # parent and pool child: nobody rejects the message
-
-        with live_worker(env, name="second", log_dir=data_dir) as second:
-            # Only the reaper can bring the job back (the broker keeps the unacked message for
-            # hours): attempt 2 runs on the second worker.
-            wait_job(
-                server,
-                client,
-                job["id"],
-                until=lambda j: j["status"] != "running"
-                or job_rows(env["GIF_DATABASE_URL"])[j["id"]]["attempts"] == 2
-                and in_solve(j),
-            )
-            assert job_rows(env["GIF_DATABASE_URL"])[job["id"]]["status"] == "running"
-            assert "reaper: job" in server.logs() and "requeued" in server.logs()
-            _kill_group(second.process)
-
-        failed = wait_job(server, client, job["id"], timeout=60.0)
-        assert failed["status"] == "failed", failed
-        assert failed["error"]["code"] == "worker_lost"
-        row = job_rows(env["GIF_DATABASE_URL"])[job["id"]]
-        assert row["attempts"] == 2
-        assert edited_models_per_job(env["GIF_DATABASE_URL"]) == {}
-
-
-def test_local_runner_child_killed_fails_worker_lost_and_runner_goes_on(
-    tmp_path, upload_files
-):
-    data_dir = tmp_path / "data"
-    env = service_env(data_dir, extra=FAST_ENV)
-    with live_server(data_dir, env=env) as server:
-        client = server.client()
-        model = upload_model(client, upload_files.model)
-        dataset = upload_dataset(client, upload_files.data)
+    server, env = distributed, distributed.env
+    database = env["GIF_DATABASE_URL"]
+    client = server.client()
+    model = upload_model(client, upload_files.model)
+    dataset = upload_dataset(client, upload_files.data)
+    with live_worker(env, name="first", log_dir=server.data_dir) as first:
         job = submit(client, model["id"], dataset["id"], endless_request())
         assert wait_job(server, client, job["id"], until=in_solve)["status"] == "running"
+        _kill_group(first.process)  # parent and pool child: nobody rejects the message
 
-        kill9(local_job_child(server))
-        failed = wait_job(server, client, job["id"], timeout=60.0)
+    with live_worker(env, name="second", log_dir=server.data_dir) as second:
+        # Only the reaper can bring the job back (the broker keeps the unacked message for
+        # hours): attempt 2 runs on the second worker.
+        def second_attempt_solving(j: dict) -> bool:
+            return j["status"] != "running" or (
+                in_solve(j) and job_rows(database)[j["id"]]["attempts"] == 2
+            )
 
-        assert failed["status"] == "failed" and failed["error"]["code"] == "worker_lost"
-        assert "signal 9" in failed["error"]["message"]
-        # The runner survived: the next job runs to the end.
-        following = submit(client, model["id"], dataset["id"], finite_solve_request(20))
-        assert wait_job(server, client, following["id"])["status"] == "succeeded"
-        database = f"sqlite:///{data_dir / 'gif.db'}"
-        assert edited_models_per_job(database) == {following["id"]: 1}
-        error = job_rows(database)[job["id"]]["error"]
-        assert (json.loads(error) if isinstance(error, str) else error)["code"] == "worker_lost"
+        wait_job(server, client, job["id"], until=second_attempt_solving)
+        assert job_rows(database)[job["id"]]["status"] == "running"
+        assert f"reaper: job {job['id']} lost its worker (attempt 1): requeued" in server.logs()
+        _kill_group(second.process)
+
+    failed = wait_job(server, client, job["id"], timeout=60.0)
+    assert failed["status"] == "failed", failed
+    assert failed["error"]["code"] == "worker_lost"
+    assert job_rows(database)[job["id"]]["attempts"] == 2
+    assert edited_models_per_job(database).get(job["id"]) is None
+
+
+def test_local_runner_child_killed_fails_worker_lost_and_runner_goes_on(embedded, uploaded):
+    server, client = embedded, embedded.client()
+    model, dataset = uploaded["model"], uploaded["dataset"]
+    job = submit(client, model["id"], dataset["id"], endless_request())
+    assert wait_job(server, client, job["id"], until=in_solve)["status"] == "running"
+
+    kill9(local_job_child(server))
+    failed = wait_job(server, client, job["id"], timeout=60.0)
+
+    assert failed["status"] == "failed" and failed["error"]["code"] == "worker_lost"
+    assert "signal 9" in failed["error"]["message"]
+    # The runner survived: the next job runs to the end.
+    following = submit(client, model["id"], dataset["id"], finite_solve_request(20))
+    assert wait_job(server, client, following["id"])["status"] == "succeeded"
+    database = f"sqlite:///{server.data_dir / 'gif.db'}"
+    per_job = edited_models_per_job(database)
+    assert per_job.get(following["id"]) == 1 and job["id"] not in per_job
+    error = job_rows(database)[job["id"]]["error"]
+    assert (json.loads(error) if isinstance(error, str) else error)["code"] == "worker_lost"
