@@ -771,7 +771,13 @@ class _ClientBase:
     def _result(call: _Call[T], response: httpx.Response) -> T:
         if response.is_error:
             raise api_error(response)
-        return call.parse(response)
+        try:
+            return call.parse(response)
+        except (ValueError, KeyError, TypeError) as exc:  # pydantic's errors are ValueErrors
+            raise GifClientError(
+                f"{call.method} {call.path}: unexpected {response.status_code} response "
+                f"({response.headers.get('content-type', 'no content type')}): {exc}"
+            ) from exc
 
     def _connection_error(self, exc: Exception) -> GifConnectionError:
         return GifConnectionError(f"cannot reach {self.url}: {exc}")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from service.client import GifClient, IntegrityError, ServiceUnavailableError
+from service.client import GifClient, GifClientError, IntegrityError, ServiceUnavailableError
 
 MODEL_BYTES = bytes(range(256)) * 64
 MODEL_SHA = hashlib.sha256(MODEL_BYTES).hexdigest()
@@ -194,3 +194,12 @@ def test_a_server_without_sse_is_polled_until_the_job_ends():
         events = list(gif.stream_events("job_x", poll_interval=0.01))
 
     assert [event.seq for event in events] == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_success_that_is_not_the_api_json_is_a_clear_client_error():
+    def handle(request, n):
+        reply(request, 200, b"<html>proxy login</html>", {"Content-Type": "text/html"})
+
+    with faulty_server(handle) as (url, _), GifClient(url, "key") as gif, \
+            pytest.raises(GifClientError, match=r"mdl_x: unexpected 200 .*text/html"):
+        gif.get_model("mdl_x")
