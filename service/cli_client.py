@@ -109,13 +109,14 @@ def echo_fields(resource: BaseModel, fields: Sequence[str]) -> None:
 def _load_json_arg(value: str, what: str) -> dict[str, Any]:
     """A JSON object given inline or as a path to a file holding it."""
     path = Path(value)
+    source = f"{what} file {value}" if path.is_file() else what
     text = path.read_text(encoding="utf-8") if path.is_file() else value
     try:
         parsed = json.loads(text)
     except ValueError as exc:
-        raise click.BadParameter(f"{what} is neither a JSON object nor a JSON file: {exc}") from exc
+        raise click.BadParameter(f"{source} is not valid JSON: {exc}") from exc
     if not isinstance(parsed, dict):
-        raise click.BadParameter(f"{what} must be a JSON object")
+        raise click.BadParameter(f"{source} must hold a JSON object")
     return parsed
 
 
