@@ -34,7 +34,9 @@ class InvalidRequest(GifError):
 
     code = "invalid_request"
 
-    def __init__(self, message: str, *, loc: tuple[str | int, ...] = (), details: dict | None = None):
+    def __init__(
+        self, message: str, *, loc: tuple[str | int, ...] = (), details: dict | None = None
+    ):
         super().__init__(message, details=details)
         self.loc = loc
 

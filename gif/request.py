@@ -60,7 +60,9 @@ class Selection(_Strict):
     """Which parameters move (MATH.md, Parameter selection)."""
 
     criterion: Literal["topk_outputs", "topk_gradients", "threshold", "random"] = "topk_outputs"
-    ratio: float = Field(0.1, gt=0.0, le=1.0, description="Modification ratio per layer, in (0, 1].")
+    ratio: float = Field(
+        0.1, gt=0.0, le=1.0, description="Modification ratio per layer, in (0, 1]."
+    )
     threshold: float | None = Field(
         None, ge=0.0, description="Output-score threshold τ; required for criterion=threshold."
     )
@@ -94,10 +96,13 @@ class Step(_Strict):
 
 class Eval(_Strict):
     datasets: dict[str, str] = Field(
-        default_factory=dict, description="Name → dataset id of evaluation sets (never used to tune)."
+        default_factory=dict,
+        description="Name → dataset id of evaluation sets (never used to tune).",
     )
     mia: bool = False
-    retain_samples: int = Field(2048, ge=1, description="Size of the retained-data sample evaluated.")
+    retain_samples: int = Field(
+        2048, ge=1, description="Size of the retained-data sample evaluated."
+    )
 
 
 class EditRequest(_Strict):

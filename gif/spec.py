@@ -8,7 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class InputSpec(BaseModel):
-    """Preprocessing the model was trained with: ``x * scale``, then ``(x - mean) / std`` per channel."""
+    """Preprocessing the model was trained with: ``x * scale``, then ``(x - mean) / std``
+    per channel."""
 
     model_config = ConfigDict(extra="forbid")
 

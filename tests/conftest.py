@@ -10,12 +10,16 @@ import pytest
 import torch
 
 IN_CI = os.environ.get("CI") == "true"
-POSTGRES_URL = os.environ.get("GIF_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+POSTGRES_URL = os.environ.get(
+    "GIF_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
 REDIS_URL = os.environ.get("GIF_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def pytest_addoption(parser):
-    parser.addoption("--runslow", action="store_true", help="run the long experiments (slow marker)")
+    parser.addoption(
+        "--runslow", action="store_true", help="run the long experiments (slow marker)"
+    )
 
 
 def pytest_collection_modifyitems(config, items):
