@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -89,7 +90,7 @@ def test_class_removal_forgets_the_class_and_keeps_the_rest(digits, clean_model)
 
     outcome = run_edit(
         request(edit={"kind": "remove_class", "class": REMOVED},
-                selection={"criterion": "topk_outputs", "ratio": 0.1}),
+                selection={"criterion": "topk_outputs", "ratio": 0.1}, eval={"mia": True}),
         LoadedModel(SPEC, clean_model), train, {"test": test}, EditHooks(progress=progress),
     )
     result = outcome.result
@@ -109,6 +110,10 @@ def test_class_removal_forgets_the_class_and_keeps_the_rest(digits, clean_model)
     assert after["test"]["accuracy_remaining_classes"] == pytest.approx(
         test_after["accuracy_remaining_classes"])
     assert after["score"] > before["score"]
+    # Membership inference: before, the class's training points look like members; after
+    # the removal most of them look like points the model never saw.
+    assert after["mia"]["method"] == "svc_true_class_confidence"
+    assert after["mia"]["efficacy"] > before["mia"]["efficacy"] + 0.5
 
     # Input untouched; output has the same keys/dtypes; only selected entries moved.
     assert all(torch.equal(snapshot[k], clean_model[k]) for k in snapshot)
@@ -160,6 +165,27 @@ def test_relabel_restores_flipped_labels_without_hurting_test_accuracy(digits):
     after = outcome.result["metrics"]["after"]
     assert after["relabeled"]["accuracy"] == pytest.approx(restored_after)
     assert after["relabeled"]["count"] == len(flipped)
+
+
+@pytest.mark.parametrize("method", ["gif", "fif", "pif", "if"])
+def test_each_method_moves_only_its_parameters_with_a_fixed_step(digits, clean_model, method):
+    train, _ = digits
+    outcome = run_edit(
+        request(edit={"kind": "remove_samples", "indices": list(range(0, 200, 4))},
+                method=method, solver={"max_iter": 5, "batch_size": 2048, "hessian_samples": 256},
+                step={"mode": "fixed", "scale": 0.5}),
+        LoadedModel(SPEC, clean_model), train, {},
+    )
+    result = outcome.result
+    assert result["method"] == method and result["scale"] == 0.5
+    assert result["step"]["mode"] == "fixed" and len(result["step"]["curve"]) == 1
+    changed = sum(int((outcome.state_dict[k] != clean_model[k]).sum()) for k in clean_model)
+    total = sum(v.numel() for v in clean_model.values())
+    assert result["selection"]["num_selected"] == (total if method == "if" else
+                                                   sum(math.floor(0.1 * n) for n in (4160, 650)))
+    assert 0 < changed <= result["selection"]["num_selected"]
+    assert "forget" in result["metrics"]["after"] and "relabeled" not in result["metrics"]["after"]
+    assert result["metrics"]["after"]["score"] is None  # no evaluation set: no score
 
 
 def test_sampling_keeps_validation_out_of_hessian_and_edit(digits):
