@@ -27,7 +27,14 @@ import redis
 import sqlalchemy as sa
 
 from tests.conftest import IN_CI
-from tests.live_server import LiveServer, free_port, live_server, service_env
+from tests.live_server import (
+    LiveProcess,
+    LiveServer,
+    free_port,
+    live_server,
+    live_worker,
+    service_env,
+)
 from tests.reliability.helpers import upload_dataset, upload_model
 from tests.worker import digits
 
@@ -181,3 +188,11 @@ def uploaded(embedded, upload_files) -> dict:
         "model": upload_model(client, upload_files.model),
         "dataset": upload_dataset(client, upload_files.data),
     }
+
+
+@pytest.fixture(scope="module")
+def module_worker(distributed) -> Iterator[LiveProcess]:
+    """A Celery worker for one test module on the distributed server (stopped at its end, so
+    the worker-killing tests of other modules control which worker runs their jobs)."""
+    with live_worker(distributed.env, name="module-worker", log_dir=distributed.data_dir) as worker:
+        yield worker

@@ -168,3 +168,16 @@ def job_rows(database_url: str) -> dict[str, dict]:
     finally:
         engine.dispose()
     return {row["id"]: dict(row) for row in rows}
+
+
+def logged_statuses(server: LiveServer) -> list[int]:
+    """The HTTP status of every request in the server's JSON access log."""
+    statuses = []
+    for line in server.logs().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("status"), int):
+            statuses.append(record["status"])
+    return statuses
