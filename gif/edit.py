@@ -41,6 +41,7 @@ from gif.step import ScaleCurve, fixed_scale, search_scale
 
 PHASES = ("load", "select", "solve", "step_search", "evaluate", "save")
 REMOVAL_KINDS = ("remove_class", "remove_samples")
+MIN_UNEDITED = 2  # one point for the step's validation split, one for the Hessian sample
 
 
 # --------------------------------------------------------------------------- public types
@@ -225,17 +226,21 @@ def validate_request(request: EditRequest, spec: ModelSpec, train, eval_sets: Ma
         if count == 0:
             raise InvalidRequest(f"class {edit.class_} has no point in the training dataset",
                                  loc=("edit", "class"))
-        if count == n:
-            raise InvalidRequest("removing this class would remove every training point",
+        if n - count < MIN_UNEDITED:
+            raise InvalidRequest(f"removing class {edit.class_} leaves {n - count} training "
+                                 f"points; at least {MIN_UNEDITED} must stay (the Hessian and "
+                                 f"the step's validation split come from them)",
                                  loc=("edit", "class"))
     else:
         bad = [i for i in edit.indices if i >= n]
         if bad:
             raise InvalidRequest(f"{len(bad)} indices are >= the dataset size {n} "
                                  f"(first: {bad[0]})", loc=("edit", "indices"))
-        if len(edit.indices) >= n:
-            raise InvalidRequest("the edit covers every training point; nothing would be left "
-                                 "to keep", loc=("edit", "indices"))
+        if n - len(edit.indices) < MIN_UNEDITED:
+            raise InvalidRequest(f"the edit leaves {n - len(edit.indices)} training points "
+                                 f"untouched; at least {MIN_UNEDITED} must stay (the Hessian "
+                                 f"and the step's validation split come from them)",
+                                 loc=("edit", "indices"))
     if isinstance(edit, Relabel):
         bad = [label for label in edit.labels if label >= num_classes]
         if bad:

@@ -215,10 +215,14 @@ def test_sampling_keeps_validation_out_of_hessian_and_edit(digits):
         ({"edit": {"kind": "remove_samples", "indices": [0, 5000]}}, ("edit", "indices")),
         ({"edit": {"kind": "relabel", "indices": [0], "labels": [12]}}, ("edit", "labels")),
         ({"edit": {"kind": "remove_class", "class": 1}, "eval": {"mia": True}}, ("eval", "mia")),
+        ({"edit": {"kind": "remove_samples", "indices": list(range(1436))}}, ("edit", "indices")),
+        ({"edit": {"kind": "relabel", "indices": [0, 1], "labels": "same"}}, ("edit", "labels")),
     ],
 )
 def test_impossible_requests_fail_before_any_work(digits, clean_model, fields, loc):
     train, _ = digits
+    if fields["edit"].get("labels") == "same":  # a relabel that changes nothing
+        fields["edit"]["labels"] = train.y[:2].tolist()
     phases = []
     with pytest.raises(InvalidRequest) as info:
         run_edit(request(**fields), LoadedModel(SPEC, clean_model), train, {},
