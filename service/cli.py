@@ -144,7 +144,9 @@ def worker(hostname: str | None, loglevel: str | None) -> None:
     _configure_logging(loglevel or settings.log_level)
     # Import the engine (torch, without touching CUDA) once in the parent: every job's fresh
     # pool child is forked with it loaded instead of importing it again.
-    import worker.jobs  # noqa: F401
+    from worker.jobs import preload_engine
+
+    preload_engine()
 
     app = make_celery_app(settings)
     argv = [

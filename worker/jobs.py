@@ -64,6 +64,22 @@ BUILTIN_PREFIX = "builtin:"
 JOB_ID_FIELDS = ("model_id", "train_dataset_id")  # in the stored request, not in EditRequest
 
 
+def preload_engine() -> None:
+    """Import, once, what the engine imports lazily on its first job, so that processes forked
+    from the caller (Celery's pool children) start jobs at once. Touches no CUDA state.
+
+    ``torch._dynamo`` is loaded by the meta-device shape check of ``gif.data`` on first use
+    and alone takes seconds to import."""
+    import torch._dynamo  # noqa: F401
+
+    import gif.hvp  # noqa: F401
+    import gif.methods  # noqa: F401
+    import gif.params  # noqa: F401
+    import gif.registry  # noqa: F401
+    import gif.selection  # noqa: F401
+    import gif.solvers  # noqa: F401
+
+
 def default_worker_id() -> str:
     """``<host>:<pid>``: who holds a running job (shown in logs, used by the runners)."""
     return f"{socket.gethostname()}:{os.getpid()}"

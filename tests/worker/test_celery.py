@@ -1,0 +1,122 @@
+"""The Celery runner with a real Redis and a real ``gif-service worker`` process: the soft time
+limit fails a job ``timeout`` (and the worker carries on), and a pool child killed mid-job is
+redelivered and re-run as attempt 2 (never left ``running``). The job rows live in a SQLite
+file the worker and the test share; jobs are sent with :class:`CeleryDispatcher` as the API does.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import time
+
+import pytest
+
+from service.settings import Settings
+from tests.live_server import live_worker, service_env
+from tests.worker import digits
+from tests.worker.conftest import make_worker_db
+from worker.celery_app import JOB_QUEUE_ENV, CeleryDispatcher, time_limits
+
+pytestmark = pytest.mark.services
+TIME_LIMIT_S = 8.0
+HEARTBEAT_S = 0.5
+
+
+def _wait(db, job_id, predicate, what, worker, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = db.job(job_id)
+        if predicate(job):
+            return job
+        time.sleep(0.1)
+    pytest.fail(f"job {job_id} never {what} (status {job.status})\n{worker.log_tail()}")
+
+
+def _terminal(job):
+    return job.status in ("succeeded", "failed", "cancelled")
+
+
+def _running(job):
+    return job.status == "running" and job.worker_id is not None
+
+
+def test_time_limits_stay_below_the_visibility_timeout():
+    for limit, visibility in ((6 * 3600.0, None), (10.0, 11.0), (100.0, 100.5)):
+        settings = Settings(job_time_limit_s=limit, broker_visibility_timeout_s=visibility)
+        soft, hard = time_limits(settings)
+        assert soft == limit < hard < settings.broker_visibility_timeout_s
+
+
+def test_dispatcher_ready_reflects_the_broker(redis_url):
+    assert CeleryDispatcher(Settings(broker_url=redis_url)).ready()
+    closed_port = "redis://127.0.0.1:1/0"
+    assert not CeleryDispatcher(Settings(broker_url=closed_port)).ready()
+
+
+def test_celery_worker_times_out_and_recovers_a_killed_child(
+    tmp_path, redis_url, trained_state, digits_data, monkeypatch
+):
+    data_dir = tmp_path / "data"
+    queue = f"gif-test-{secrets.token_hex(6)}"
+    monkeypatch.setenv(JOB_QUEUE_ENV, queue)  # this process's dispatcher sends to that queue
+    db, engine = make_worker_db(
+        data_dir,
+        heartbeat_interval_s=HEARTBEAT_S,
+        job_time_limit_s=TIME_LIMIT_S,
+        broker_url=redis_url,
+    )
+    x, y = digits_data
+    model, dataset = db.add_model(trained_state), db.add_dataset(x, y)
+    env = service_env(
+        data_dir,
+        broker_url=redis_url,
+        extra={
+            "GIF_JOB_TIME_LIMIT_S": str(TIME_LIMIT_S),
+            "GIF_HEARTBEAT_INTERVAL_S": str(HEARTBEAT_S),
+            JOB_QUEUE_ENV: queue,
+        },
+    )
+    dispatcher = CeleryDispatcher(db.settings)
+    try:
+        with live_worker(env, log_dir=tmp_path) as worker:
+            # 1. A job longer than the limit fails `timeout` at the soft limit.
+            slow = db.add_job(
+                model.id, dataset.id, digits.long_request({"kind": "remove_class", "class": 4})
+            )
+            dispatcher.submit(slow)
+            job = _wait(db, slow, _terminal, "ended", worker)
+            assert job.status == "failed" and job.error["code"] == "timeout", job.error
+            assert (job.finished_at - job.started_at).total_seconds() < TIME_LIMIT_S + 30
+
+            # 2. A pool child killed mid-job: the message is redelivered, the stale job is
+            #    re-run as attempt 2 (which this long job ends at the time limit again).
+            doomed = db.add_job(
+                model.id, dataset.id, digits.long_request({"kind": "remove_class", "class": 6})
+            )
+            dispatcher.submit(doomed)
+            job = _wait(db, doomed, _running, "started", worker)
+            child_pid = int(job.worker_id.rsplit(":", 1)[1])
+            assert child_pid != worker.process.pid
+            os.kill(child_pid, signal.SIGKILL)
+            job = _wait(db, doomed, _terminal, "ended after the kill", worker)
+            assert job.attempts == 2, (job.status, job.error)
+            assert job.status == "failed" and job.error["code"] == "timeout"
+            assert int(job.worker_id.rsplit(":", 1)[1]) != child_pid
+
+            # 3. The worker still runs jobs to success.
+            quick = db.add_job(
+                model.id,
+                dataset.id,
+                digits.quick_request(
+                    {"kind": "remove_class", "class": 4}, step={"mode": "fixed", "scale": 1.0}
+                ),
+            )
+            dispatcher.submit(quick)
+            job = _wait(db, quick, _terminal, "ended", worker)
+            assert job.status == "succeeded", job.error
+            assert worker.running
+    finally:
+        dispatcher.close()
+        engine.dispose()
