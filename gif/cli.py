@@ -91,14 +91,14 @@ def main() -> None:
     """Edit trained PyTorch classifiers with generalized influence functions (GIF)."""
 
 
-@main.command("edit")
+@main.command("edit", short_help="Edit a model; print the result JSON.")
 @click.option("--model", "model_path", required=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Checkpoint: safetensors, or a PyTorch state dict (loaded with weights_only).")
 @click.option("--spec", "spec_path", required=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Model spec JSON: arch, arch_kwargs, input preprocessing (API.md).")
-@click.option("--train", "train", required=True,
+@click.option("--train", "train", required=True, metavar="DATA",
               help="Training data the model was fitted on: a .npz/safetensors file or a "
                    "built-in id (builtin:fashion-mnist:train).")
 @click.option("--request", "request_path", required=True,
@@ -133,6 +133,10 @@ def edit(model_path: Path, spec_path: Path, train: str, request_path: Path, out_
         where = ".".join(str(p) for p in getattr(err, "loc", ()) or ())
         suffix = f" (at {where})" if where else ""
         click.echo(f"error [{err.code}]{suffix}: {err.message}", err=True)
+        sys.exit(EXIT_GIF_ERROR)
+    except OSError as err:  # the output or plot directory cannot be written
+        bar.close()
+        click.echo(f"error [io]: {err.filename or ''}: {err.strerror or err}", err=True)
         sys.exit(EXIT_GIF_ERROR)
     bar.close()
     click.echo(json.dumps(outcome.result, indent=2))

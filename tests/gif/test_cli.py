@@ -152,3 +152,12 @@ def test_installed_entry_point_has_help():
     assert completed.returncode == 0
     for option in ("--model", "--spec", "--train", "--request", "--out", "--eval"):
         assert option in completed.stdout
+
+
+def test_unwritable_output_is_a_clear_error(files, tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    result = invoke(*edit_args(files, blocker / "edited.safetensors"), "--quiet")
+    assert result.exit_code == 1
+    assert "error [io]" in result.stderr and "not-a-directory" in result.stderr
+    assert "Traceback" not in result.stderr
