@@ -93,8 +93,12 @@ class JobCreate(EditRequest):
 
 
 class JobError(BaseModel):
+    """Why a job failed: a stable ``code`` and a message for people."""
+
+    model_config = ConfigDict(extra="allow")
+
     code: str = Field(examples=["solver_diverged"])
-    message: str
+    message: str = ""
 
 
 class JobOut(BaseModel):

@@ -371,7 +371,6 @@ def cancel_job_row(session: Session, job: Job) -> Job:
             status="cancelled",
             cancel_requested=True,
             finished_at=now,
-            error={"code": "cancelled", "message": "cancelled before it started"},
         )
     ).rowcount
     if not became_cancelled:

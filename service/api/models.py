@@ -85,9 +85,12 @@ def _gif_problem(err: GifError, default_loc: tuple) -> ProblemError:
     """A 422 naming the offending field; ``InvalidRequest.loc`` paths start at the spec."""
     loc = getattr(err, "loc", None) or default_loc
     errors = [(("body", *loc), err.message)]
-    for key in ("missing", "unexpected", "mismatched"):
-        for name in err.details.get(key, []) or []:
-            errors.append((("body", "file", str(name)), key.replace("_", " ")))
+    reasons = {"missing": "missing key", "unexpected": "unexpected key",
+               "mismatched": "shape mismatch", "wrong_dtype": "integer tensor for a float"}
+    for kind, reason in reasons.items():
+        for entry in err.details.get(kind, []) or []:
+            key = entry.get("key", "?") if isinstance(entry, dict) else entry
+            errors.append((("body", "file", str(key)), reason))
     return validation_problem(err.message, errors)
 
 
@@ -289,18 +292,16 @@ def artifact_response(
     media_type: str,
     filename: str,
     range_header: str | None,
-    if_none_match: str | None,
     size: int,
 ) -> Response:
-    """A download with ``ETag`` (the sha256), ``Content-Length``, ``Accept-Ranges`` and 206/304."""
+    """A download with ``ETag`` (the sha256), ``Content-Length``, ``Accept-Ranges``, and 206
+    for a satisfiable single ``Range``."""
     etag = f'"{sha256}"'
     headers = {
         "ETag": etag,
         "Accept-Ranges": "bytes",
         "Content-Disposition": f'attachment; filename="{filename}"',
     }
-    if if_none_match is not None and etag in {t.strip() for t in if_none_match.split(",")}:
-        return Response(status_code=304, headers=headers)
     byte_range = parse_range(range_header, size) if range_header else None
     if byte_range is None:
         headers["Content-Length"] = str(size)
@@ -345,6 +346,9 @@ async def download_model(
             return model, artifact.media_type
 
     model, media_type = await run_in_threadpool(lookup)
+    etag = f'"{model.sha256}"'
+    if if_none_match is not None and etag in {t.strip() for t in if_none_match.split(",")}:
+        return Response(status_code=304, headers={"ETag": etag, "Accept-Ranges": "bytes"})
     size = await run_in_threadpool(store.verify, model.sha256)  # integrity before serving
     return artifact_response(
         store,
@@ -352,6 +356,5 @@ async def download_model(
         media_type,
         f"{model.id}.safetensors",
         range_header,
-        if_none_match,
         size,
     )

@@ -156,6 +156,7 @@ def test_cancel_queued_running_and_terminal(client, alice, uploaded, session_fac
     assert cancelled.status_code == 200
     assert cancelled.json()["status"] == "cancelled"
     assert cancelled.json()["finished_at"] is not None
+    assert cancelled.json()["error"] is None  # cancelled is not failed
     again = client.post(f"/v1/jobs/{queued}/cancel", headers=alice).json()
     assert again["status"] == "cancelled"
     assert again["finished_at"] == cancelled.json()["finished_at"]

@@ -79,7 +79,10 @@ def test_strict_loading_names_missing_and_unexpected_keys(client, alice):
 def test_shape_mismatch_is_422_naming_the_key(client, alice):
     state_dict = tiny_state_dict()
     state_dict["0.weight"] = torch.zeros(5, 4)
-    body = assert_problem(upload_model(client, alice, content=safetensors_bytes(state_dict)), 422)
+    body = assert_problem(
+        upload_model(client, alice, content=safetensors_bytes(state_dict)), 422,
+        loc=["body", "file", "0.weight"],
+    )
     assert "0.weight" in body["detail"]
 
 
