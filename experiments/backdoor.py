@@ -30,6 +30,7 @@ from experiments.common import (
     after,
     edit,
     evaluate_state,
+    failures,
     fashion_mnist,
     harmonic,
     markdown_table,
@@ -43,6 +44,7 @@ from experiments.common import (
     write_outputs,
 )
 from experiments.plotting import line_panels
+from gif.errors import GifError
 from gif.spec import ModelSpec
 
 TARGET = 4
@@ -169,8 +171,15 @@ def run(*, quick: bool, seeds: int, out: Path, cache_dir: Path = CACHE_DIR) -> l
             jobs.insert(len(METHODS), ("if", 1.0))  # after the first ratio: early and once
         for method, ratio in jobs:
             request = relabel_request(sizes, setup, method=method, ratio=ratio, seed=seed)
-            run_ = edit(request, SPEC, setup.original.state_dict, setup.poisoned_train,
-                        setup.eval_sets)
+            try:
+                run_ = edit(request, SPEC, setup.original.state_dict, setup.poisoned_train,
+                            setup.eval_sets)
+            except GifError as error:  # a failed method is a finding for the table
+                records.append({"row": method, "ratio": ratio, "seed": seed,
+                                "error": f"{error.code}: {error.message}"})
+                print(f"seed {seed} {method} {ratio}: FAILED {error.code}", flush=True)
+                write()
+                continue
             # run_edit's ``relabeled``: every poisoned training point against its true label
             metrics = {k: after(run_, k) for k in ("relabeled", *setup.eval_sets)}
             record = {"row": method, "ratio": ratio, "seed": seed, **record_from_metrics(metrics),
@@ -199,7 +208,7 @@ def table(records: list[dict]) -> str:
     for name in ("original", "retrain"):
         group = [r for r in records if r["row"] == name]
         rows.append([name + (" (backdoored)" if name == "original" else " (corrected data)"),
-                     "–", *[mean_std([r[c] for r in group]) for c in COLUMNS], "–", "–",
+                     "–", *[mean_std([r.get(c) for r in group]) for c in COLUMNS], "–", "–",
                      mean_std([r["seconds"] for r in group], 1)])
     ratios = sorted({r["ratio"] for r in records if r["row"] in METHODS})
     for ratio in ratios:
@@ -214,9 +223,11 @@ def table(records: list[dict]) -> str:
 
 
 def _edit_row(group: list[dict], name: str, ratio: str) -> list[str]:
-    return [name, ratio, *[mean_std([r[c] for r in group]) for c in COLUMNS],
-            mean_std([r["scale"] for r in group], 3), mean_std([r["hvps"] for r in group], 0),
-            mean_std([r["seconds"] for r in group], 1)]
+    cells = [mean_std([r.get(c) for r in group]) for c in COLUMNS]
+    return [name + failures(group), ratio, *cells,
+            mean_std([r.get("scale") for r in group], 3),
+            mean_std([r.get("hvps") for r in group], 0),
+            mean_std([r.get("seconds") for r in group], 1)]
 
 
 def plot(records: list[dict], ratios, path: Path) -> None:

@@ -322,6 +322,13 @@ def mean_std(values: Sequence[float], digits: int = 3) -> str:
     return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+def failures(group: Sequence[dict]) -> str:
+    """`` (k/n runs failed: code)`` for rows whose edit raised a ``GifError``; empty if none."""
+    failed = [r["error"].split(":")[0] for r in group if "error" in r]
+    return f" ({len(failed)}/{len(group)} runs failed: {', '.join(sorted(set(failed)))})" \
+        if failed else ""
+
+
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]

@@ -19,6 +19,7 @@ import torch
 from experiments.common import (
     CACHE_DIR,
     add_common_arguments,
+    failures,
     markdown_table,
     mean_std,
     seeds_done,
@@ -33,6 +34,7 @@ from experiments.removal import (
     removal_request,
     run_removal_edit,
     sizes_for,
+    summary,
 )
 
 SELECTIVE_METHODS = ("gif", "fif", "pif")
@@ -77,8 +79,7 @@ def run(*, quick: bool, seeds: int, out: Path, cache_dir: Path = CACHE_DIR,
             )
             record, _ = run_removal_edit(setup, request)
             records.append({"row": method, "ratio": ratio, "seed": seed, **record})
-            print(f"seed {seed} {method:4s} {ratio:4.2f} forget {record['forget_acc']:.3f} "
-                  f"test {record['test_acc']:.3f} ({record['seconds']:.0f} s)", flush=True)
+            print(f"seed {seed} {method:4s} {ratio:4.2f} {summary(record)}", flush=True)
             write()
     write()
     return records
@@ -99,7 +100,7 @@ def table(records: list[dict]) -> str:
     rows = []
     for name in ("original", "retrain"):
         group = [r for r in records if r["row"] == name]
-        rows.append([name, "–", *[mean_std([r[c] for r in group]) for c in COLUMNS], "–", "–",
+        rows.append([name, "–", *[mean_std([r.get(c) for r in group]) for c in COLUMNS], "–", "–",
                      mean_std([r["seconds"] for r in group], 1)])
     ratios = sorted({r["ratio"] for r in records if r["row"] in SELECTIVE_METHODS})
     for ratio in ratios:
@@ -111,9 +112,11 @@ def table(records: list[dict]) -> str:
 
 
 def _edit_row(group: list[dict], name: str, ratio: str) -> list[str]:
-    return [name, ratio, *[mean_std([r[c] for r in group]) for c in COLUMNS],
-            mean_std([r["scale"] for r in group], 3), mean_std([r["hvps"] for r in group], 0),
-            mean_std([r["seconds"] for r in group], 1)]
+    cells = [mean_std([r.get(c) for r in group]) for c in COLUMNS]
+    return [name + failures(group), ratio, *cells,
+            mean_std([r.get("scale") for r in group], 3),
+            mean_std([r.get("hvps") for r in group], 0),
+            mean_std([r.get("seconds") for r in group], 1)]
 
 
 def plot(records: list[dict], ratios, path: Path, arch: str) -> None:

@@ -18,6 +18,7 @@ import torch
 from experiments.common import (
     CACHE_DIR,
     add_common_arguments,
+    failures,
     markdown_table,
     mean_std,
     seeds_done,
@@ -32,6 +33,7 @@ from experiments.removal import (
     removal_request,
     run_removal_edit,
     sizes_for,
+    summary,
 )
 
 CRITERIA = ("topk_outputs", "topk_gradients", "threshold", "random")
@@ -81,8 +83,7 @@ def run(*, quick: bool, seeds: int, out: Path, cache_dir: Path = CACHE_DIR,
                 records.append(
                     {"row": "gif", "criterion": criterion, "ratio": ratio, "seed": seed, **record}
                 )
-                print(f"seed {seed} {criterion:15s} {ratio:4.2f} forget {record['forget_acc']:.3f}"
-                      f" test {record['test_acc']:.3f} ({record['seconds']:.0f} s)", flush=True)
+                print(f"seed {seed} {criterion:15s} {ratio:4.2f} {summary(record)}", flush=True)
                 write()
     write()
     return records
@@ -102,16 +103,17 @@ def table(records: list[dict]) -> str:
     rows = []
     for name in ("original", "retrain"):
         group = [r for r in records if r["row"] == name]
-        rows.append([name, "–", "–", *[mean_std([r[c] for r in group]) for c in COLUMNS], "–",
+        rows.append([name, "–", "–", *[mean_std([r.get(c) for r in group]) for c in COLUMNS], "–",
                      mean_std([r["seconds"] for r in group], 1)])
     edits = [r for r in records if r["row"] == "gif"]
     keys = sorted({(r["criterion"], r["ratio"]) for r in edits},
                   key=lambda k: (CRITERIA.index(k[0]), k[1]))
     for criterion, ratio in keys:
         group = [r for r in edits if r["criterion"] == criterion and r["ratio"] == ratio]
-        rows.append(["GIF", criterion, f"{ratio:.0%}", *[mean_std([r[c] for r in group])
-                     for c in COLUMNS], mean_std([r["scale"] for r in group], 3),
-                     mean_std([r["seconds"] for r in group], 1)])
+        cells = [mean_std([r.get(c) for r in group]) for c in COLUMNS]
+        rows.append(["GIF" + failures(group), criterion, f"{ratio:.0%}", *cells,
+                     mean_std([r.get("scale") for r in group], 3),
+                     mean_std([r.get("seconds") for r in group], 1)])
     return markdown_table(header, rows)
 
 

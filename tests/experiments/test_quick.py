@@ -152,3 +152,14 @@ def test_lsqr_reaches_the_residual_with_fewer_hvps_than_neumann(quick_runs):
     assert lsqr["hvps_to_0.01"] is not None
     neumann_hvps = None if "error" in neumann else neumann["hvps_to_0.01"]  # None: never reached
     assert neumann_hvps is None or lsqr["hvps_to_0.01"] < neumann_hvps
+
+
+def test_publish_replaces_only_the_marked_blocks(tmp_path):
+    from experiments.publish import refresh
+
+    (tmp_path / "alpha.md").write_text("| a |\n")
+    page = ("intro\n<!-- begin: alpha -->\nold\n<!-- end: alpha -->\nmiddle\n"
+            "<!-- begin: beta -->\nstale\n<!-- end: beta -->\n")
+    refreshed = refresh(page, tmp_path)
+    assert refreshed == ("intro\n<!-- begin: alpha -->\n| a |\n<!-- end: alpha -->\nmiddle\n"
+                         "<!-- begin: beta -->\n*(beta.md not produced yet)*\n<!-- end: beta -->\n")
