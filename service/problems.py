@@ -140,6 +140,23 @@ async def _on_database_down(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _on_bad_value(_request: Request, exc: Exception) -> JSONResponse:
+    # e.g. PostgreSQL refusing a NUL character in an id or a name: the client's input.
+    logger.info("database refused a value: %s", type(exc).__name__)
+    return problem_response(
+        ProblemError(422, "a value in the request cannot be stored or looked up (e.g. a NUL "
+                     "character)", slug="invalid-value")
+    )
+
+
+async def _on_conflict(_request: Request, exc: Exception) -> JSONResponse:
+    logger.info("integrity conflict: %s", type(exc).__name__)
+    return problem_response(
+        ProblemError(409, "the request conflicts with a concurrent change; retry it",
+                     slug="conflict")
+    )
+
+
 async def _on_too_large(_request: Request, exc: UploadTooLarge) -> JSONResponse:
     return problem_response(ProblemError(413, str(exc), slug="upload-too-large"))
 
@@ -166,6 +183,8 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(sa.exc.OperationalError, _on_database_down)
     app.add_exception_handler(sa.exc.InterfaceError, _on_database_down)
     app.add_exception_handler(sa.exc.TimeoutError, _on_database_down)
+    app.add_exception_handler(sa.exc.DataError, _on_bad_value)
+    app.add_exception_handler(sa.exc.IntegrityError, _on_conflict)
     app.add_exception_handler(UploadTooLarge, _on_too_large)
     app.add_exception_handler(ArtifactCorrupt, _on_artifact_error)
     app.add_exception_handler(ArtifactMissing, _on_artifact_error)

@@ -64,3 +64,18 @@ def test_models_datasets_and_jobs_on_postgresql(pg_settings):
         assert job["status"] == "cancelled"
         events = client.get(f"/v1/jobs/{job['id']}/events", headers=headers).json()
         assert [e["seq"] for e in events] == [1]
+
+
+def test_nul_characters_are_a_client_error_on_postgresql(pg_settings):
+    engine = engine_from_settings(pg_settings)
+    with session_scope(make_session_factory(engine)) as session:
+        headers = bearer(create_key(session, "pg-nul"))
+    engine.dispose()
+    with TestClient(create_app(pg_settings), raise_server_exceptions=False) as client:
+        nul_id = client.get("/v1/models/mdl_%00", headers=headers)
+        assert nul_id.status_code == 422, nul_id.text
+        body = {"model_id": "mdl_\u0000", "train_dataset_id": "ds_x",
+                "edit": {"kind": "remove_class", "class": 0}}
+        response = client.post("/v1/jobs", headers=headers, json=body)
+        assert response.status_code == 422, response.text
+        assert response.headers["content-type"].startswith("application/problem+json")
