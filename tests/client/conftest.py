@@ -4,6 +4,8 @@ the edit jobs run against ``builtin:digits:train`` and finish in seconds."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -15,7 +17,7 @@ from safetensors.torch import save_file
 from sklearn.datasets import load_digits
 
 from service.client import GifClient, Job, JobEvent, JobProgress, Model
-from tests.live_server import LiveServer, live_server
+from tests.live_server import LiveServer, gif_service_command, live_server, service_env
 
 DIGITS_FEATURES = 64
 HIDDEN = [32]
@@ -95,13 +97,20 @@ class FinishedJob:
     job: Job  # terminal
     progress: list[JobProgress] = field(default_factory=list)  # each new value while waiting
     streamed: list[JobEvent] = field(default_factory=list)  # the SSE stream, read concurrently
+    # ``gif-service jobs submit --idempotency-key <key> --wait``, run at the same time
+    cli: subprocess.CompletedProcess | None = None
 
 
 @pytest.fixture(scope="session")
-def finished_job(server: LiveServer, model: Model) -> FinishedJob:
-    """One edit job for the whole session (each job costs the runner a fresh process): submitted,
-    its events streamed on a thread while the main thread waits with a progress callback."""
+def finished_job(server: LiveServer, model: Model,
+                 tmp_path_factory: pytest.TempPathFactory) -> FinishedJob:
+    """One edit job for the whole session (each job costs the runner a fresh process), watched
+    live three ways at once: the client waits with a progress callback, a thread reads the SSE
+    stream, and the installed ``gif-service`` script submits the same body with the same key
+    (so it gets the same job) and waits with its progress bar."""
     key, body = str(uuid.uuid4()), edit_body(model.id)
+    body_path = tmp_path_factory.mktemp("job") / "job.json"
+    body_path.write_text(json.dumps(body))
     with GifClient(server.url, server.api_key, timeout=60.0) as gif:
         job = gif.submit_job(body, idempotency_key=key)
         record = FinishedJob(key, body, job)
@@ -112,11 +121,23 @@ def finished_job(server: LiveServer, model: Model) -> FinishedJob:
 
         reader = threading.Thread(target=stream, daemon=True)
         reader.start()
+        cli = subprocess.Popen(
+            [*gif_service_command(), "jobs", "submit", str(body_path), "--idempotency-key", key,
+             "--wait", "--poll-interval", "0.05"],
+            env=cli_env(server), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
         record.job = gif.wait_for_job(job.id, on_progress=record.progress.append,
                                       poll_interval=0.02, timeout=240)
+        stdout, stderr = cli.communicate(timeout=120)
+        record.cli = subprocess.CompletedProcess(cli.args, cli.returncode, stdout, stderr)
         reader.join(timeout=60)
     assert record.job.status == "succeeded", record.job.error
     return record
+
+
+def cli_env(server: LiveServer) -> dict[str, str]:
+    """The environment of a ``gif-service`` client command talking to ``server``."""
+    return {**service_env(server.data_dir), "GIF_URL": server.url, "GIF_API_KEY": server.api_key}
 
 
 def edit_body(model_id: str, **overrides) -> dict:

@@ -15,8 +15,8 @@ from click.testing import CliRunner
 
 from service.cli_client import datasets, jobs, models
 from service.client import Model
-from tests.client.conftest import MODEL_SPEC, FinishedJob, edit_body
-from tests.live_server import LiveServer, gif_service_command, service_env
+from tests.client.conftest import MODEL_SPEC, FinishedJob, cli_env, edit_body
+from tests.live_server import LiveServer, gif_service_command
 
 
 @pytest.fixture()
@@ -85,19 +85,20 @@ def test_show_of_a_missing_job_prints_the_problem_and_exits_1(run):
     assert "404" in result.stderr and "job_doesnotexist" in result.stderr
 
 
-def test_submit_wait_shows_an_advancing_progress_bar_and_a_metrics_table(run, model: Model,
-                                                                         tmp_path: Path):
-    body = tmp_path / "job.json"
-    body.write_text(json.dumps(edit_body(model.id)))
+def test_submit_wait_shows_an_advancing_progress_bar_and_a_metrics_table(
+        finished_job: FinishedJob):
+    """``gif-service jobs submit --idempotency-key K --wait``, run while the shared job ran."""
+    result = finished_job.cli
+    job_id = finished_job.job.id
 
-    result = run(jobs, "submit", str(body), "--wait", "--poll-interval", "0.02")
-
-    assert result.exit_code == 0, result.stderr
+    assert result.returncode == 0, result.stderr
+    assert f"submitted {job_id}" in result.stderr  # the same key: the same job
     # tqdm redraws "job_… solve: …| n/200 [" on stderr: the count must climb, phases follow.
     counts = [int(n) for n in re.findall(r"solve:.*?(\d+)/200 \[", result.stderr)]
-    phases = re.findall(r"job_\S+ (\w+)[: ]", result.stderr)
+    phases = re.findall(rf"{job_id} (\w+)[: ]", result.stderr)
     assert len(set(counts)) >= 2 and counts == sorted(counts), result.stderr
     assert list(dict.fromkeys(phases))[-1] == "save" and "solve" in phases, result.stderr
+    assert f"job {job_id} succeeded" in result.stdout
     assert "ACC BEFORE" in result.stdout and "test" in result.stdout
     assert re.search(r"score: \S+ -> \S+", result.stdout)
 
@@ -122,7 +123,7 @@ def test_wait_on_a_failed_job_exits_nonzero_with_the_error_code(server: LiveServ
     """Through the installed ``gif-service`` script: the command wiring is part of the test."""
     body = tmp_path / "job.json"
     body.write_text(json.dumps(edit_body(exploding_model.id)))
-    env = {**service_env(server.data_dir), "GIF_URL": server.url, "GIF_API_KEY": server.api_key}
+    env = cli_env(server)
     submit = subprocess.run([*gif_service_command(), "jobs", "submit", str(body)], env=env,
                             capture_output=True, text=True, timeout=120, check=True)
     job_id = submit.stdout.strip()
