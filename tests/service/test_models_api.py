@@ -222,3 +222,18 @@ def test_architectures_lists_the_registry_with_arguments(client, alice):
     assert {a["name"] for a in by_name["mlp"]["arguments"]} == {
         "in_features", "hidden", "num_classes"
     }
+
+
+def test_oversized_or_too_many_form_fields_are_refused(client, alice, settings):
+    from service.api.uploads import MAX_TEXT_FIELD_BYTES, MAX_TEXT_FIELDS
+
+    content = safetensors_bytes(tiny_state_dict())
+    huge_spec = json.dumps({**TINY_MLP_SPEC, "name": "x" * MAX_TEXT_FIELD_BYTES})
+    response = client.post("/v1/models", headers=alice, files={"file": ("m", content)},
+                           data={"spec": huge_spec})
+    assert "spec" in assert_problem(response, 413)["detail"]
+    fields = {f"f{i}": "1" for i in range(MAX_TEXT_FIELDS + 1)}
+    response = client.post("/v1/models", headers=alice, files={"file": ("m", content)},
+                           data={"spec": json.dumps(TINY_MLP_SPEC), **fields})
+    assert "too many form fields" in assert_problem(response, 400)["detail"]
+    assert _stored_files(settings) == []
