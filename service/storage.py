@@ -138,6 +138,25 @@ class ArtifactStore:
             staged.discard()
             raise
 
+    def adopt(self, source: Path | str) -> tuple[str, int]:
+        """Move a finished file that lies on the store's filesystem (e.g. under ``tmp_dir``)
+        into the store without copying it; returns ``(sha256, size_bytes)``."""
+        source = Path(source)
+        hasher = hashlib.sha256()
+        size = 0
+        with source.open("rb") as handle:
+            while chunk := handle.read(CHUNK_BYTES):
+                hasher.update(chunk)
+                size += len(chunk)
+        sha256 = hasher.hexdigest()
+        target = self.path(sha256)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            source.unlink()
+        else:
+            os.replace(source, target)
+        return sha256, size
+
     def put_bytes(self, data: bytes) -> tuple[str, int]:
         """Store ``data``; returns ``(sha256, size_bytes)``."""
         staged = self.stage()

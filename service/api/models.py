@@ -126,7 +126,7 @@ def check_and_store_checkpoint(
     try:
         staged.close()
         write_safetensors(state_dict, staged.path)
-        sha256, size = store.put_file(staged.path)
+        sha256, size = store.adopt(staged.path)
     finally:
         staged.discard()
     num_parameters = sum(p.numel() for p in model.parameters())

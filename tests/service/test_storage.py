@@ -70,3 +70,15 @@ def test_clean_tmp_removes_only_stale_staging_files(tmp_path):
     assert store.clean_tmp(older_than_s=3600) == 1
     assert young.path.exists() and not old.path.exists()
     young.discard()
+
+
+def test_adopt_moves_a_file_into_place(tmp_path):
+    store = ArtifactStore(tmp_path)
+    source = store.tmp_dir / "finished.bin"
+    source.write_bytes(b"already written")
+    sha, size = store.adopt(source)
+    assert (sha, size) == (hashlib.sha256(b"already written").hexdigest(), 15)
+    assert not source.exists() and store.path(sha).read_bytes() == b"already written"
+    again = store.tmp_dir / "again.bin"
+    again.write_bytes(b"already written")
+    assert store.adopt(again) == (sha, size) and not again.exists()
