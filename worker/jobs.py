@@ -69,7 +69,9 @@ def preload_engine() -> None:
     from the caller (Celery's pool children) start jobs at once. Touches no CUDA state.
 
     ``torch._dynamo`` is loaded by the meta-device shape check of ``gif.data`` on first use
-    and alone takes seconds to import."""
+    and alone takes seconds to import; scikit-learn serves the digits built-in and the MIA."""
+    import sklearn.datasets  # noqa: F401
+    import sklearn.svm  # noqa: F401
     import torch._dynamo  # noqa: F401
 
     import gif.hvp  # noqa: F401
