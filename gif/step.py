@@ -8,7 +8,9 @@ The default grid is geometric with ratio 2 from 1/64 to 64 (13 points, α = 1 am
 it brackets the Newton step by six octaves on either side, which covers both an update that
 overshoots (the linearisation is too optimistic) and one that undershoots (a whole-class
 removal, whose loss is far from its quadratic model), while costing only 13 forward passes
-over the validation split. The coarse grid is then refined around its best point by
+over the validation split. A best point on the grid's edge is followed past it, octave by
+octave (the Newton step of a truncated solve can be far too short). The grid is then
+refined around its best point by
 bisection in log α (``REFINE_OCTAVES``: ±1/2, ±1/4, ±1/8 octave, 6 more points): the
 trade-off between forgetting and keeping is often sharp within one octave.
 """
@@ -22,6 +24,7 @@ from typing import Any
 
 DEFAULT_SCALES: tuple[float, ...] = tuple(2.0**k for k in range(-6, 7))
 REFINE_OCTAVES: tuple[float, ...] = (0.5, 0.25, 0.125)
+MAX_EXTRA_OCTAVES = 6
 
 
 @dataclass(frozen=True)
@@ -86,13 +89,16 @@ def search_scale(
     scales: Sequence[float] = DEFAULT_SCALES,
     *,
     refine_octaves: Sequence[float] = REFINE_OCTAVES,
+    max_extra_octaves: int = MAX_EXTRA_OCTAVES,
     should_stop: Callable[[], None] | None = None,
 ) -> ScaleCurve:
     """E9, ``mode=auto``: evaluate every ``α`` in ``scales``, refine around the best, keep it.
 
-    Refinement: for each ``r`` in ``refine_octaves`` the current best ``α`` is tried at
-    ``α·2^(±r)`` (bisection in log α) when that lies strictly inside the grid's range; pass
-    ``()`` to evaluate the grid only.
+    Edges: when the best ``α`` is the grid's largest (or its smallest, strictly better than
+    the next), the search doubles (halves) it, up to ``max_extra_octaves`` times, until the
+    objective turns. Refinement: for each ``r`` in ``refine_octaves`` the current best ``α``
+    is tried at ``α·2^(±r)`` (bisection in log α) inside the range evaluated so far; pass
+    ``max_extra_octaves=0, refine_octaves=()`` to evaluate the grid only.
 
     ``apply_fn(α)`` returns whatever ``objective_fn`` scores (the model with
     ``θ_S + αΔ_S`` loaded); ``objective_fn`` returns ``{"objective": float, **components}``
@@ -112,13 +118,32 @@ def search_scale(
 
     for scale in grid:
         visit(scale)
+    _extend_past_edges(evaluated, visit, max_extra_octaves)
     for octave in refine_octaves:
         best = _best(list(evaluated.values())).scale
+        low, high = min(evaluated), max(evaluated)
         for factor in (2.0**-octave, 2.0**octave):
-            if grid[0] < best * factor < grid[-1]:  # refine inside the grid, never beyond it
+            if low < best * factor < high:  # refine inside the range tried, never beyond it
                 visit(best * factor)
     points = sorted(evaluated.values(), key=lambda point: point.scale)
     return ScaleCurve(mode="auto", points=tuple(points), best_index=points.index(_best(points)))
+
+
+def _extend_past_edges(evaluated: dict[float, ScalePoint], visit, max_extra: int) -> None:
+    """While the best α is the largest tried, try twice it; while it is the smallest tried and
+    strictly better than the next, try half it (at most ``max_extra`` octaves each way), so a
+    maximum beyond the grid is followed instead of stopping at the grid's edge."""
+    for direction in (2.0, 0.5):
+        for _ in range(max_extra):
+            scales = sorted(evaluated)
+            best = _best(list(evaluated.values()))
+            edge = scales[-1] if direction > 1 else scales[0]
+            if best.scale != edge or len(scales) < 2:
+                break
+            neighbour = evaluated[scales[-2] if direction > 1 else scales[1]]
+            if direction < 1 and not best.objective > neighbour.objective:
+                break  # a flat bottom edge: ties already go to the smallest α
+            visit(edge * direction)
 
 
 def _best(points: list[ScalePoint]) -> ScalePoint:

@@ -46,11 +46,27 @@ def test_search_picks_argmax_of_known_curve(peak):
 
 def test_refinement_finds_an_off_grid_peak():
     peak = 2.0**3.375  # between grid points 8 and 16; reachable by ±1/2, ±1/4, ±1/8 octave
-    coarse = search_scale(lambda a: a, _peaked_objective(peak), refine_octaves=())
+    coarse = search_scale(lambda a: a, _peaked_objective(peak), refine_octaves=(),
+                          max_extra_octaves=0)
     fine = search_scale(lambda a: a, _peaked_objective(peak))
     assert coarse.scale == 8.0
     assert fine.scale == pytest.approx(peak, rel=1e-9)
     assert fine.best.objective > coarse.best.objective
+
+
+def test_search_follows_a_peak_beyond_the_grid_edges():
+    high = search_scale(lambda a: a, _peaked_objective(2.0**9))
+    assert high.scale == 2.0**9
+    low = search_scale(lambda a: a, _peaked_objective(2.0**-8))
+    assert low.scale == 2.0**-8
+    bounded = search_scale(lambda a: a, _peaked_objective(2.0**20), max_extra_octaves=2)
+    assert bounded.scale == 2.0**8  # 64 · 2 · 2: at most two extra octaves
+
+
+def test_flat_bottom_edge_is_not_extended():
+    curve = search_scale(lambda a: a, lambda a: {"objective": 0.0})
+    assert min(p.scale for p in curve.points) == min(DEFAULT_SCALES)
+    assert curve.scale == min(DEFAULT_SCALES)
 
 
 def test_default_grid_is_positive_geometric_and_contains_newton_step():
