@@ -303,11 +303,8 @@ class JobMetrics(_Resource):
                 and isinstance(self.before.get(n, self.after.get(n)), dict)]
 
     def score(self, stage: Literal["before", "after"]) -> float | None:
-        """E9's score of one stage, top-level or in the ``_summary`` row."""
+        """E9's score of one stage."""
         values = self.before if stage == "before" else self.after
-        summary = values.get("_summary")
-        if "score" not in values and isinstance(summary, dict):
-            return summary.get("score")
         return values.get("score")
 
 

@@ -131,7 +131,8 @@ class JobEventOut(BaseModel):
 
 
 class JobMetricsOut(BaseModel):
-    """Metrics per named set (``forget``, ``retain``, eval names, ``_summary``) before/after."""
+    """Metrics before/after, shaped as the job's ``result.metrics``: per named set (``forget``,
+    ``retain``, eval names) plus the stage's scalars (``score``, ...)."""
 
     job_id: str
     before: dict[str, Any]

@@ -46,7 +46,8 @@ from service.schemas import JobCreate, JobEventOut, JobMetricsOut, JobOut, JobSt
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=AUTH_PROBLEMS)
 
 BUILTIN_PREFIX = "builtin:"
-RESERVED_EVAL_NAMES = ("forget", "relabeled", "retain", "_summary")
+SUMMARY_SET = "_summary"  # the metrics row holding a stage's scalars
+RESERVED_EVAL_NAMES = ("forget", "relabeled", "retain", SUMMARY_SET)
 SSE_POLL_INTERVAL_S = 0.5
 SSE_KEEPALIVE_S = 15.0
 
@@ -508,7 +509,13 @@ def job_metrics(job_id: str, owner: OwnerDep, session: SessionDep) -> JobMetrics
     rows = session.scalars(sa.select(Metric).where(Metric.job_id == job.id)).all()
     stages: dict[str, dict[str, Any]] = {"before": {}, "after": {}}
     for row in rows:
-        stages.setdefault(row.stage, {})[row.dataset] = row.values
+        stage = stages.setdefault(row.stage, {})
+        if row.dataset == SUMMARY_SET:
+            # Scalars (score, retained_grad_norm, mia) sit at the stage's top level, exactly
+            # as in the job's result.metrics: one shape for the same data.
+            stage.update(row.values)
+        else:
+            stage[row.dataset] = row.values
     if not rows and job.result and isinstance(job.result.get("metrics"), dict):
         stages["before"] = job.result["metrics"].get("before") or {}
         stages["after"] = job.result["metrics"].get("after") or {}

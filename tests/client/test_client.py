@@ -199,7 +199,8 @@ def test_wait_reports_advancing_progress_and_returns_the_result(client: GifClien
     for name in metrics.set_names():
         assert metrics.before[name] == in_job.before[name], name
         assert metrics.after[name] == in_job.after[name], name
-    # The endpoint files scalars under "_summary", the job result at the top: same values.
+    # The endpoint and the job result have one shape: scalars at each stage's top level.
+    assert metrics.before == in_job.before and metrics.after == in_job.after
     assert metrics.score("after") == in_job.score("after") is not None
 
 
