@@ -41,6 +41,8 @@ from gif.step import ScaleCurve, fixed_scale, search_scale
 
 PHASES = ("load", "select", "solve", "step_search", "evaluate", "save")
 REMOVAL_KINDS = ("remove_class", "remove_samples")
+# Keys of ``metrics.before/after`` that the edit fills itself; eval sets may not take them.
+RESERVED_SET_NAMES = ("forget", "relabeled", "retain", "score", "retained_grad_norm", "mia")
 MIN_UNEDITED = 2  # one point for the step's validation split, one for the Hessian sample
 
 
@@ -251,6 +253,10 @@ def validate_request(request: EditRequest, spec: ModelSpec, train, eval_sets: Ma
             raise InvalidRequest("every new label equals the current one: nothing to relabel",
                                  loc=("edit", "labels"))
     for name, dataset in eval_sets.items():
+        if name in RESERVED_SET_NAMES:
+            raise InvalidRequest(f"evaluation set name {name!r} is reserved for the edit's own "
+                                 f"metrics ({', '.join(RESERVED_SET_NAMES)}); choose another",
+                                 loc=("eval", "datasets", name))
         check_dataset_fits(spec, dataset, loc=("eval", "datasets", name))
         if dataset.num_samples == 0:
             raise InvalidRequest(f"evaluation set {name!r} is empty",

@@ -239,6 +239,10 @@ def test_eval_set_that_does_not_fit_is_named(digits, clean_model):
         run_edit(request(edit={"kind": "remove_class", "class": 1}),
                  LoadedModel(SPEC, clean_model), train, {"holdout": wrong})
     assert info.value.loc == ("eval", "datasets", "holdout")
+    with pytest.raises(InvalidRequest, match="reserved") as info:
+        run_edit(request(edit={"kind": "remove_class", "class": 1}),
+                 LoadedModel(SPEC, clean_model), train, {"retain": digits[1]})
+    assert info.value.loc == ("eval", "datasets", "retain")
 
 
 def test_cancel_stops_during_the_solve(digits, clean_model):
