@@ -71,6 +71,10 @@ def current_owner(
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'")
     owner = authenticate(session, credentials.credentials)
+    # End the lookup's transaction so its pooled connection goes back now, not when the
+    # response is done: handlers that open their own session (e.g. job submission) would
+    # otherwise hold two connections each and exhaust the pool under concurrent requests.
+    session.commit()
     if owner is None:
         raise _unauthorized("invalid or revoked API key")
     return owner
