@@ -139,7 +139,11 @@ class Reaper:
         report = ReapReport()
         with self.factory() as session:
             stale = stale_running_jobs(session, self.stale_after_s)
-        resend_after = self.resend_after_s or RESEND_FACTOR * self.stale_after_s
+        resend_after = (
+            RESEND_FACTOR * self.stale_after_s
+            if self.resend_after_s is None
+            else self.resend_after_s
+        )
         now = time.monotonic()
         live_keys = {(job.job_id, job.attempts) for job in stale}
         self._sent = {key: at for key, at in self._sent.items() if key in live_keys}
