@@ -24,14 +24,15 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gif.checkpoint import read_state_dict, write_safetensors
@@ -62,6 +63,8 @@ CANCEL_POLL_INTERVAL_S = 0.5  # a cancel is noticed within this (plus one solver
 CHECKPOINT_MEDIA_TYPE = "application/vnd.safetensors"
 BUILTIN_PREFIX = "builtin:"
 JOB_ID_FIELDS = ("model_id", "train_dataset_id")  # in the stored request, not in EditRequest
+DB_RETRIES = 6
+T = TypeVar("T")
 
 
 def preload_engine() -> None:
@@ -162,6 +165,22 @@ def _run_claimed(
     logger.info("job %s succeeded: edited model %s", claim.job_id, edited_model_id)
 
 
+def with_db_retry(write: Callable[..., T], *args: Any, attempts: int = DB_RETRIES) -> T:
+    """Run a terminal write, retrying on a lost or busy database (``OperationalError``) with
+    growing pauses (~1+2+4+8+15 s): an outcome computed over minutes must survive a database
+    restart. The writes are fenced conditional UPDATEs, so a retry cannot apply twice."""
+    for attempt in range(attempts):
+        try:
+            return write(*args)
+        except OperationalError:
+            if attempt == attempts - 1:
+                raise
+            pause = min(2.0**attempt, 15.0)
+            logger.warning("database unavailable; retrying the job's outcome in %.0f s", pause)
+            time.sleep(pause)
+    raise AssertionError("unreachable")
+
+
 def job_outcome(
     exc: BaseException,
     *,
@@ -198,7 +217,7 @@ def _finish(
     error: dict | None,
     message: str | None = None,
 ) -> None:
-    if state.finish_job(factory, claim, status, error):
+    if with_db_retry(state.finish_job, factory, claim, status, error):
         text = message or (error or {}).get("message", status)
         level = "error" if status == "failed" else "info"
         reporter.event(level, reporter.phase, text, {"status": status, **(error or {})})
@@ -409,7 +428,8 @@ def store_outcome(
             )
         )
 
-    return model_id if state.commit_success(factory, claim, result, add_rows) else None
+    committed = with_db_retry(state.commit_success, factory, claim, result, add_rows)
+    return model_id if committed else None
 
 
 # --- hooks -------------------------------------------------------------------------------
@@ -455,19 +475,30 @@ class JobReporter:
                 "residual": progress.residual,
             }
         )
-        if not state.write_progress(self.factory, self.claim, payload):
-            self._stop_requested = True  # the job is no longer ours: stop at the next check
+        try:
+            if not state.write_progress(self.factory, self.claim, payload):
+                self._stop_requested = True  # the job is no longer ours: stop at the next check
+        except SQLAlchemyError:  # progress is best effort: a database hiccup must not fail it
+            logger.warning("job %s: progress not written", self.claim.job_id, exc_info=True)
 
     def event(self, level: str, phase: str | None, message: str, data: dict | None = None) -> None:
-        state.append_event(self.factory, self.claim.job_id, level, phase, message, json_safe(data))
+        try:
+            state.append_event(
+                self.factory, self.claim.job_id, level, phase, message, json_safe(data)
+            )
+        except SQLAlchemyError:  # the event log is best effort too
+            logger.warning("job %s: event not written: %s", self.claim.job_id, message)
 
     def should_cancel(self) -> bool:
         """True once the user asked to cancel or the job is no longer ours (polled ≤ 2/s)."""
         now = time.monotonic()
         if not self._stop_requested and now - self._last_poll_at >= CANCEL_POLL_INTERVAL_S:
             self._last_poll_at = now
-            signal = state.poll_signal(self.factory, self.claim, heartbeat=False)
-            self._stop_requested = signal.should_stop
+            try:
+                signal = state.poll_signal(self.factory, self.claim, heartbeat=False)
+                self._stop_requested = signal.should_stop
+            except SQLAlchemyError:  # unknown for now: keep going, ask again next time
+                logger.warning("job %s: cancel flag not readable", self.claim.job_id)
         return self._stop_requested
 
     @contextmanager

@@ -233,3 +233,20 @@ def test_metric_rows_split_sets_and_scalars():
         ("after", "test"): ("mdl_b", {"accuracy": 0.9}),
         ("after", "_summary"): ("mdl_b", {"score": 0.8}),
     }
+
+
+def test_terminal_writes_survive_a_database_that_is_briefly_unavailable(tmp_path):
+    missing = sa.create_engine(f"sqlite:///{tmp_path / 'no-such-dir' / 'gif.db'}")
+    calls = []
+
+    def write_once_the_database_is_back(value):
+        calls.append(value)
+        if len(calls) == 1:  # a real OperationalError: the database cannot be opened
+            with missing.connect():
+                pass
+        return value
+
+    assert jobs.with_db_retry(write_once_the_database_is_back, "stored") == "stored"
+    assert calls == ["stored", "stored"]
+    with pytest.raises(sa.exc.OperationalError):
+        jobs.with_db_retry(lambda: missing.connect(), attempts=2)
