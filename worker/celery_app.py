@@ -34,6 +34,9 @@ JOB_QUEUE = "gif-jobs"
 JOB_QUEUE_ENV = "GIF_JOB_QUEUE"
 # A hard-limit kill comes this long after the soft limit (which fails the job cleanly), at most.
 HARD_LIMIT_GRACE_S = 60.0
+# A task that found the database down is retried this much later, up to DB_RETRY_MAX times.
+DB_RETRY_COUNTDOWN_S = 10
+DB_RETRY_MAX = 60
 
 logger = logging.getLogger(__name__)
 
@@ -111,12 +114,21 @@ def make_celery_app(settings: Settings) -> Celery:
     app = Celery("gif_service", set_as_current=False)
     app.conf.update(celery_config(settings))
 
-    @app.task(name=RUN_JOB_TASK, base=JobTask, bind=True, settings=settings)
+    @app.task(
+        name=RUN_JOB_TASK, base=JobTask, bind=True, settings=settings, max_retries=DB_RETRY_MAX
+    )
     def run_job(self, job_id: str) -> None:
-        """Run one job; every outcome (incl. a soft time limit) is written to its row."""
+        """Run one job; every outcome (incl. a soft time limit) is written to its row. When the
+        database cannot be reached the message is retried later instead of being dropped."""
+        from sqlalchemy.exc import OperationalError
+
         from worker.jobs import execute_job  # imports torch: only inside the pool child
 
-        execute_job(job_id, settings, timeout_errors=(SoftTimeLimitExceeded,))
+        try:
+            execute_job(job_id, settings, timeout_errors=(SoftTimeLimitExceeded,))
+        except OperationalError as exc:
+            logger.warning("job %s: database unavailable, retrying the task", job_id)
+            raise self.retry(exc=exc, countdown=DB_RETRY_COUNTDOWN_S) from exc
 
     return app
 

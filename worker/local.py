@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 POLL_INTERVAL_S = 0.25
 CLOSE_TIMEOUT_S = 10.0
 MAX_JOBS_PER_CHILD = 50  # bounds what a leak in one job's libraries can accumulate
+RETRY_MAX = 5  # a job that could not be executed (database down) is retried this many times
+RETRY_DELAY_S = 5.0  # ... after 5, 10, 15, ... seconds
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,7 @@ class LocalRunner:
         self._lock = threading.Lock()
         self._child: _Child | None = None
         self._current_job_id: str | None = None
+        self._retries: dict[str, int] = {}
         self._serial = count(1)
         self._worker_prefix = f"local:{socket.gethostname()}:{os.getpid()}"
         self._scan_on_start = scan_on_start
@@ -267,13 +270,26 @@ class LocalRunner:
                 worker_id=worker_id,
             )
         elif outcome.startswith("error:"):
-            fail_unfinished_job(
-                task.job_id,
-                self._settings,
-                code="internal_error",
-                message=f"internal error ({outcome.removeprefix('error:')})",
-                worker_id=worker_id,
-            )
+            self._retry_later(task, outcome.removeprefix("error:"), worker_id)
+
+    def _retry_later(self, task: _Task, error: str, worker_id: str) -> None:
+        """The job could not be executed at all (its database was unreachable, say): try it
+        again in a while, a few times, then fail it if it is still ours."""
+        tries = self._retries.get(task.job_id, 0) + 1
+        self._retries[task.job_id] = tries
+        if tries <= RETRY_MAX:
+            logger.warning("local runner: job %s will be retried (%s)", task.job_id, error)
+            timer = threading.Timer(RETRY_DELAY_S * tries, self._queue.put, args=(task,))
+            timer.daemon = True
+            timer.start()
+            return
+        fail_unfinished_job(
+            task.job_id,
+            self._settings,
+            code="internal_error",
+            message=f"internal error ({error})",
+            worker_id=worker_id,
+        )
 
     def _await_outcome(self, child: _Child) -> str:
         """Wait for the child's answer: ``done``, ``error:<message>``, ``died`` or
