@@ -41,6 +41,20 @@ def _describe_database(url: str) -> str:
     return sa.make_url(url).render_as_string(hide_password=True)
 
 
+def _migrate(settings) -> None:
+    """Apply the migrations, or fail with a clear message when the database is unreachable."""
+    import sqlalchemy as sa
+
+    from service.db.migrate import upgrade
+
+    try:
+        upgrade(settings)
+    except sa.exc.OperationalError as exc:
+        raise click.ClickException(
+            f"cannot reach the database {_describe_database(settings.database_url)}: {exc.orig}"
+        ) from exc
+
+
 def _require_migrated(settings) -> None:
     """Fail with a clear message when the database schema is not at the newest revision."""
     import sqlalchemy as sa
@@ -87,13 +101,12 @@ def serve(host: str, port: int) -> None:
 
     from service.app import create_app
     from service.bootstrap import ensure_local_key
-    from service.db.migrate import upgrade
     from service.observability import uvicorn_log_config
 
     settings = _settings()
     _configure_logging(settings.log_level)
     click.echo(f"gif-service: database {_describe_database(settings.database_url)}")
-    upgrade(settings)
+    _migrate(settings)
     runner = settings.effective_runner
     click.echo(f"gif-service: artifacts in {settings.artifacts_dir}; job runner: {runner}")
     if runner == "local":
@@ -103,6 +116,8 @@ def serve(host: str, port: int) -> None:
         else:
             click.echo(f"gif-service: API key for owner 'local' is in {path}")
         click.echo(f'gif-service: use it with: export GIF_API_KEY="$(cat {path})"')
+    else:
+        click.echo("gif-service: create API keys with: gif-service keys create --owner NAME")
     app = create_app(settings)
     uvicorn.run(
         app,
@@ -167,10 +182,10 @@ def worker(hostname: str | None, loglevel: str | None) -> None:
 @cli.command(context_settings=CONTEXT_SETTINGS)
 def migrate() -> None:
     """Create or upgrade the database schema to the newest revision."""
-    from service.db.migrate import head_revision, upgrade
+    from service.db.migrate import head_revision
 
     settings = _settings()
-    upgrade(settings)
+    _migrate(settings)
     click.echo(
         f"database {_describe_database(settings.database_url)} at revision {head_revision()}"
     )
