@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_solvers.py [--train-size 10000] [--hessian-samples 64]
         [--edit-samples 64] [--ratio 0.1] [--targets 1e-2,1e-3] [--krylov-max-iter 150]
-        [--neumann-max-iter 300] [--threads 2]
+        [--neumann-max-iter 300] [--threads 2] [--damping 0] [--float64]
 
 The problem: GIF (E3) removing class 8 ("Bag") from TinyNet trained for one epoch on a seeded
 Fashion-MNIST subset (weights cached under ``.cache/``), with a selection of ratio 0.1
@@ -93,6 +93,12 @@ def progress(algorithm: str):
     return report
 
 
+def best_within(history: list[dict], budget: int) -> str:
+    """The smallest normal residual among iterations that spent at most ``budget`` HVPs."""
+    values = [row["normal_residual"] for row in history if row["hvps"] <= budget]
+    return f"{min(values):.2e}" if values else "–"
+
+
 def first_reaching(history: list[dict], target: float) -> dict | None:
     for row in history:
         if row["normal_residual"] <= target:
@@ -111,6 +117,8 @@ def main() -> None:
     parser.add_argument("--neumann-max-iter", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--damping", type=float, default=0.0, help="Tikhonov λ of E8 (all solvers)")
+    parser.add_argument("--float64", action="store_true", help="solve in float64 (model and data)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     targets = sorted((float(t) for t in args.targets.split(",")), reverse=True)
@@ -123,6 +131,8 @@ def main() -> None:
     start = time.perf_counter()
     model = trained_tinynet(x, y, seed=args.seed)
     train_seconds = time.perf_counter() - start
+    if args.float64:
+        model, x = model.double(), x.double()
 
     forget = torch.nonzero(y == REMOVED_CLASS).reshape(-1)
     retain = torch.nonzero(y != REMOVED_CLASS).reshape(-1)
@@ -145,14 +155,21 @@ def main() -> None:
     for algorithm, cap in caps.items():
         operator = method_operator("gif", hvp, selected, space.size)
         results[algorithm] = solve(
-            algorithm, operator, rhs, tol=min(targets), max_iter=cap, callback=progress(algorithm)
+            algorithm,
+            operator,
+            rhs,
+            damp=args.damping,
+            tol=min(targets),
+            max_iter=cap,
+            callback=progress(algorithm),
         )
 
     print(
         f"TinyNet p={space.size:,}, |S|={selected.numel():,} (ratio {args.ratio}), "
         f"train subset {len(y)} (1 epoch, {train_seconds:.0f} s incl. cache), "
         f"H on {len(hess_idx)} retained points, b on {len(edit_idx)} of {len(forget)} "
-        f"removed points, HVP mode {hvp.mode}, threads {args.threads}, torch {torch.__version__}"
+        f"removed points, HVP mode {hvp.mode}, {x.dtype}, damping {args.damping}, "
+        f"threads {args.threads}, torch {torch.__version__}"
     )
     neumann = results["neumann"]
     print(
@@ -178,6 +195,13 @@ def main() -> None:
                 f"| {target:g} | {algorithm} | {row['iteration']} | {row['hvps']} | "
                 f"{row['seconds']:.1f} | {ratio} |"
             )
+    print()
+    print("| HVP budget | " + " | ".join(f"best normal residual, {a}" for a in results) + " |")
+    print("|---:|" + "---:|" * len(results))
+    largest = max(result.hvps for result in results.values())
+    for budget in (b for b in (25, 50, 100, 200, 400, 800, 1600) if b <= largest):
+        cells = [best_within(result.history, budget) for result in results.values()]
+        print(f"| {budget} | " + " | ".join(cells) + " |")
     lsqr_x = results["lsqr"].x
     for algorithm in ("cg", "neumann"):
         other = results[algorithm].x

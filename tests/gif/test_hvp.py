@@ -165,3 +165,19 @@ def test_hvp_on_cuda_matches_cpu(mode):
     product = make_hvp(model.cuda(), x, y, mode=mode)(vector)
     assert product.device.type == "cuda"
     assert relative_error(product.cpu(), hessian @ vector) < 1e-10
+
+
+def test_frozen_parameters_are_outside_theta_but_still_used():
+    model, x, y = _setup("mlp")
+    model[0].bias.requires_grad_(False)
+    with torch.no_grad():
+        model[0].bias.add_(0.5)  # the frozen value must be the one evaluated
+    hessian = dense_hessian(model, x, y)  # over the trainable parameters only
+    p = flat_params(model).numel()
+    assert p == 51 - 6
+    vector = torch.randn(p, dtype=DTYPE)
+    for mode in ("jvp", "double_backward"):
+        hvp = make_hvp(model, x, y, mode=mode)
+        assert hvp.size == p
+        assert relative_error(hvp(vector), hessian @ vector) < 1e-10
+    assert relative_error(mean_loss_grad(model, x, y), dense_grad(model, x, y)) < 1e-12

@@ -213,3 +213,15 @@ def test_empty_selection_is_an_invalid_request():
             "gif", make_hvp(model, x, y), b, torch.zeros(0, dtype=torch.long), solver_cfg=EXACT
         )
     assert caught.value.loc == ("selection", "ratio")
+
+
+def test_float32_gif_is_close_to_the_float64_closed_form():
+    model, x, y, b, selected = _removal_problem("cnn_batchnorm")
+    expected = _closed_form("gif", dense_hessian(model, x, y), b, selected)
+    model32 = model.float()
+    config = Solver(algorithm="lsqr", tol=1e-5, max_iter=500)
+    solution = solve_edit(
+        "gif", make_hvp(model32, x.float(), y), b.float(), selected, solver_cfg=config
+    )
+    assert solution.delta.dtype == torch.float32
+    assert relative_error(solution.delta.double(), expected) < 1e-3
