@@ -14,7 +14,7 @@ import time
 import pytest
 
 from service.settings import Settings
-from tests.live_server import live_worker, service_env
+from tests.live_server import REPO_ROOT, live_worker, service_env
 from tests.worker import digits
 from tests.worker.conftest import make_worker_db
 from worker.celery_app import JOB_QUEUE_ENV, CeleryDispatcher, time_limits
@@ -120,3 +120,30 @@ def test_celery_worker_times_out_and_recovers_a_killed_child(
     finally:
         dispatcher.close()
         engine.dispose()
+
+
+def test_preloading_the_engine_never_touches_cuda():
+    """The worker's parent preloads the engine before forking job children: it must not even
+    query the CUDA driver (a parent that did could leave forked children unable to use it)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import torch\n"
+        "calls = []\n"
+        "count = torch._C._cuda_getDeviceCount\n"
+        "torch._C._cuda_getDeviceCount = lambda: (calls.append(1), count())[1]\n"
+        "from worker.jobs import preload_engine\n"
+        "preload_engine()\n"
+        "import gif.edit, gif.data, gif.checkpoint\n"
+        "print(len(calls), torch.cuda.is_initialized())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0", "False"]
