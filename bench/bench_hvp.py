@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_hvp.py [--samples 64] [--batch-size 32] [--repeats 3]
                                         [--models tinynet,resnet18] [--threads 2]
+                                        [--peak-memory 8,24]
 
 For each model (TinyNet and ResNet-18 ``small_input`` with 1 channel on 28×28, MODELS.md) and the
 same random batch, it times
@@ -11,7 +12,10 @@ same random batch, it times
 - ``double_backward``: HVP through the retained gradient graph (its one-off graph build is
   reported separately as ``setup``, with the graph's size);
 
-and prints wall seconds per product (median of ``--repeats``) and the ratio to the gradient in
+With ``--peak-memory``, it also measures (in fresh processes, RSS growth) the peak memory of one
+ResNet-18 ``jvp`` HVP per micro-batch size and extrapolates it to the default micro-batch 256.
+
+It prints wall seconds per product (median of ``--repeats``) and the ratio to the gradient in
 wall and in CPU time (the steadier one on a shared machine), all measured in the same run. Only
 the ratios are meaningful across machines.
 """
@@ -19,7 +23,10 @@ the ratios are meaningful across machines.
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -118,6 +125,41 @@ def print_table(rows: list[dict]) -> None:
         )
 
 
+def peak_memory_child(mode: str, samples: int) -> None:
+    """(Child process.) RSS growth of one ResNet-18 HVP on one micro-batch of ``samples``."""
+    model = build_model(SPECS["resnet18"]).eval()
+    x = torch.randn(samples, 1, 28, 28)
+    y = torch.randint(0, 10, (samples,))
+    hvp = make_hvp(model, x, y, batch_size=samples, mode=mode)
+    vector = torch.randn(hvp.size)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    hvp(vector)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print((after - before) / 1024)  # ru_maxrss is in KiB on Linux
+
+
+def peak_memory_table(sizes: list[int], threads: int) -> None:
+    """Peak extra memory of a jvp HVP (memory-bounded mode) per micro-batch size, in fresh
+    processes, and the per-sample slope extrapolated to the default micro-batch of 256."""
+    measured = {}
+    for size in sizes:
+        out = subprocess.run(
+            [sys.executable, __file__, "--threads", str(threads), "--peak-child", f"jvp,{size}"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.split()[-1]
+        measured[size] = float(out)
+    print("| ResNet-18 jvp HVP, micro-batch | peak extra RSS MB |")
+    print("|---:|---:|")
+    for size, megabytes in measured.items():
+        print(f"| {size} | {megabytes:.0f} |")
+    if len(measured) >= 2:
+        (small, low), (large, high) = min(measured.items()), max(measured.items())
+        slope = (high - low) / (large - small)
+        print(f"| 256 (extrapolated, {slope:.1f} MB/sample) | {low + slope * (256 - small):.0f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--samples", type=int, default=64)
@@ -125,8 +167,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", default="tinynet,resnet18")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--peak-memory", default="", help="micro-batch sizes, e.g. 8,24: ResNet-18 jvp peak RSS"
+    )
+    parser.add_argument("--peak-child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.peak_child:
+        mode, size = args.peak_child.split(",")
+        peak_memory_child(mode, int(size))
+        return
     rows = []
     for name in args.models.split(","):
         rows += bench_model(
@@ -137,6 +187,9 @@ def main() -> None:
         f"threads={args.threads} device=cpu torch={torch.__version__}"
     )
     print_table(rows)
+    if args.peak_memory:
+        print()
+        peak_memory_table([int(size) for size in args.peak_memory.split(",")], args.threads)
 
 
 if __name__ == "__main__":
