@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import multiprocessing
 import os
 import queue
@@ -71,6 +72,7 @@ def _child_main(settings: Settings, connection: Connection) -> None:
         if message is None:
             return
         job_id, worker_id, orphaned = message
+        connection.send(("started", None))  # the time limit counts from here
         try:
             status = execute_job(job_id, settings, worker_id=worker_id, orphaned=orphaned)
             connection.send(("done", status))
@@ -202,12 +204,13 @@ class LocalRunner:
         logger.info("local runner: job process %s started", process.pid)
         return self._child
 
-    def _stop_child(self) -> None:
+    def _stop_child(self, *, kill: bool = False) -> None:
+        """Let the child exit after its current job (``kill``: terminate it now)."""
         with self._lock:
             child, self._child = self._child, None
         if child is None:
             return
-        if child.process.is_alive():
+        if child.process.is_alive() and not kill:
             with contextlib.suppress(BrokenPipeError, OSError):
                 child.connection.send(None)  # ask it to exit after its current job
             child.process.join(CLOSE_TIMEOUT_S)
@@ -248,7 +251,7 @@ class LocalRunner:
         if self._stopping.is_set():
             return  # terminated by close(): the next runner re-runs the job
         if outcome == "timeout":
-            self._stop_child()
+            self._stop_child(kill=True)
             limit = self._settings.job_time_limit_s
             message = f"the job ran past its time limit ({limit:g} s)"
             fail_unfinished_job(
@@ -294,11 +297,14 @@ class LocalRunner:
     def _await_outcome(self, child: _Child) -> str:
         """Wait for the child's answer: ``done``, ``error:<message>``, ``died`` or
         ``timeout`` (past ``job_time_limit_s``; the caller terminates the child)."""
-        deadline = time.monotonic() + self._settings.job_time_limit_s
+        deadline = math.inf  # set when the child starts the job (it may still be loading)
         while not self._stopping.is_set():
             try:
                 if child.connection.poll(POLL_INTERVAL_S):
                     kind, detail = child.connection.recv()
+                    if kind == "started":
+                        deadline = time.monotonic() + self._settings.job_time_limit_s
+                        continue
                     return "done" if kind == "done" else f"error:{detail}"
             except (EOFError, OSError):
                 child.process.join(CLOSE_TIMEOUT_S)

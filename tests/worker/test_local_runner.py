@@ -1,5 +1,5 @@
 """The embedded runner (worker/local.py) with real ``spawn`` child processes on a real SQLite
-database: the start-up scan, submit, a child killed mid-job, and close().
+database: the start-up scan, submit, a child killed mid-job, the time limit, and close().
 
 One runner serves the whole scenario: every child process imports torch afresh, which costs
 seconds on a loaded machine, so the steps share it instead of starting a runner per test."""
@@ -20,6 +20,7 @@ from worker.local import LocalRunner
 
 REMOVE_5 = {"kind": "remove_class", "class": 5}
 TIMEOUT_S = 180.0
+TIME_LIMIT_S = 20.0  # far above a quick job here, reached by the long ones
 
 
 def _wait_for(db, job_id, predicate, what, timeout=TIMEOUT_S):
@@ -41,7 +42,9 @@ def _solving(job):
 
 
 def test_local_runner_scans_runs_and_survives_a_killed_child(tmp_path, trained_state, digits_data):
-    db, engine = make_worker_db(tmp_path / "data", heartbeat_interval_s=0.5)
+    db, engine = make_worker_db(
+        tmp_path / "data", heartbeat_interval_s=0.5, job_time_limit_s=TIME_LIMIT_S
+    )
     x, y = digits_data
     model, dataset = db.add_model(trained_state), db.add_dataset(x, y)
     quick = digits.quick_request(REMOVE_5, step={"mode": "fixed", "scale": 1.0})
@@ -69,7 +72,14 @@ def test_local_runner_scans_runs_and_survives_a_killed_child(tmp_path, trained_s
         assert job.status == "failed" and job.error["code"] == "worker_lost"
         assert "signal 9" in job.error["message"]
 
-        # 3. The runner survives: the next job runs; close() stops its child at once, and
+        # 3. A job past the time limit: its process is terminated, the job fails `timeout`.
+        slow = db.add_job(model.id, dataset.id, digits.long_request(REMOVE_5))
+        runner.submit(slow)
+        job = _wait_for(db, slow, _terminal, "terminal")
+        assert job.status == "failed" and job.error["code"] == "timeout", job.error
+        assert (job.finished_at - job.started_at).total_seconds() >= TIME_LIMIT_S - 1
+
+        # 4. The runner survives: the next job runs; close() stops its child at once, and
         # the job stays running for the next runner on this database to re-run.
         interrupted = db.add_job(model.id, dataset.id, digits.long_request(REMOVE_5))
         runner.submit(interrupted)
