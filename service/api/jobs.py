@@ -18,6 +18,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from gif.edit import RESERVED_SET_NAMES
 from gif.errors import InvalidRequest
 from gif.request import Relabel, RemoveClass, RemoveSamples
 from gif.spec import ModelSpec
@@ -47,7 +48,8 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=AUTH_PROBLEMS)
 
 BUILTIN_PREFIX = "builtin:"
 SUMMARY_SET = "_summary"  # the metrics row holding a stage's scalars
-RESERVED_EVAL_NAMES = ("forget", "relabeled", "retain", SUMMARY_SET)
+# Names the edit's own metrics use; an eval set may not shadow them (checked at submission).
+RESERVED_EVAL_NAMES = (*RESERVED_SET_NAMES, SUMMARY_SET)
 SSE_POLL_INTERVAL_S = 0.5
 SSE_KEEPALIVE_S = 15.0
 
