@@ -518,7 +518,9 @@ def per_layer_changes(space, indices: torch.Tensor, update: torch.Tensor,
     chosen[indices] = True
     layers: dict[str, dict] = {}
     for name in space.names:
-        layer = name.rsplit(".", 1)[0] if "." in name else name
+        # A model that is itself one layer (``linear``) owns ``weight``/``bias`` at the root:
+        # its layer name is "", as in the selection's per-layer summary.
+        layer = name.rsplit(".", 1)[0] if "." in name else ""
         span = space.slice_of(name)
         entry = layers.setdefault(layer, {"name": layer, "num_parameters": 0, "num_selected": 0,
                                           "_square": 0.0})

@@ -118,7 +118,7 @@ def plot_per_layer(result: dict) -> bytes:
     layers = _require(result, "selection", "per_layer")
     if not layers:
         raise MissingPlotData("result has an empty selection.per_layer")
-    names = [layer["name"] for layer in layers]
+    names = [layer["name"] or "(model)" for layer in layers]  # "": a one-layer model
     figure = Figure(figsize=(max(6, 0.6 * len(names)), 5))
     share_axes = figure.add_subplot(2, 1, 1)
     share_axes.bar(names, [layer.get("ratio", 0.0) for layer in layers])

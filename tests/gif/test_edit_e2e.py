@@ -271,3 +271,21 @@ def test_non_finite_weights_are_refused(digits, clean_model):
     with pytest.raises(NonFinite):
         run_edit(request(edit={"kind": "remove_class", "class": 1}),
                  LoadedModel(SPEC, broken), train, {})
+
+
+def test_per_layer_changes_treats_a_root_level_layer_as_one_layer():
+    """A ``linear`` model owns ``weight``/``bias`` at the root: one layer named "", whose
+    counts add up and which takes the selection's per-layer extras (named "" there too)."""
+    from gif.edit import per_layer_changes
+    from gif.params import ParamSpace
+
+    model = build_model(ModelSpec(arch="linear", arch_kwargs={"in_features": 4, "num_classes": 3}))
+    space = ParamSpace.from_model(model)
+    indices = torch.tensor([0, 5, 12, 14])  # three weights and one bias entry (12 weights)
+    update = torch.tensor([3.0, 4.0, 0.0, 12.0])
+    rows = per_layer_changes(space, indices, update, [{"layer": "", "type": "Linear"}])
+    assert len(rows) == 1
+    (row,) = rows
+    assert row["name"] == "" and row["type"] == "Linear"
+    assert row["num_parameters"] == 15 and row["num_selected"] == 4
+    assert math.isclose(row["update_norm"], 13.0)
