@@ -5,6 +5,7 @@ the edit jobs run against ``builtin:digits:train`` and finish in seconds."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 import uuid
@@ -111,6 +112,29 @@ def finished_job(server: LiveServer, model: Model,
     key, body = str(uuid.uuid4()), edit_body(model.id)
     body_path = tmp_path_factory.mktemp("job") / "job.json"
     body_path.write_text(json.dumps(body))
+    # The CLI submits first and the client joins with the same key once the CLI has said
+    # "submitted": a warm runner finishes this job in seconds, faster than a fresh Python
+    # process starts, so a CLI started second could see only the job's last phase.
+    cli = subprocess.Popen(
+        [*gif_service_command(), "jobs", "submit", str(body_path), "--idempotency-key", key,
+         "--wait", "--poll-interval", "0.05"],
+        env=cli_env(server), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    stderr_chunks: list[str] = []
+    submitted = threading.Event()
+
+    def drain_stderr() -> None:
+        assert cli.stderr is not None
+        # os.read returns whatever is there (a buffered read would wait for a full chunk).
+        for chunk in iter(lambda: os.read(cli.stderr.fileno(), 4096), b""):
+            stderr_chunks.append(chunk.decode(errors="replace"))
+            if "submitted " in "".join(stderr_chunks[-8:]):
+                submitted.set()
+        submitted.set()  # the CLI ended: do not wait for it any longer
+
+    drainer = threading.Thread(target=drain_stderr, daemon=True)
+    drainer.start()
+    assert submitted.wait(timeout=120), "the CLI never submitted the job"
     with GifClient(server.url, server.api_key, timeout=60.0) as gif:
         job = gif.submit_job(body, idempotency_key=key)
         record = FinishedJob(key, body, job)
@@ -121,15 +145,13 @@ def finished_job(server: LiveServer, model: Model,
 
         reader = threading.Thread(target=stream, daemon=True)
         reader.start()
-        cli = subprocess.Popen(
-            [*gif_service_command(), "jobs", "submit", str(body_path), "--idempotency-key", key,
-             "--wait", "--poll-interval", "0.05"],
-            env=cli_env(server), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
         record.job = gif.wait_for_job(job.id, on_progress=record.progress.append,
                                       poll_interval=0.02, timeout=240)
-        stdout, stderr = cli.communicate(timeout=120)
-        record.cli = subprocess.CompletedProcess(cli.args, cli.returncode, stdout, stderr)
+        stdout = cli.stdout.read().decode() if cli.stdout is not None else ""
+        cli.wait(timeout=120)
+        drainer.join(timeout=60)
+        record.cli = subprocess.CompletedProcess(cli.args, cli.returncode, stdout,
+                                                 "".join(stderr_chunks))
         reader.join(timeout=60)
     assert record.job.status == "succeeded", record.job.error
     return record
