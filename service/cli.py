@@ -148,7 +148,7 @@ def worker(hostname: str | None, loglevel: str | None) -> None:
     worker per GPU, e.g. `CUDA_VISIBLE_DEVICES=1 gif-service worker --hostname gpu1@%h`.
     It needs the same GIF_DATABASE_URL and a shared GIF_ARTIFACTS_DIR as the API, and the
     same GIF_JOB_QUEUE (default gif-jobs) when several deployments share one Redis."""
-    from worker.celery_app import job_queue, make_celery_app
+    from worker.celery_app import make_celery_app
 
     settings = _settings()
     if not settings.broker_url:
@@ -170,7 +170,7 @@ def worker(hostname: str | None, loglevel: str | None) -> None:
         "--pool=prefork",
         "--concurrency=1",
         "--max-tasks-per-child=1",
-        f"--queues={job_queue()}",
+        f"--queues={settings.job_queue}",
         "--without-gossip",
         "--without-mingle",
     ]

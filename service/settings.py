@@ -53,6 +53,13 @@ class Settings(BaseSettings):
         description="Seconds before the broker redelivers an unacknowledged job; must exceed "
         "job_time_limit_s so a long job is never run twice. Default: job_time_limit_s + 1 h",
     )
+    job_queue: str = Field(
+        "gif-jobs",
+        min_length=1,
+        max_length=200,
+        description="Broker queue of job messages; the API and its workers must agree. Several "
+        "deployments can share one Redis with distinct names. Default: gif-jobs",
+    )
     heartbeat_interval_s: float = Field(
         10.0, gt=0, description="How often a running job refreshes heartbeat_at. Default: 10 s"
     )

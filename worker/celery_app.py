@@ -19,7 +19,6 @@ and the worker's parent process never initialises CUDA before it forks its pool 
 from __future__ import annotations
 
 import logging
-import os
 
 import redis
 from celery import Celery, Task
@@ -28,10 +27,6 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from service.settings import Settings
 
 RUN_JOB_TASK = "gif.run_job"
-JOB_QUEUE = "gif-jobs"
-# Several deployments (or test sessions) can share one Redis with distinct queue names; the API
-# and its workers must agree on it.
-JOB_QUEUE_ENV = "GIF_JOB_QUEUE"
 # A hard-limit kill comes this long after the soft limit (which fails the job cleanly), at most.
 HARD_LIMIT_GRACE_S = 60.0
 # A task that found the database down is retried this much later, up to DB_RETRY_MAX times.
@@ -50,11 +45,6 @@ def time_limits(settings: Settings) -> tuple[float, float]:
     return soft, soft + grace
 
 
-def job_queue() -> str:
-    """The broker queue of job messages: ``$GIF_JOB_QUEUE``, default ``gif-jobs``."""
-    return os.environ.get(JOB_QUEUE_ENV) or JOB_QUEUE
-
-
 def celery_config(settings: Settings) -> dict:
     """The Celery configuration derived from the settings (see the module docstring)."""
     soft, hard = time_limits(settings)
@@ -62,7 +52,7 @@ def celery_config(settings: Settings) -> dict:
         "broker_url": settings.broker_url,
         "broker_transport_options": {"visibility_timeout": settings.broker_visibility_timeout_s},
         "broker_connection_retry_on_startup": True,
-        "task_default_queue": job_queue(),
+        "task_default_queue": settings.job_queue,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
@@ -138,7 +128,7 @@ class CeleryDispatcher:
 
     def __init__(self, settings: Settings):
         self._app = make_celery_app(settings)
-        self._queue = job_queue()
+        self._queue = settings.job_queue
         self._redis = redis.Redis.from_url(
             settings.broker_url, socket_connect_timeout=1.0, socket_timeout=1.0
         )

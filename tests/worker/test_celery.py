@@ -17,7 +17,7 @@ from service.settings import Settings
 from tests.live_server import REPO_ROOT, live_worker, service_env
 from tests.worker import digits
 from tests.worker.conftest import make_worker_db
-from worker.celery_app import JOB_QUEUE_ENV, CeleryDispatcher, time_limits
+from worker.celery_app import CeleryDispatcher, time_limits
 
 pytestmark = pytest.mark.services
 TIME_LIMIT_S = 8.0
@@ -56,16 +56,16 @@ def test_dispatcher_ready_reflects_the_broker(redis_url):
 
 
 def test_celery_worker_times_out_and_recovers_a_killed_child(
-    tmp_path, redis_url, trained_state, digits_data, monkeypatch
+    tmp_path, redis_url, trained_state, digits_data
 ):
     data_dir = tmp_path / "data"
-    queue = f"gif-test-{secrets.token_hex(6)}"
-    monkeypatch.setenv(JOB_QUEUE_ENV, queue)  # this process's dispatcher sends to that queue
+    queue = f"gif-test-{secrets.token_hex(6)}"  # its own queue on the shared Redis
     db, engine = make_worker_db(
         data_dir,
         heartbeat_interval_s=HEARTBEAT_S,
         job_time_limit_s=TIME_LIMIT_S,
         broker_url=redis_url,
+        job_queue=queue,
     )
     x, y = digits_data
     model, dataset = db.add_model(trained_state), db.add_dataset(x, y)
@@ -75,7 +75,7 @@ def test_celery_worker_times_out_and_recovers_a_killed_child(
         extra={
             "GIF_JOB_TIME_LIMIT_S": str(TIME_LIMIT_S),
             "GIF_HEARTBEAT_INTERVAL_S": str(HEARTBEAT_S),
-            JOB_QUEUE_ENV: queue,
+            "GIF_JOB_QUEUE": queue,
         },
     )
     dispatcher = CeleryDispatcher(db.settings)
