@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.db.models import Job, utcnow
 from service.settings import Settings
 
 
@@ -41,6 +45,21 @@ class NoneDispatcher:
 
     def close(self) -> None:
         return None
+
+
+def mark_enqueued(factory: sessionmaker[Session], job_id: str) -> bool:
+    """Record that ``job_id``'s message was handed to the runner (``enqueued_at``), so the
+    reaper does not send it again. Conditional: only a ``queued`` row not yet marked (the
+    reaper may have sent it first); True when this call marked it."""
+    with factory() as session:
+        rows = session.execute(
+            sa.update(Job)
+            .where(Job.id == job_id, Job.status == "queued", Job.enqueued_at.is_(None))
+            .values(enqueued_at=utcnow())
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        session.commit()
+    return rows == 1
 
 
 def make_dispatcher(settings: Settings) -> Dispatcher:

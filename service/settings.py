@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(
         10.0, gt=0, description="How often a running job refreshes heartbeat_at. Default: 10 s"
     )
+    requeue_unsent_after_s: float = Field(
+        30.0,
+        gt=0,
+        description="Celery mode: a queued job whose message was never sent (the API died "
+        "between saving and sending it) is sent by the reaper once it is this old. Default: 30 s",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the service loggers. Default: info"
     )

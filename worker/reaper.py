@@ -20,6 +20,14 @@ Every write is a conditional UPDATE fenced on the row the reaper read (status, a
 heartbeat unchanged), so a reaper racing a worker that just came back, or another API replica's
 reaper, changes nothing. A requeue is sent at most once per ``resend_after_s`` for one attempt.
 
+It also sends jobs whose message may never have been sent (transactional outbox): the API
+commits a job ``queued`` and then publishes its message, and marks ``enqueued_at`` once the
+broker took it. A ``queued`` job without ``enqueued_at``, not cancelled, older than
+``requeue_unsent_after_s`` (``GIF_REQUEUE_UNSENT_AFTER_S``) lost its message when the API died
+between the two; the reaper marks it in an open transaction, sends it, then commits. A second
+reaper's UPDATE waits on that row and then matches nothing, so only one sends; a send that fails
+(or a reaper that dies before its commit) rolls the mark back and a later sweep sends again.
+
 Who runs it: the API process, in a daemon thread started by the app's lifespan when the runner
 is ``celery`` (``maybe_start_reaper``); every API replica may run one. The embedded local runner
 needs none: it watches its child process itself and re-runs orphaned jobs when it starts."""
@@ -60,6 +68,7 @@ class ReapReport:
     """What one sweep did, by job id."""
 
     requeued: list[str] = field(default_factory=list)
+    sent_unsent: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
 
@@ -76,6 +85,51 @@ def stale_running_jobs(session: Session, stale_after_s: float) -> list[StaleJob]
         .order_by(Job.created_at)
     ).all()
     return [StaleJob(r.id, r.attempts, r.heartbeat_at, bool(r.cancel_requested)) for r in rows]
+
+
+def unsent_queued_jobs(session: Session, older_than_s: float) -> list[str]:
+    """``queued`` jobs never marked sent (``enqueued_at`` NULL) and not cancelled, created
+    more than ``older_than_s`` ago (a younger one may still be in its API's hands)."""
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    return list(
+        session.scalars(
+            sa.select(Job.id)
+            .where(
+                Job.status == "queued",
+                Job.enqueued_at.is_(None),
+                Job.cancel_requested.is_(False),
+                Job.created_at < cutoff,
+            )
+            .order_by(Job.created_at)
+        )
+    )
+
+
+def send_unsent_job(
+    factory: sessionmaker[Session], dispatcher: Dispatcher, job_id: str
+) -> bool:
+    """Mark ``job_id`` sent (fenced on it still being queued, unsent and not cancelled) and
+    send it before committing the mark; True when this call sent it. A failed send raises
+    and leaves the job unmarked for the next sweep."""
+    with factory() as session:
+        rows = session.execute(
+            sa.update(Job)
+            .where(
+                Job.id == job_id,
+                Job.status == "queued",
+                Job.enqueued_at.is_(None),
+                Job.cancel_requested.is_(False),
+            )
+            .values(enqueued_at=utcnow())
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if rows != 1:
+            session.rollback()
+            return False
+        dispatcher.submit(job_id)  # raises → the session closes unmarked (rolled back)
+        session.commit()
+    logger.warning("reaper: job %s was queued but never sent: sent now", job_id)
+    return True
 
 
 def _fence(job: StaleJob) -> sa.ColumnElement[bool]:
@@ -122,6 +176,7 @@ class Reaper:
     interval_s: float
     max_attempts: int = MAX_ATTEMPTS
     resend_after_s: float | None = None
+    requeue_unsent_after_s: float = 30.0
     _sent: dict[tuple[str, int], float] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -132,11 +187,30 @@ class Reaper:
     ) -> Reaper:
         """Stale after ``STALE_HEARTBEATS`` heartbeat intervals; one sweep per interval."""
         interval = settings.heartbeat_interval_s
-        return cls(factory, dispatcher, STALE_HEARTBEATS * interval, interval)
+        return cls(
+            factory,
+            dispatcher,
+            STALE_HEARTBEATS * interval,
+            interval,
+            requeue_unsent_after_s=settings.requeue_unsent_after_s,
+        )
 
     def sweep(self) -> ReapReport:
-        """One pass: cancel, fail or requeue every stale ``running`` job."""
+        """One pass: cancel, fail or requeue every stale ``running`` job, then send the
+        ``queued`` jobs whose message was never sent."""
         report = ReapReport()
+        self._sweep_running(report)
+        self._send_unsent(report)
+        return report
+
+    def _send_unsent(self, report: ReapReport) -> None:
+        with self.factory() as session:
+            unsent = unsent_queued_jobs(session, self.requeue_unsent_after_s)
+        for job_id in unsent:
+            if send_unsent_job(self.factory, self.dispatcher, job_id):
+                report.sent_unsent.append(job_id)
+
+    def _sweep_running(self, report: ReapReport) -> None:
         with self.factory() as session:
             stale = stale_running_jobs(session, self.stale_after_s)
         resend_after = (
@@ -173,7 +247,6 @@ class Reaper:
                     job.job_id,
                     job.attempts,
                 )
-        return report
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):

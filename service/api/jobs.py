@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import math
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -41,8 +42,11 @@ from service.db.models import (
     Model,
     utcnow,
 )
+from service.dispatch import mark_enqueued
 from service.problems import ProblemError, validation_problem
 from service.schemas import JobCreate, JobEventOut, JobMetricsOut, JobOut, JobStatus, Page
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=AUTH_PROBLEMS)
 
@@ -331,6 +335,12 @@ async def create_job(
             f"the job runner did not accept the job ({type(err).__name__}); retry later",
             slug="runner-unavailable",
         ) from None
+    # Sent: tell the reaper not to send it again. Dying (or failing to write) here leaves the
+    # job unmarked and the reaper sends it a second time: harmless, the worker claims it once.
+    try:
+        await run_in_threadpool(mark_enqueued, factory, job.id)
+    except Exception:
+        logger.warning("job %s was sent but not marked enqueued", job.id, exc_info=True)
     return job
 
 

@@ -186,6 +186,9 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(default=0, server_default="0")
     worker_id: Mapped[str | None] = mapped_column(sa.String(200))
     heartbeat_at: Mapped[datetime | None] = mapped_column()
+    # When its message was handed to the runner; NULL while queued means "maybe never sent"
+    # (the API died between the commit and the send): the reaper sends it (outbox pattern).
+    enqueued_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()

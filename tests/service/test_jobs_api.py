@@ -48,6 +48,18 @@ def test_submit_returns_202_location_and_normalised_request(client, alice, uploa
     assert client.get(f"/v1/jobs/{job['id']}", headers=alice).json() == job
 
 
+def test_a_sent_job_is_marked_enqueued_so_the_reaper_leaves_it(
+    client, alice, uploaded, session_factory
+):
+    from worker.reaper import unsent_queued_jobs
+
+    job_id = client.post("/v1/jobs", headers=alice, json=job_body(uploaded)).json()["id"]
+    with session_scope(session_factory) as session:
+        row = session.get(Job, job_id)
+        assert row.enqueued_at is not None and row.enqueued_at >= row.created_at
+        assert unsent_queued_jobs(session, older_than_s=0.0) == []  # age aside: sent
+
+
 def test_idempotency_key_same_body_same_job_different_body_422(client, alice, uploaded, app):
     headers = {**alice, "Idempotency-Key": "retry-1"}
     first = client.post("/v1/jobs", headers=headers, json=job_body(uploaded))
