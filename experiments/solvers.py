@@ -113,7 +113,8 @@ def command_line(quick: bool, seeds: int, out: Path) -> str:
 
 def table(records: list[dict]) -> str:
     header = ["solver", *[f"HVPs to normal residual ≤ {t:g}" for t in THRESHOLDS],
-              "final residual", "final normal residual", "HVPs in total", "solve wall time [s] (shared machine)",
+              "final residual", "final normal residual", "HVPs in total",
+              "solve wall time [s] (shared machine)",
               "ASR after", "clean test acc after", "failed runs"]
     rows = []
     for algorithm in ALGORITHMS:
