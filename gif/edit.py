@@ -155,8 +155,21 @@ def run_edit(
         else:
             curve = fixed_scale(apply, objective, request.step.scale)
         apply(curve.scale)
+        # The unedited model (α = 0) on the same objective: a search whose best α does no
+        # better is an edit that changes nothing useful, and the user must hear about it.
+        baseline = objective(original)
+        improved = curve.best.objective > baseline["objective"]
         reporter.event("info", "step_search", f"step scale α = {curve.scale:g}",
-                       {"scale": curve.scale, "objective": curve.best.objective})
+                       {"scale": curve.scale, "objective": curve.best.objective,
+                        "baseline_objective": baseline["objective"]})
+        if not improved:
+            reporter.event("warning", "step_search",
+                           "no step improved the validation objective over the unedited model "
+                           f"({curve.best.objective:.4g} vs {baseline['objective']:.4g}): the "
+                           "edit barely changes the model; try a larger selection.ratio, more "
+                           "solver iterations or another method",
+                           {"objective": curve.best.objective,
+                            "baseline_objective": baseline["objective"]})
 
     with reporter.phase("evaluate"):
         edited_state = apply_update(model.state_dict, space, solution.indices.cpu(),
@@ -171,7 +184,7 @@ def run_edit(
     selection_per_layer = selection_info.pop("_per_layer", None)
     result = {
         "scale": curve.scale,
-        "step": curve.to_json(),
+        "step": {**curve.to_json(), "baseline": baseline, "improved": improved},
         "method": request.method,
         "selection": {**selection_info,
                       "per_layer": per_layer_changes(space, solution.indices.cpu(),

@@ -133,6 +133,11 @@ def test_class_removal_forgets_the_class_and_keeps_the_rest(digits, clean_model)
     assert set(result["timings"]) == set(phases)
     assert result["step"]["mode"] == "auto"
     assert result["scale"] in [point["scale"] for point in result["step"]["curve"]]
+    # The unedited model's objective is the curve's reference, and this edit beats it.
+    best = max(point["objective"] for point in result["step"]["curve"])
+    assert result["step"]["improved"] is True
+    assert result["step"]["baseline"]["objective"] < best
+    assert result["step"]["baseline"]["forget_accuracy"] > 0.9  # the class is still known
 
     # The result is JSON as it is, and every plot draws from it.
     assert json.loads(json.dumps(result)) == result
@@ -289,3 +294,21 @@ def test_per_layer_changes_treats_a_root_level_layer_as_one_layer():
     assert row["name"] == "" and row["type"] == "Linear"
     assert row["num_parameters"] == 15 and row["num_selected"] == 4
     assert math.isclose(row["update_norm"], 13.0)
+
+
+def test_a_step_that_changes_nothing_is_reported_as_a_warning(digits, clean_model):
+    """α so small the weights barely move: the objective equals the unedited model's, the
+    result says ``improved: false`` and a warning event tells the user why."""
+    train, _ = digits
+    events = []
+    outcome = run_edit(
+        request(edit={"kind": "remove_class", "class": REMOVED},
+                solver={"max_iter": 3, "hessian_samples": 128},
+                step={"mode": "fixed", "scale": 1e-9}),
+        LoadedModel(SPEC, clean_model), train, {},
+        EditHooks(event=lambda level, phase, message, data: events.append((level, phase))),
+    )
+    step = outcome.result["step"]
+    assert step["improved"] is False
+    assert step["curve"][0]["objective"] == step["baseline"]["objective"]
+    assert ("warning", "step_search") in events
