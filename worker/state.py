@@ -10,6 +10,7 @@ write progress, a result or a terminal state."""
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ logger = logging.getLogger(__name__)
 MAX_ATTEMPTS = 2  # a job whose worker died is re-run once; a second loss fails it worker_lost
 STALE_HEARTBEATS = 3  # a running job is orphaned after this many missed heartbeats
 MAX_EVENTS_PER_JOB = 2000  # a runaway event source must not fill the database
+EVENT_SEQ_ATTEMPTS = 50  # racing writers of one job's events retry this often before dropping one
 
 
 @dataclass(frozen=True)
@@ -289,8 +291,11 @@ def append_event(
     """Append one event with the next ``seq`` of the job; returns the seq (None if dropped).
 
     ``(job_id, seq)`` is unique, so two writers racing for a seq cannot both win: the loser
-    retries with the next number."""
-    for _ in range(5):
+    retries with the next number, after a short random pause so racing writers spread out
+    instead of colliding again in lockstep."""
+    for attempt in range(EVENT_SEQ_ATTEMPTS):
+        if attempt:
+            time.sleep(random.uniform(0.0, 0.002 * attempt))
         with factory() as session:
             last = session.scalar(
                 sa.select(sa.func.max(JobEvent.seq)).where(JobEvent.job_id == job_id)

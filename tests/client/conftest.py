@@ -169,9 +169,10 @@ def edit_body(model_id: str, **overrides) -> dict:
         "train_dataset_id": "builtin:digits:train",
         "edit": {"kind": "remove_class", "class": 8},
         "selection": {"criterion": "topk_outputs", "ratio": 0.5},
-        # Enough iterations (a few seconds) that the throttled progress reports several counts.
+        # A solve of a few seconds even on an idle machine (all retained points in H, small
+        # micro-batches), so the progress throttled to ~2 writes/s reports several counts.
         "solver": {"algorithm": "lsqr", "max_iter": 200, "tol": 1e-12,
-                   "hessian_samples": 512, "edit_samples": 128},
+                   "hessian_samples": None, "edit_samples": 128, "batch_size": 64},
         "step": {"mode": "fixed", "scale": 1.0},
         "eval": {"datasets": {"test": "builtin:digits:test"}},
         "device": "cpu",
