@@ -48,7 +48,15 @@ from gif.errors import (
 )
 from gif.request import EditRequest
 from gif.spec import ModelSpec
-from service.db.models import Artifact, Dataset, Job, Metric, Model, new_id
+from service.db.models import (
+    CHECKPOINT_MEDIA_TYPE,
+    Artifact,
+    Dataset,
+    Job,
+    Metric,
+    Model,
+    new_id,
+)
 from service.db.session import engine_from_settings, make_session_factory
 from service.observability import job_context
 from service.settings import Settings
@@ -60,7 +68,6 @@ logger = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 0.5  # progress writes are throttled to ~2/s; a phase change always writes
 CANCEL_POLL_INTERVAL_S = 0.5  # a cancel is noticed within this (plus one solver iteration)
-CHECKPOINT_MEDIA_TYPE = "application/vnd.safetensors"
 BUILTIN_PREFIX = "builtin:"
 JOB_ID_FIELDS = ("model_id", "train_dataset_id")  # in the stored request, not in EditRequest
 DB_RETRIES = 6
@@ -394,15 +401,14 @@ def store_outcome(
     result = json_safe({**outcome.result, "edited_model_id": model_id})
 
     def add_rows(session: Session) -> None:
-        artifact = Artifact(
+        artifact = Artifact.record(
+            session,
             owner_id=claim.owner_id,
             sha256=sha256,
             size_bytes=size_bytes,
             kind="checkpoint",
             media_type=CHECKPOINT_MEDIA_TYPE,
         )
-        session.add(artifact)
-        session.flush()
         session.add(
             Model(
                 id=model_id,

@@ -21,7 +21,7 @@ from service.api.deps import (
 )
 from service.api.uploads import receive_multipart
 from service.catalog import BuiltinCatalog, DatasetSummary, summarize
-from service.db.models import Artifact, Dataset, Job, utcnow
+from service.db.models import DATASET_MEDIA_TYPE, Artifact, Dataset, Job, utcnow
 from service.db.session import session_scope
 from service.problems import ProblemError, not_found, validation_problem
 from service.schemas import DatasetOut, Page
@@ -113,15 +113,14 @@ def register_dataset(
     size_bytes: int,
 ) -> DatasetOut:
     with session_scope(factory) as session:
-        artifact = Artifact(
+        artifact = Artifact.record(
+            session,
             owner_id=owner_id,
             sha256=sha256,
             size_bytes=size_bytes,
             kind="dataset",
-            media_type="application/octet-stream",
+            media_type=DATASET_MEDIA_TYPE,
         )
-        session.add(artifact)
-        session.flush()
         dataset = Dataset(
             owner_id=owner_id,
             name=name,

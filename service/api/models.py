@@ -25,7 +25,7 @@ from service.api.deps import (
     StoreDep,
 )
 from service.api.uploads import receive_multipart
-from service.db.models import Artifact, Job, Model, utcnow
+from service.db.models import CHECKPOINT_MEDIA_TYPE, Artifact, Job, Model, utcnow
 from service.db.session import session_scope
 from service.problems import ProblemError, validation_problem
 from service.schemas import ModelOut, Page
@@ -33,7 +33,6 @@ from service.storage import CHUNK_BYTES, ArtifactStore, StagedFile
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=AUTH_PROBLEMS)
 
-SAFETENSORS_MEDIA_TYPE = "application/vnd.safetensors"
 ACTIVE_STATUSES = ("queued", "running")
 
 UPLOAD_BODY = {
@@ -138,15 +137,14 @@ def register_model(
 ) -> ModelOut:
     """Insert the artifact and model rows for a checked upload."""
     with session_scope(factory) as session:
-        artifact = Artifact(
+        artifact = Artifact.record(
+            session,
             owner_id=owner_id,
             sha256=checked.sha256,
             size_bytes=checked.size_bytes,
             kind="checkpoint",
-            media_type=SAFETENSORS_MEDIA_TYPE,
+            media_type=CHECKPOINT_MEDIA_TYPE,
         )
-        session.add(artifact)
-        session.flush()
         spec = checked.spec
         model = Model(
             owner_id=owner_id,
@@ -324,8 +322,8 @@ def artifact_response(
     summary="Download the checkpoint (safetensors); honours Range and If-None-Match",
     response_class=Response,
     responses={
-        200: {"content": {SAFETENSORS_MEDIA_TYPE: {}}, "description": "The whole file"},
-        206: {"content": {SAFETENSORS_MEDIA_TYPE: {}}, "description": "The requested range"},
+        200: {"content": {CHECKPOINT_MEDIA_TYPE: {}}, "description": "The whole file"},
+        206: {"content": {CHECKPOINT_MEDIA_TYPE: {}}, "description": "The requested range"},
         304: {"description": "Not modified (ETag matched)"},
         **problem_responses(404, 416),
     },

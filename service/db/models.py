@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
@@ -99,6 +99,10 @@ class ApiKey(Base):
     last_used_at: Mapped[datetime | None] = mapped_column()
 
 
+CHECKPOINT_MEDIA_TYPE = "application/vnd.safetensors"  # checkpoints are stored as safetensors
+DATASET_MEDIA_TYPE = "application/octet-stream"
+
+
 class Artifact(Base):
     """A file in the content-addressed store (``<artifacts_dir>/<sha[:2]>/<sha>``).
 
@@ -113,6 +117,29 @@ class Artifact(Base):
     kind: Mapped[str] = mapped_column(sa.String(32))  # checkpoint | dataset | plot | ...
     media_type: Mapped[str] = mapped_column(sa.String(100))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    @classmethod
+    def record(
+        cls,
+        session: Session,
+        *,
+        owner_id: str,
+        sha256: str,
+        size_bytes: int,
+        kind: str,
+        media_type: str,
+    ) -> Artifact:
+        """Add the index row of a file already in the store; flushed, so its id is known."""
+        artifact = cls(
+            owner_id=owner_id,
+            sha256=sha256,
+            size_bytes=size_bytes,
+            kind=kind,
+            media_type=media_type,
+        )
+        session.add(artifact)
+        session.flush()
+        return artifact
 
 
 class Model(Base):
