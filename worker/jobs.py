@@ -50,6 +50,7 @@ from gif.request import EditRequest
 from gif.spec import ModelSpec
 from service.db.models import (
     CHECKPOINT_MEDIA_TYPE,
+    SUMMARY_SET,
     Artifact,
     Dataset,
     Job,
@@ -372,7 +373,7 @@ def metric_rows(
                     job_id=job_id,
                     model_id=model_ids.get(stage),
                     stage=stage,
-                    dataset="_summary",
+                    dataset=SUMMARY_SET,
                     values=summary,
                 )
             )

@@ -34,6 +34,7 @@ from service.api.deps import (
 )
 from service.catalog import BuiltinCatalog, DatasetSummary
 from service.db.models import (
+    SUMMARY_SET,
     TERMINAL_STATUSES,
     Dataset,
     Job,
@@ -51,7 +52,6 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=AUTH_PROBLEMS)
 
 BUILTIN_PREFIX = "builtin:"
-SUMMARY_SET = "_summary"  # the metrics row holding a stage's scalars
 # Names the edit's own metrics use; an eval set may not shadow them (checked at submission).
 RESERVED_EVAL_NAMES = (*RESERVED_SET_NAMES, SUMMARY_SET)
 SSE_POLL_INTERVAL_S = 0.5

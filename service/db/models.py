@@ -99,6 +99,8 @@ class ApiKey(Base):
     last_used_at: Mapped[datetime | None] = mapped_column()
 
 
+# The metrics row holding a stage's scalars (score, ...); its other rows are named sets.
+SUMMARY_SET = "_summary"
 CHECKPOINT_MEDIA_TYPE = "application/vnd.safetensors"  # checkpoints are stored as safetensors
 DATASET_MEDIA_TYPE = "application/octet-stream"
 
