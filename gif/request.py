@@ -9,6 +9,13 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# Phases of an edit job, in order (API.md ``progress.phase``).
+PHASES = ("load", "select", "solve", "step_search", "evaluate", "save")
+REMOVAL_KINDS = ("remove_class", "remove_samples")
+# Keys of ``metrics.before/after`` that the edit fills itself; eval sets may not take them.
+RESERVED_SET_NAMES = ("forget", "relabeled", "retain", "score", "retained_grad_norm", "mia")
+
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)

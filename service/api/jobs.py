@@ -19,9 +19,8 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from gif.edit import RESERVED_SET_NAMES
 from gif.errors import InvalidRequest
-from gif.request import Relabel, RemoveClass, RemoveSamples
+from gif.request import RESERVED_SET_NAMES, Relabel, RemoveClass, RemoveSamples
 from gif.spec import ModelSpec
 from service.api.common import AUTH_PROBLEMS, get_owned, paginate, problem_responses
 from service.api.deps import (
