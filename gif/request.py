@@ -99,6 +99,12 @@ class Step(_Strict):
     mode: Literal["auto", "fixed"] = "auto"
     scale: float = Field(1.0, gt=0.0, le=1e6, description="α for mode=fixed.")
     validation_fraction: float = Field(0.1, gt=0.0, le=0.5)
+    holdout_dataset_id: str | None = Field(
+        None, min_length=1, max_length=200,
+        description="Data the model never trained on (non-members), used only to tune a sample "
+                    "removal (MATH.md E9); never reported as an evaluation set. Without it the "
+                    "sample-removal objective falls back to the retained validation split.",
+    )
 
 
 class Eval(_Strict):
