@@ -5,13 +5,17 @@ service (which adds the two ids) and by the worker. Unknown fields are rejected 
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
-# Phases of an edit job, in order (API.md ``progress.phase``).
-PHASES = ("load", "select", "solve", "step_search", "evaluate", "save")
+# Phases of an edit job, in order (API.md ``progress.phase``). GIF goes through ``select``,
+# ``solve`` and ``step_search``; the training methods of MATH.md E10 through ``train`` (and
+# ``select`` for salun's saliency mask) instead: each job reports only the phases it runs.
+PHASES = ("load", "select", "train", "solve", "step_search", "evaluate", "save")
 REMOVAL_KINDS = ("remove_class", "remove_samples")
+EDIT_KINDS = (*REMOVAL_KINDS, "relabel")
 # Keys of ``metrics.before/after`` that the edit fills itself; eval sets may not take them.
 RESERVED_SET_NAMES = ("forget", "relabeled", "retain", "score", "retained_grad_norm", "mia")
 
@@ -118,16 +122,214 @@ class Eval(_Strict):
     )
 
 
+# The edit methods: the influence-function family (MATH.md E2–E5) and the training methods of
+# E10, the alternatives users would pick instead, run under the same request and metrics.
+INFLUENCE_METHODS = ("gif", "fif", "pif", "if")
+TRAINING_METHODS = ("finetune", "gradient_ascent", "random_labels", "salun", "l1_sparse", "retrain")
+Method = Literal["gif", "fif", "pif", "if", "finetune", "gradient_ascent", "random_labels",
+                 "salun", "l1_sparse", "retrain"]
+# E10: class and sample removal apply to every training method; relabel only to those that can
+# train on the corrected labels (finetune, the random-labels recipe with the corrected labels in
+# place of random ones, and retraining on the corrected data).
+TRAINING_METHOD_KINDS: dict[str, tuple[str, ...]] = {
+    "finetune": EDIT_KINDS,
+    "gradient_ascent": REMOVAL_KINDS,
+    "random_labels": EDIT_KINDS,
+    "salun": REMOVAL_KINDS,
+    "l1_sparse": REMOVAL_KINDS,
+    "retrain": EDIT_KINDS,
+}
+
+# The published recipes the unset training fields take (E10). Source: the SalUn repository
+# (OPTML-Group/Unlearn-Saliency, Classification/: arg_parser defaults SGD, momentum 0.9, weight
+# decay 5e-4, batch 256; README: SalUn = RL with the top-50 % mask, 10 epochs at lr 0.013) and
+# the Unlearn-Sparse repository's CIFAR-10 commands (FT 10 epochs at 0.01, GA 5 epochs at 1e-4,
+# l1-sparse 10 epochs at 0.01; RL takes the shared default 0.01). Their learning rate is
+# constant over these epochs (the MultiStepLR milestones, 91 and 136, are never reached).
+_SGD_RECIPE: dict[str, Any] = {"optimizer": "sgd", "batch_size": 256, "momentum": 0.9,
+                               "weight_decay": 5e-4}
+RECIPES: dict[str, dict[str, Any]] = {
+    "finetune": {**_SGD_RECIPE, "lr": 0.01, "epochs": 10},
+    "gradient_ascent": {**_SGD_RECIPE, "lr": 1e-4, "epochs": 5},
+    "random_labels": {**_SGD_RECIPE, "lr": 0.01, "epochs": 10},
+    "salun": {**_SGD_RECIPE, "lr": 0.013, "epochs": 10, "mask_ratio": 0.5},
+    "l1_sparse": {**_SGD_RECIPE, "lr": 0.01, "epochs": 10, "l1_alpha": 5e-4},
+}
+# retrain reproduces the user's own training run, which no recipe of ours can guess: these
+# fields must be given; the others default to PyTorch's own defaults.
+RETRAIN_REQUIRED = ("optimizer", "lr", "epochs", "batch_size")
+RETRAIN_DEFAULTS: dict[str, Any] = {"weight_decay": 0.0, "momentum": 0.0}
+# Method-specific knobs of the training block and the methods that take them.
+METHOD_KNOBS: dict[str, tuple[str, ...]] = {
+    "mask_ratio": ("salun",),
+    "l1_alpha": ("l1_sparse",),
+    "retain_share": ("random_labels", "salun"),
+}
+
+
+class Training(_Strict):
+    """The training loop of the E10 methods. Unset fields take the method's published recipe
+    (``RECIPES``; ``retrain`` takes the user's own recipe), and the normalised request shows the
+    values used. ``epochs`` and ``budget_s`` both bound the loop, whichever is reached first;
+    with only ``budget_s`` given the loop runs until the budget is spent."""
+
+    optimizer: Literal["sgd", "adam"] | None = Field(
+        None, description="sgd (torch.optim.SGD) or adam (torch.optim.Adam). Default: sgd, the "
+                          "recipes' optimizer. Required for retrain.")
+    lr: float | None = Field(
+        None, gt=0.0, le=10.0,
+        description="Constant learning rate. Default: the recipe's (finetune, random_labels, "
+                    "l1_sparse 0.01; gradient_ascent 1e-4; salun 0.013), which is an SGD "
+                    "recipe: with adam, give it. Required for retrain.")
+    epochs: int | None = Field(
+        None, ge=1, le=10_000,
+        description="Passes over the training data of the method: the retained data "
+                    "(finetune, l1_sparse, retrain; for relabel the corrected data), the "
+                    "forgotten points (gradient_ascent, as in its recipe), the retained data "
+                    "with the forgotten points mixed in (random_labels, salun). Default: the "
+                    "recipe's (10; gradient_ascent 5) unless only budget_s is given. Required "
+                    "for retrain.")
+    budget_s: float | None = Field(
+        None, gt=0.0, le=604_800.0,
+        description="Stop the loop once it has used this many seconds: process CPU time on "
+                    "the CPU, wall time on CUDA (the loop only; loading and evaluation are not "
+                    "counted). The result's training.stopped_by says which bound stopped it.")
+    batch_size: int | None = Field(
+        None, ge=1, le=65_536, description="Default 256 (the recipes). Required for retrain.")
+    weight_decay: float | None = Field(
+        None, ge=0.0, le=1.0,
+        description="The optimizer's L2 weight_decay. Default 5e-4 (the recipes); retrain 0.")
+    momentum: float | None = Field(
+        None, ge=0.0, lt=1.0,
+        description="SGD momentum. Default 0.9 (the recipes); retrain 0. Not taken by adam.")
+    mask_ratio: float | None = Field(
+        None, gt=0.0, le=1.0,
+        description="salun only: the share of all parameters that move, those with the largest "
+                    "|gradient of the forgotten points' loss| (the saliency mask). Default 0.5 "
+                    "(the SalUn README's mask).")
+    l1_alpha: float | None = Field(
+        None, ge=0.0, le=1.0,
+        description="l1_sparse only: α of the penalty α_t ‖θ‖₁ added to the retained loss, "
+                    "decayed linearly over the epochs, α_t = α (1 − epoch / epochs) (the "
+                    "Unlearn-Sparse schedule; with only budget_s, over the budget). Default "
+                    "5e-4, the order of the paper's γ: the repository's example value 0.2 "
+                    "shrinks every weight by lr·0.2 a step and erases a network in an epoch.")
+    retain_share: float | None = Field(
+        None, gt=0.0, lt=1.0,
+        description="random_labels / salun only: the expected share of retained points in a "
+                    "batch; the rest are forgotten points (with random wrong labels; relabel: "
+                    "their corrected labels), drawn as often as needed. Default null: in "
+                    "proportion to the data, so an epoch sees every retained and every "
+                    "forgotten point once, shuffled together (the SalUn repository's mixed "
+                    "loader).")
+
+
+def _training_errors(errors: list[tuple[tuple[str, ...], str]], value: Any) -> ValidationError:
+    """Errors located inside ``training`` (pydantic prefixes the field's own location)."""
+    return ValidationError.from_exception_data("Training", [
+        InitErrorDetails(type=PydanticCustomError("training", message.replace("{", "(")),
+                         loc=loc, input=value)
+        for loc, message in errors
+    ])
+
+
+def effective_training(method: str, training: Training | None) -> Training | None:
+    """The training block a method runs with: the request's fields over the method's recipe
+    (E10). ``None`` for the influence methods, which take none; a located ``ValidationError``
+    for a block that does not fit the method."""
+    if method not in TRAINING_METHODS:
+        if training is not None:
+            raise _training_errors([((), f"method {method!r} does not train; the training "
+                                     f"block applies to {', '.join(TRAINING_METHODS)}")], None)
+        return None
+    if training is None and method == "retrain":
+        raise _training_errors([((), "method 'retrain' needs a training block with the recipe "
+                                 "the model was trained with: " + ", ".join(RETRAIN_REQUIRED))],
+                               None)
+    given = training.model_dump(exclude_none=True) if training is not None else {}
+    errors = [((knob,), f"training.{knob} applies to {' and '.join(methods)}, not {method}")
+              for knob, methods in METHOD_KNOBS.items()
+              if knob in given and method not in methods]
+    if method == "retrain":
+        defaults = RETRAIN_DEFAULTS
+        errors += [((name,), f"retrain reproduces the model's own training: give training."
+                    f"{name} (the recipe needs {', '.join(RETRAIN_REQUIRED)})")
+                   for name in RETRAIN_REQUIRED if name not in given]
+    else:
+        defaults = RECIPES[method]
+        if given.get("optimizer", defaults["optimizer"]) != defaults["optimizer"] \
+                and "lr" not in given:
+            errors.append((("lr",), f"the {method} recipe's lr is an SGD learning rate; with "
+                                    f"optimizer {given['optimizer']!r} give training.lr"))
+    optimizer = given.get("optimizer", defaults.get("optimizer"))
+    if optimizer == "adam" and "momentum" in given:
+        errors.append((("momentum",), "training.momentum is SGD's; adam takes none"))
+    if errors:
+        raise _training_errors(errors, given)
+    filled = {**defaults, **given}
+    if "budget_s" in given and "epochs" not in given:
+        filled.pop("epochs", None)  # a time budget alone: no epoch bound
+    if optimizer == "adam":
+        filled.pop("momentum", None)
+    return Training(**filled)
+
+
 class EditRequest(_Strict):
     edit: Edit
-    method: Literal["gif", "fif", "pif", "if"] = "gif"
-    selection: Selection = Field(default_factory=Selection)
-    solver: Solver = Field(default_factory=Solver)
-    step: Step = Field(default_factory=Step)
+    method: Method = Field(
+        "gif",
+        description="gif | fif | pif | if (influence functions, MATH.md E2–E5), or a training "
+                    "method of E10: finetune | gradient_ascent | random_labels | salun | "
+                    "l1_sparse | retrain, which run the training block and ignore selection, "
+                    "solver and step. Removal edits take every method; relabel takes the "
+                    "influence methods, finetune, random_labels and retrain.")
+    training: Training | None = Field(
+        None, validate_default=True,
+        description="The training loop of the E10 methods, unset fields filled from the "
+                    "method's published recipe; retrain requires the recipe the model was "
+                    "trained with. Null for the influence methods.")
+    selection: Selection = Field(
+        default_factory=Selection, description="Parameter selection (ignored by E10 methods).")
+    solver: Solver = Field(
+        default_factory=Solver, description="The inverse-HVP solve (ignored by E10 methods).")
+    step: Step = Field(
+        default_factory=Step, description="The step α (ignored by E10 methods).")
     eval: Eval = Field(default_factory=Eval)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    seed: int = Field(0, ge=0, le=2**32 - 1)
+    seed: int = Field(
+        0, ge=0, le=2**32 - 1,
+        description="Seeds every random choice: samples, splits, and for the E10 methods the "
+                    "batch order, random labels and (retrain) the initialisation.")
+
+    @field_validator("method")
+    @classmethod
+    def _method_fits_edit(cls, method: str, info: ValidationInfo) -> str:
+        edit = info.data.get("edit")
+        kinds = TRAINING_METHOD_KINDS.get(method)
+        if edit is not None and kinds is not None and edit.kind not in kinds:
+            fitting = [*INFLUENCE_METHODS,
+                       *(m for m in TRAINING_METHODS if edit.kind in TRAINING_METHOD_KINDS[m])]
+            raise ValueError(f"method {method!r} does not apply to a {edit.kind} edit "
+                             f"(MATH.md E10); {edit.kind} takes {', '.join(fitting)}")
+        return method
+
+    @field_validator("training")
+    @classmethod
+    def _training_fits_method(cls, training: Training | None,
+                              info: ValidationInfo) -> Training | None:
+        method = info.data.get("method")
+        if method is None:  # the method itself is invalid and already reported
+            return training
+        return effective_training(method, training)
+
+    @property
+    def trains(self) -> bool:
+        """True for the E10 training methods (``gif.unlearning``), False for GIF's family."""
+        return self.method in TRAINING_METHODS
 
     def normalised(self) -> dict:
-        """The request as JSON with every default filled in (what the job object echoes)."""
+        """The request as JSON with every default filled in (what the job object echoes).
+
+        For the E10 methods ``training`` holds the recipe that runs; ``selection``, ``solver``
+        and ``step`` are echoed with their defaults but play no part in such an edit."""
         return self.model_dump(mode="json", by_alias=True)

@@ -37,6 +37,10 @@ def run_edit(
     ``eval_sets`` (name → ``ArrayDataset``) are only evaluated, never used for any choice; the
     first one carries the ``score``. Raises a ``GifError`` subclass on every failure.
     """
+    if request.trains:  # the E10 training methods: their own loop, the same lifecycle
+        from gif.unlearning import run_training_edit
+
+        return run_training_edit(request, model, train, eval_sets, hooks)
     from gif.checkpoint import load_state_dict_strict
     from gif.params import ParamSpace, apply_update
     from gif.registry import build_model, get_architecture
