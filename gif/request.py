@@ -126,8 +126,7 @@ class Eval(_Strict):
 # E10, the alternatives users would pick instead, run under the same request and metrics.
 INFLUENCE_METHODS = ("gif", "fif", "pif", "if")
 TRAINING_METHODS = ("finetune", "gradient_ascent", "random_labels", "salun", "l1_sparse", "retrain")
-Method = Literal["gif", "fif", "pif", "if", "finetune", "gradient_ascent", "random_labels",
-                 "salun", "l1_sparse", "retrain"]
+Method = Literal[INFLUENCE_METHODS + TRAINING_METHODS]  # one list of names, here
 # E10: class and sample removal apply to every training method; relabel only to those that can
 # train on the corrected labels (finetune, the random-labels recipe with the corrected labels in
 # place of random ones, and retraining on the corrected data).
@@ -212,8 +211,9 @@ class Training(_Strict):
         description="l1_sparse only: α of the penalty α_t ‖θ‖₁ added to the retained loss, "
                     "decayed linearly over the epochs, α_t = α (1 − epoch / epochs) (the "
                     "Unlearn-Sparse schedule; with only budget_s, over the budget). Default "
-                    "5e-4, the order of the paper's γ: the repository's example value 0.2 "
-                    "shrinks every weight by lr·0.2 a step and erases a network in an epoch.")
+                    "5e-4, so the penalty's step (lr·α per weight) stays small beside the "
+                    "cross-entropy's; the repository's command line shows --alpha 0.2, the "
+                    "default of an argument its other methods share.")
     retain_share: float | None = Field(
         None, gt=0.0, lt=1.0,
         description="random_labels / salun only: the expected share of retained points in a "

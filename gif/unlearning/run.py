@@ -11,9 +11,9 @@ from torch import nn
 
 from gif.edit.hooks import EditHooks, EditOutcome, LoadedModel, Reporter
 from gif.edit.measure import Measurer
-from gif.edit.plan import EditData, IndexPlan, plan_indices
+from gif.edit.plan import IndexPlan
+from gif.edit.prepare import prepare_edit
 from gif.edit.result import check_finite_state, copy_model, json_clean
-from gif.edit.validate import num_classes_of, resolve_device, validate_request
 from gif.errors import InvalidRequest
 from gif.request import EditRequest, RemoveClass
 from gif.unlearning.baselines import METHODS, MethodOutcome
@@ -35,29 +35,18 @@ def run_training_edit(
     cancellation as GIF, phases ``load`` → (``select``: salun's mask) → ``train`` →
     ``evaluate``. The input state dict is never mutated; the output has its keys and dtypes
     (BatchNorm buffers as the training left them). Raises a ``GifError`` on every failure."""
-    from gif.checkpoint import load_state_dict_strict
-    from gif.registry import build_model, get_architecture
-
     reporter = Reporter(hooks or EditHooks())
     with reporter.phase("load"):
-        device = resolve_device(request.device)
-        check_finite_state(model.state_dict, "the input weights")
-        arch = get_architecture(model.spec.arch)
-        original = build_model(model.spec)
-        load_state_dict_strict(original, {k: v.detach().clone()
-                                          for k, v in model.state_dict.items()})
-        original = original.to(device).eval()
-        num_classes = num_classes_of(model.spec, original, train, arch.flat_input)
-        validate_request(request, model.spec, train, eval_sets, num_classes)
+        prepared = prepare_edit(request, model, train, eval_sets)
+        device, original, num_classes = prepared.device, prepared.original, prepared.num_classes
         if request.method in ("random_labels", "salun") and num_classes < 2:
             raise InvalidRequest(f"{request.method} draws wrong labels: the model needs at "
                                  f"least 2 classes, it has {num_classes}", loc=("method",))
-        plan = plan_indices(request, train)
-        data = EditData.build(request, model.spec, arch.flat_input, train, eval_sets, plan)
-        points = training_points(request, model.spec, arch.flat_input, train, plan, num_classes)
+        points = training_points(model.spec, prepared.flat_input, train, prepared.plan,
+                                 num_classes)
         reporter.event("info", "load", "model and data ready", {
             "device": str(device), "method": request.method, "num_classes": num_classes,
-            "edited_points": len(plan.edited), "retained_points": len(points.retained),
+            "edited_points": len(prepared.plan.edited), "retained_points": len(points.retained),
             "training": request.training.model_dump(),
         })
 
@@ -73,7 +62,7 @@ def run_training_edit(
     with reporter.phase("evaluate"):
         edited_state = state_like(model.state_dict, outcome.model)
         check_finite_state(edited_state, "the trained weights (nothing is returned)")
-        measure = Measurer(request, data, num_classes)
+        measure = Measurer(request, prepared.data, num_classes)
         before = measure(original)
         reporter.check_cancel()
         after = measure(outcome.model)
@@ -92,7 +81,7 @@ def run_training_edit(
     return EditOutcome(state_dict=edited_state, result=json_clean(result))
 
 
-def training_points(request: EditRequest, spec, flat: bool, train, plan: IndexPlan,
+def training_points(spec, flat: bool, train, plan: IndexPlan,
                     num_classes: int) -> TrainingPoints:
     """The train dataset split as the methods use it (the same ``E`` as the plan's)."""
     from gif.data import prepare_inputs
