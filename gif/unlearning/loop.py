@@ -144,6 +144,11 @@ class TrainingLoop:
                     break
                 epoch += 1
             run.seconds = clock.elapsed()
+            if run.stopped_by == "budget_s":
+                self.reporter.event("info", "train", (
+                    f"the time budget ({training.budget_s:g} s, {clock.name}) stopped the "
+                    f"training after {run.steps} steps ({run.epochs:.3g} epochs)"),
+                    {"steps": run.steps, "epochs_done": run.epochs, "seconds": run.seconds})
             model.eval()
         return run
 
@@ -154,34 +159,43 @@ class TrainingLoop:
         done = 0
         for x, y in plan.batches(epoch):
             self.reporter.check_cancel()
-            loss = objective(model, x.to(self.device), y.to(self.device),
-                             self._fraction(epoch, clock))
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise NonFinite(
-                    f"the {self.method} training loss became {value} at step {run.steps + 1} "
-                    f"(epoch {epoch + 1}): the recipe diverged; lower training.lr "
-                    f"(now {training.lr:g})",
-                    details={"step": run.steps + 1, "epoch": epoch + 1, "loss": str(value)})
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if frozen is not None:
-                frozen.mask_gradients()
-            optimizer.step()
-            if frozen is not None:
-                frozen.restore()
+            value = self._step(model, objective, frozen, optimizer, x, y,
+                               self._fraction(epoch, clock), run.steps + 1, epoch + 1)
             run.steps += 1
             run.losses.append(value)
             done += 1
             self.reporter.progress(Progress("train", run.steps, total))
-            if training.budget_s is not None and clock.elapsed() >= training.budget_s:
+            last = total is not None and run.steps == total  # the epochs end here anyway
+            if training.budget_s is not None and not last \
+                    and clock.elapsed() >= training.budget_s:
                 run.stopped_by = "budget_s"
                 run.epochs = epoch + done / plan.steps_per_epoch
-                self._epoch_event(run, epoch, done, clock, partial=True)
+                self._epoch_event(run, epoch, done, clock,
+                                  partial=done < plan.steps_per_epoch)
                 return True
         run.epochs = epoch + 1
         self._epoch_event(run, epoch, done, clock, partial=False)
         return False
+
+    def _step(self, model: nn.Module, objective: Objective, frozen: FrozenEntries | None,
+              optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+              fraction: float, step: int, epoch: int) -> float:
+        """One optimizer step on one batch; its loss, refused when it is not finite."""
+        loss = objective(model, x.to(self.device), y.to(self.device), fraction)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise NonFinite(
+                f"the {self.method} training loss became {value} at step {step} (epoch "
+                f"{epoch}): the recipe diverged; lower training.lr (now {self.training.lr:g})",
+                details={"step": step, "epoch": epoch, "loss": str(value)})
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if frozen is not None:
+            frozen.mask_gradients()
+        optimizer.step()
+        if frozen is not None:
+            frozen.restore()
+        return value
 
     def _fraction(self, epoch: int, clock: LoopClock) -> float:
         """How much of the schedule is done, for schedules such as l1_sparse's decay: whole
@@ -192,15 +206,16 @@ class TrainingLoop:
 
     def _epoch_event(self, run: TrainingRun, epoch: int, steps: int, clock: LoopClock,
                      partial: bool) -> None:
+        """One event per epoch with its mean loss (a partial epoch's is not an epoch loss)."""
         mean = float(np.mean(run.losses[-steps:])) if steps else None
         if not partial and mean is not None:
             run.epoch_losses.append(mean)
         of = f"/{self.training.epochs}" if self.training.epochs else ""
-        what = "stopped by the time budget in epoch" if partial else "epoch"
-        self.reporter.event("info", "train", f"{what} {epoch + 1}{of}: mean loss {mean:.4g}"
-                            if mean is not None else f"{what} {epoch + 1}{of}", {
-                                "epoch": epoch + 1, "steps": run.steps, "loss": mean,
-                                "seconds": round(clock.elapsed(), 4)})
+        loss = f": mean loss {mean:.4g}" if mean is not None else ""
+        self.reporter.event("info", "train", f"epoch {epoch + 1}{of}"
+                            f"{' (partial)' if partial else ''}{loss}",
+                            {"epoch": epoch + 1, "steps": run.steps, "loss": mean,
+                             "partial": partial, "seconds": round(clock.elapsed(), 4)})
 
 
 # --- batches ------------------------------------------------------------------------------

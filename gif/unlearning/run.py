@@ -119,7 +119,7 @@ def training_warnings(request: EditRequest, outcome: MethodOutcome, before: dict
     """``[{code, message}]`` a user should read before trusting the edit."""
     warnings = []
     training, run = request.training, outcome.run
-    if run.stopped_by == "budget_s" and training.epochs:
+    if run.stopped_by == "budget_s" and training.epochs and run.epochs < training.epochs:
         exact = (" This is not an exact retrain: the recipe did not finish."
                  if request.method == "retrain" else "")
         warnings.append({"code": "budget_reached", "message": (
