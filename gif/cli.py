@@ -110,7 +110,8 @@ def main() -> None:
               help="Evaluation set (repeatable), e.g. test=builtin:fashion-mnist:test; added to "
                    "the request's eval.datasets. Only evaluated, never used to tune.")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Also write the PNG plots (convergence, scale, per_class, per_layer) here.")
+              help="Also write here a PNG of each figure the result has data for "
+                   "(convergence, scale, per_class, per_layer, ...).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--verbose", is_flag=True, help="Print every event on stderr.")
 def edit(model_path: Path, spec_path: Path, train: str, request_path: Path, out_path: Path,
@@ -143,14 +144,13 @@ def edit(model_path: Path, spec_path: Path, train: str, request_path: Path, out_
 
 
 def _write_plots(result: dict, directory: Path) -> None:
-    from gif.plots import PLOTS, MissingPlotData
+    """One PNG per registered figure the result has data for (``gif.plots.PLOTS``)."""
+    from gif.plots import PLOTS
 
     directory.mkdir(parents=True, exist_ok=True)
     for name, plot in PLOTS.items():
-        try:
+        if plot.has_data(result):
             (directory / f"{name}.png").write_bytes(plot(result))
-        except MissingPlotData as err:
-            click.echo(f"[warning] plot {name}: {err}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,6 +23,7 @@ Built-ins (ids ``builtin:<name>:<split>``, split ``train`` or ``test``):
   ``GIF_TORCHVISION_ROOT``, only when their files are there (uint8 ``N×1×28×28`` / ``N×3×32×32``).
 
 ``load_builtin`` caches per process (the arrays are shared: never modify them in place).
+``builtin_class_names(dataset_id)`` says what each built-in's labels mean (figures, reports).
 """
 
 from __future__ import annotations
@@ -348,6 +349,26 @@ def _available(name: str, split: str) -> bool:
 
 
 _BUILTIN_NAMES = ("fashion-mnist", "digits", "mnist", "cifar10")
+
+_DIGIT_NAMES = tuple(str(digit) for digit in range(10))
+# What each label of a built-in dataset means (label i is name i); uploads carry no names.
+BUILTIN_CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                      "Sneaker", "Bag", "Ankle boot"),
+    "digits": _DIGIT_NAMES,
+    "mnist": _DIGIT_NAMES,
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                "truck"),
+}
+
+
+def builtin_class_names(dataset_id: str) -> list[str] | None:
+    """The class names of a ``builtin:<name>:<split>`` id; None for anything else (uploads)."""
+    parts = dataset_id.split(":") if isinstance(dataset_id, str) else []
+    if len(parts) != 3 or parts[0] != "builtin":
+        return None
+    names = BUILTIN_CLASS_NAMES.get(parts[1])
+    return list(names) if names is not None else None
 
 
 def builtin_dataset_ids() -> list[str]:

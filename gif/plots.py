@@ -1,22 +1,85 @@
-"""PNG figures drawn from an edit's ``result`` dict (API.md job ``result``).
+"""PNG figures drawn from an edit's ``result`` dict (API.md job ``result``), and their registry.
 
-Each function takes the result (or its relevant part) and returns PNG bytes, so the service
-can serve ``/v1/jobs/{id}/plots/{name}.png`` straight from the stored result and the CLI can
-write files. The Agg backend is used through an explicit ``Figure`` (never ``pyplot``), so no
-display is needed and no global figure state is shared between threads.
+``PLOTS`` maps a figure's name to a :class:`Plot`: its caption, a ``has_data`` predicate (does
+this result hold what the figure draws?) and the draw function. The service's report page and
+its ``/v1/jobs/{id}/plots/{name}.png`` route, and the CLI's ``--plots`` directory, all iterate
+this one registry, so a new figure is one ``@register_plot`` away from every place that shows
+figures. Calling a ``Plot`` draws it, or raises :class:`MissingPlotData` when the result has
+nothing for it (a failed job, a training method's result for a solver figure, an older result).
+
+Figures read optional ``result["class_names"]`` (label i is name i; ``gif.data`` knows those of
+the built-in datasets) to label classes; without it, class indices are shown.
+
+The Agg backend is used through an explicit ``Figure`` (never ``pyplot``), so no display is
+needed and no global figure state is shared between threads. Positions on categorical axes
+are numbers with tick labels, never strings: matplotlib's category converter would log an INFO
+line per figure for names like ``"0"`` or ``"fc1"``. User strings (set and layer names) are
+drawn with ``parse_math=False``: a ``$`` in a name is text, not mathtext.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+BEFORE_COLOUR, AFTER_COLOUR = "#8da0cb", "#1a5fb4"
+CHANGED_COLOUR, TOTAL_COLOUR, NORM_COLOUR = "#1a5fb4", "#d8dde6", "tab:orange"
+MAX_COUNT_LABELS = 12  # per-layer counts are written on the bars up to this many layers
+
 
 class MissingPlotData(ValueError):
     """The result has nothing to draw for this plot (e.g. a failed job or an older result)."""
+
+
+@dataclass(frozen=True)
+class Plot:
+    """One registered figure: ``draw(result) -> PNG bytes``, run only when ``has_data(result)``."""
+
+    name: str
+    caption: str
+    draw: Callable[[dict], bytes]
+    has_data: Callable[[dict], bool]
+
+    def __call__(self, result: dict) -> bytes:
+        """The figure as PNG bytes; :class:`MissingPlotData` when the result has no data for it."""
+        if not self.has_data(result):
+            raise MissingPlotData(f"result has no data for the {self.name!r} figure")
+        return self.draw(result)
+
+
+# Every figure, in the order pages show them. Add one with ``@register_plot``.
+PLOTS: dict[str, Plot] = {}
+
+
+def register_plot(name: str, caption: str, has_data: Callable[[dict], bool]):
+    """Decorator: register ``draw`` as figure ``name`` (URL ``plots/{name}.png``) with the
+    caption pages show under it and the predicate saying whether a result can be drawn."""
+
+    def register(draw: Callable[[dict], bytes]) -> Callable[[dict], bytes]:
+        PLOTS[name] = Plot(name=name, caption=caption, draw=draw, has_data=has_data)
+        return draw
+
+    return register
+
+
+def _get(mapping, *keys: str):
+    """``mapping[k1][k2]…``, or None where a level is missing or not a dict."""
+    node = mapping
+    for key in keys:
+        if not isinstance(node, dict):
+            return None
+        node = node.get(key)
+    return node
+
+
+def _non_empty_list(*keys: str) -> Callable[[dict], bool]:
+    """A ``has_data`` predicate: the value at ``keys`` is a non-empty list."""
+    return lambda result: isinstance(_get(result, *keys), list) and bool(_get(result, *keys))
 
 
 def _png(figure: Figure) -> bytes:
@@ -26,116 +89,223 @@ def _png(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def _require(mapping: dict, *keys: str):
-    node = mapping
-    for key in keys:
-        if not isinstance(node, dict) or node.get(key) is None:
-            raise MissingPlotData(f"result has no {'.'.join(keys)}")
-        node = node[key]
-    return node
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _category_ticks(axes, labels: Sequence[str]) -> None:
+    """Label the positions 0..n-1 of ``axes``' x axis; long labels are slanted to fit."""
+    slanted = len(labels) > 4 and max((len(label) for label in labels), default=0) > 3
+    axes.set_xticks(range(len(labels)), labels=list(labels), parse_math=False,
+                    rotation=35 if slanted else 0, ha="right" if slanted else "center",
+                    rotation_mode="anchor" if slanted else "default")
+
+
+# --------------------------------------------------------------------------- the figures
+
+
+@register_plot(
+    "convergence",
+    "Solver convergence: relative residual and normal-equation residual per iteration "
+    "(MATH.md E7/E8).",
+    _non_empty_list("solver", "history"),
+)
 def plot_convergence(result: dict) -> bytes:
     """Solver residual ``‖H[:,S]δ + b‖/‖b‖`` and normal residual per iteration (E8), log y."""
-    history = _require(result, "solver", "history")
-    if not history:
-        raise MissingPlotData("result has an empty solver.history")
+    history = result["solver"]["history"]
     figure = Figure(figsize=(6, 4))
     axes = figure.add_subplot()
     iterations = [entry["iteration"] for entry in history]
     for key, label in (("residual", "residual ‖H[:,S]δ+b‖/‖b‖"),
                        ("normal_residual", "normal residual")):
-        values = [entry.get(key) for entry in history]
-        if any(v is not None and v > 0 for v in values):
-            points = [(i, v) for i, v in zip(iterations, values, strict=True) if v and v > 0]
+        points = [(i, entry.get(key)) for i, entry in zip(iterations, history, strict=True)
+                  if _is_number(entry.get(key)) and entry[key] > 0]
+        if points:
             axes.plot(*zip(*points, strict=True), marker=".", label=label)
     axes.set_yscale("log")
     axes.set_xlabel("iteration")
     axes.set_ylabel("relative residual")
     algorithm = result["solver"].get("algorithm", "")
-    axes.set_title(f"Solver convergence ({algorithm})")
+    axes.set_title(f"Solver convergence ({algorithm})", parse_math=False)
     axes.grid(True, which="both", alpha=0.3)
     axes.legend()
     return _png(figure)
 
 
+@register_plot(
+    "scale",
+    "Step-size search on the held-out validation split: objective against the step scale α "
+    "(MATH.md E9).",
+    _non_empty_list("step", "curve"),
+)
 def plot_scale_curve(result: dict) -> bytes:
     """The E9 step curve: objective (and its components) against ``α``, chosen ``α`` marked."""
-    curve = _require(result, "step", "curve")
-    if not curve:
-        raise MissingPlotData("result has an empty step.curve")
+    curve = result["step"]["curve"]
     figure = Figure(figsize=(6, 4))
     axes = figure.add_subplot()
     scales = [point["scale"] for point in curve]
-    component_keys = [k for k in curve[0] if k not in ("scale",)]
-    for key in component_keys:
+    for key in [k for k in curve[0] if k != "scale"]:
         values = [point.get(key) for point in curve]
         style = {"linewidth": 2.5} if key == "objective" else {"linestyle": "--"}
-        axes.plot(scales, values, marker="o", label=key, **style)
-    if result.get("scale") is not None:
-        chosen = f"chosen α={result['scale']:g}"
-        axes.axvline(result["scale"], color="black", alpha=0.5, label=chosen)
+        axes.plot(scales, values, marker="o", label=key.replace("_", " "), **style)
+    if _is_number(result.get("scale")):
+        axes.axvline(result["scale"], color="black", alpha=0.5,
+                     label=f"chosen α={result['scale']:.3g}")
     axes.set_xscale("log")
     axes.set_xlabel("step scale α")
     axes.set_ylabel("validation value")
-    axes.set_title(f"Step-size search ({result['step'].get('mode', '')})")
+    axes.set_title(f"Step-size search ({result['step'].get('mode', '')})", parse_math=False)
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize="small")
     return _png(figure)
 
 
+def _per_class_sets(result: dict) -> list[str]:
+    """Names of the sets with per-class accuracies both before and after the edit."""
+    before, after = _get(result, "metrics", "before"), _get(result, "metrics", "after")
+    if not isinstance(before, dict) or not isinstance(after, dict):
+        return []
+    return [name for name, value in after.items()
+            if isinstance(value, dict) and isinstance(value.get("per_class_accuracy"), list)
+            and isinstance(before.get(name), dict)
+            and isinstance(before[name].get("per_class_accuracy"), list)]
+
+
+def class_labels(result: dict, count: int) -> list[str]:
+    """Tick labels of ``count`` classes: ``result["class_names"]`` where it names each, else
+    the indices."""
+    names = result.get("class_names")
+    if isinstance(names, list) and len(names) >= count:
+        return [str(name) for name in names[:count]]
+    return [str(index) for index in range(count)]
+
+
+@register_plot(
+    "per_class",
+    "Per-class accuracy before and after the edit, per evaluated set (a class the set does "
+    "not contain has no bars).",
+    lambda result: bool(_per_class_sets(result)),
+)
 def plot_per_class(result: dict) -> bytes:
-    """Per-class accuracy before and after the edit, one panel per evaluated set."""
-    before = _require(result, "metrics", "before")
-    after = _require(result, "metrics", "after")
-    names = [
-        name for name, value in after.items()
-        if isinstance(value, dict) and "per_class_accuracy" in value and name in before
-    ]
-    if not names:
-        raise MissingPlotData("result has no per-class accuracies")
-    figure = Figure(figsize=(6, 2.6 * len(names)))
+    """Per-class accuracy before and after the edit, one panel per evaluated set.
+
+    Bars have an edge, so an accuracy of 0 shows as a line on the axis rather than as nothing;
+    a class absent from a set (``None``) has no bar. The legend sits above the panels."""
+    names = _per_class_sets(result)
+    before, after = result["metrics"]["before"], result["metrics"]["after"]
+    count = max(len(after[name]["per_class_accuracy"]) for name in names)
+    labels = class_labels(result, count)
+    figure = Figure(figsize=(max(6.0, 0.55 * count), 0.6 + 2.4 * len(names)),
+                    layout="constrained")
+    width = 0.4
     for row, name in enumerate(names, start=1):
         axes = figure.add_subplot(len(names), 1, row)
-        classes = range(len(after[name]["per_class_accuracy"]))
-        width = 0.4
-        for shift, label, values in ((-width / 2, "before", before[name]["per_class_accuracy"]),
-                                     (width / 2, "after", after[name]["per_class_accuracy"])):
-            heights = [v if v is not None else 0.0 for v in values]
-            axes.bar([c + shift for c in classes], heights, width=width, label=label)
-        axes.set_xticks(list(classes))
-        axes.set_ylim(0, 1.05)
+        for shift, label, colour, values in (
+                (-width / 2, "before", BEFORE_COLOUR, before[name]["per_class_accuracy"]),
+                (width / 2, "after", AFTER_COLOUR, after[name]["per_class_accuracy"])):
+            shown = [(c, v) for c, v in enumerate(values) if _is_number(v)]
+            axes.bar([c + shift for c, _ in shown], [v for _, v in shown], width=width,
+                     label=label, color=colour, edgecolor=colour, linewidth=1.2)
+        _category_ticks(axes, labels)
+        axes.set_xlim(-0.6, count - 0.4)
+        axes.set_ylim(-0.03, 1.05)
         axes.set_ylabel("accuracy")
-        axes.set_title(name)
-        axes.legend(fontsize="small", loc="lower right")
+        axes.set_title(name, parse_math=False, loc="left")
+        axes.grid(True, axis="y", alpha=0.3)
     axes.set_xlabel("class")
-    figure.tight_layout()
+    handles, legend_labels = figure.axes[0].get_legend_handles_labels()
+    figure.legend(handles, legend_labels, loc="outside upper right", ncols=2,
+                  fontsize="small", frameon=False)
     return _png(figure)
 
 
+@register_plot(
+    "per_layer",
+    "Where the edit went: parameters changed out of each layer's total (log scale), and the "
+    "norm of each layer's update ‖αΔ‖₂.",
+    _non_empty_list("selection", "per_layer"),
+)
 def plot_per_layer(result: dict) -> bytes:
-    """Share of parameters changed and update norm per layer (paper §4 selection)."""
-    layers = _require(result, "selection", "per_layer")
-    if not layers:
-        raise MissingPlotData("result has an empty selection.per_layer")
-    names = [layer["name"] or "(model)" for layer in layers]  # "": a one-layer model
-    figure = Figure(figsize=(max(6, 0.6 * len(names)), 5))
-    share_axes = figure.add_subplot(2, 1, 1)
-    share_axes.bar(names, [layer.get("ratio", 0.0) for layer in layers])
-    share_axes.set_ylabel("share of parameters changed")
-    share_axes.set_title("Parameters moved per layer")
-    norm_axes = figure.add_subplot(2, 1, 2)
-    norm_axes.bar(names, [layer.get("update_norm", 0.0) for layer in layers], color="tab:orange")
+    """Parameters changed (of the layer's total) and update norm per layer (paper §4).
+
+    The share changed is the same in every selected layer by design (MATH.md, parameter
+    selection), so it goes in the title; the bars show counts, which differ."""
+    layers = result["selection"]["per_layer"]
+    names = [layer.get("name") or "(model)" for layer in layers]  # "": a one-layer model
+    figure = Figure(figsize=(max(6.0, 0.6 * len(names)), 5.5), layout="constrained")
+    count_axes = figure.add_subplot(2, 1, 1)
+    positions = range(len(names))
+    totals = [layer.get("num_parameters") or 0 for layer in layers]
+    changed = [layer.get("num_selected") or 0 for layer in layers]
+    count_axes.bar(positions, totals, color=TOTAL_COLOUR, label="parameters in the layer")
+    bars = count_axes.bar(positions, changed, width=0.5, color=CHANGED_COLOUR, label="changed")
+    if len(layers) <= MAX_COUNT_LABELS:
+        count_axes.bar_label(bars, labels=[f"{c:,}" for c in changed], fontsize="x-small",
+                             padding=2)
+    if any(totals):
+        count_axes.set_yscale("log")
+    count_axes.set_ylabel("parameters")
+    ratios = {round(layer["ratio"], 6) for layer in layers
+              if _is_number(layer.get("ratio")) and layer["ratio"] > 0}
+    share = f" (share {ratios.pop():.3g} in every changed layer)" if len(ratios) == 1 else ""
+    count_axes.set_title(f"Parameters changed per layer{share}")
+    figure.legend(loc="outside upper right", ncols=2, fontsize="small", frameon=False)
+    norm_axes = figure.add_subplot(2, 1, 2, sharex=count_axes)
+    norm_axes.bar(positions, [layer.get("update_norm") or 0.0 for layer in layers],
+                  color=NORM_COLOUR)
     norm_axes.set_ylabel("‖α Δ‖₂")
-    for axes in (share_axes, norm_axes):
-        axes.tick_params(axis="x", labelrotation=60, labelsize="small")
-    figure.tight_layout()
+    norm_axes.set_title("Update norm per layer")
+    count_axes.tick_params(axis="x", labelbottom=False)
+    _category_ticks(norm_axes, names)
+    for axes in (count_axes, norm_axes):
+        axes.grid(True, axis="y", alpha=0.3)
     return _png(figure)
 
 
-PLOTS: dict[str, Callable[[dict], bytes]] = {
-    "convergence": plot_convergence,
-    "scale": plot_scale_curve,
-    "per_class": plot_per_class,
-    "per_layer": plot_per_layer,
-}
+def _training_x(history: list[dict]) -> tuple[str, list]:
+    """The x axis of a training history: its ``step``, else ``epoch``, else the entry index."""
+    for key in ("step", "epoch"):
+        if all(_is_number(entry.get(key)) for entry in history):
+            return key, [entry[key] for entry in history]
+    return "entry", list(range(1, len(history) + 1))
+
+
+def _has_loss_history(result: dict) -> bool:
+    history = _get(result, "training", "history")
+    return isinstance(history, list) and any(
+        isinstance(entry, dict) and any("loss" in key and _is_number(value)
+                                        for key, value in entry.items())
+        for entry in history)
+
+
+@register_plot(
+    "training",
+    "Training loss per step of the method's training loop (MATH.md E10).",
+    _has_loss_history,
+)
+def plot_training(result: dict) -> bytes:
+    """The loss curve(s) of a training method: every ``*loss*`` field of ``training.history``."""
+    history = [entry for entry in result["training"]["history"] if isinstance(entry, dict)]
+    x_name, xs = _training_x(history)
+    keys = [key for key in dict.fromkeys(k for entry in history for k in entry)
+            if "loss" in key]
+    figure = Figure(figsize=(6, 4))
+    axes = figure.add_subplot()
+    positive = True
+    for key in keys:
+        points = [(x, entry.get(key)) for x, entry in zip(xs, history, strict=True)
+                  if _is_number(entry.get(key))]
+        if points:
+            axes.plot(*zip(*points, strict=True), marker="." if len(points) < 60 else None,
+                      label=key.replace("_", " "))
+            positive = positive and all(v > 0 for _, v in points)
+    values = [entry[k] for entry in history for k in keys if _is_number(entry.get(k))]
+    if positive and values and max(values) > 20 * min(values):
+        axes.set_yscale("log")
+    axes.set_xlabel(x_name)
+    axes.set_ylabel("loss")
+    method = result.get("method") or result["training"].get("method") or ""
+    axes.set_title(f"Training ({method})", parse_math=False)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize="small")
+    return _png(figure)

@@ -3,70 +3,130 @@
 Self-contained means it can be saved, mailed or archived and still show everything: CSS is
 inline, the figures of ``gif.plots`` are inlined as ``data:image/png`` URIs, there is no script
 and no reference to any other URL (a Content-Security-Policy in the page forbids loading
-anything but inline styles and data-URI images). Every value that came from a user — model
-names, request fields, error messages — goes through ``html.escape``: a model named
-``<script>…`` shows as text.
+anything but inline styles and data-URI images). The page is a Jinja2 template
+(``service/templates/report.html.j2``) rendered with autoescape on, so every value that came
+from a user — model names, eval-set names, error messages — is HTML-escaped by default: a
+model named ``<script>…`` shows as text.
 
-A succeeded job shows the normalised request, the timings per phase, the solver diagnostics
-(MATH.md E7/E8), the selection, the metrics before/after (accuracy, loss and count per set,
-remaining/removed-class accuracy, score of E9, membership inference, retained-gradient norm)
-and the four figures. Any other job shows its status, progress and error, without figures.
+This module builds the page's data (plain dicts and strings, numbers already formatted); the
+templates only lay it out. A succeeded job shows, from the top: the warnings of its result
+(a solve that did not converge, a step search that found nothing better), the numbers that
+judge its edit's kind at a glance, the summary, the metrics before/after per set, the figures
+that have data (``gif.plots.PLOTS``), the training block of a training method (MATH.md E10),
+the solver, step search, selection, timings and the request. Every section is optional: a
+result without ``solver`` (a training method) or with keys this code does not know still
+renders, the unknown keys shown as JSON. Any other job shows its status, progress and error.
+
+Changes are coloured by whether they serve the edit (``METRIC_DIRECTIONS``), never by sign.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import json
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from functools import cache
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-# Plots in page order, with the caption shown under each (names are gif.plots.PLOTS keys).
-PLOT_CAPTIONS: dict[str, str] = {
-    "convergence": "Solver convergence: relative residual and normal-equation residual per "
-                   "iteration (MATH.md E7/E8).",
-    "scale": "Step-size search on the held-out validation split: objective against the step "
-             "scale α (MATH.md E9).",
-    "per_class": "Per-class accuracy before and after the edit, per evaluated set.",
-    "per_layer": "Share of each layer's parameters changed and the norm of its update.",
-}
+logger = logging.getLogger(__name__)
 
 CONTENT_SECURITY_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 # Long index lists (remove_samples / relabel) are shortened in the page; the job JSON has them.
 MAX_LIST_ITEMS = 32
 
-_STYLE = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;
-max-width:1100px;padding:0 1rem;color:#1d2330;background:#fff;line-height:1.45}
-h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.2rem;margin-top:2rem;
-border-bottom:1px solid #d8dde6;padding-bottom:.25rem}h3{font-size:1rem;margin:1.2rem 0 .4rem}
-table{border-collapse:collapse;margin:.4rem 0 1rem;font-size:.92rem}
-th,td{border:1px solid #d8dde6;padding:.3rem .6rem;text-align:left;vertical-align:top}
-th{background:#f2f4f8}td.num{text-align:right;font-variant-numeric:tabular-nums}
-.badge{display:inline-block;padding:.1rem .6rem;border-radius:1rem;font-weight:600;
-font-size:.9rem;color:#fff}.succeeded{background:#1f7a3f}.failed{background:#b3261e}
-.cancelled{background:#6b6f78}.running{background:#1a5fb4}.queued{background:#a86a00}
-.meta{color:#5a6170;font-size:.9rem}.up{color:#1f7a3f}.down{color:#b3261e}
-pre{background:#f6f8fa;border:1px solid #d8dde6;padding:.8rem;overflow-x:auto;
-font-size:.85rem}.figures{display:grid;grid-template-columns:repeat(auto-fit,minmax(480px,1fr));
-gap:1rem;align-items:start}figure{margin:0}figure img{max-width:100%;
-border:1px solid #d8dde6}figcaption{color:#5a6170;font-size:.9rem}
-.error{border-left:4px solid #b3261e;background:#fdf0ef;padding:.6rem 1rem}
-.note{color:#5a6170;font-style:italic}
-"""
+# --------------------------------------------------------------------------- colour rules
+
+UP, DOWN, RETRAIN = "up", "down", "retrain"
+EDIT_KINDS = ("remove_class", "remove_samples", "relabel")
+
+# Which direction of a metric serves the edit, per edit kind: UP (higher is better), DOWN
+# (lower is better), RETRAIN (closer to a retrained model's value is better: judged only when
+# a retrain job on the same request exists, neutral otherwise) or None (no judgement: shown
+# without colour). Set names: ``forget`` (the edited points, original labels — on a relabel
+# their accuracy is the attack success rate of a backdoor), ``relabeled`` (corrected labels),
+# ``retain``, ``eval`` (every evaluation set); then the scalar metrics.
+#                                      remove_class  remove_samples  relabel
+_RULES: tuple[tuple[str, str | None, str | None, str | None], ...] = (
+    ("forget.accuracy",                  DOWN,         RETRAIN,        DOWN),
+    ("forget.loss",                      UP,           RETRAIN,        UP),
+    ("relabeled.accuracy",               None,         None,           UP),
+    ("relabeled.loss",                   None,         None,           DOWN),
+    ("retain.accuracy",                  UP,           UP,             UP),
+    ("retain.loss",                      DOWN,         DOWN,           DOWN),
+    # A class removal lowers the overall accuracy by design (the removed class's share):
+    # the two class-split accuracies below judge it instead.
+    ("eval.accuracy",                    None,         UP,             UP),
+    ("eval.loss",                        None,         DOWN,           DOWN),
+    ("eval.accuracy_remaining_classes",  UP,           None,           None),
+    ("eval.accuracy_removed_class",      DOWN,         None,           None),
+    ("score",                            UP,           UP,             UP),
+    ("retained_grad_norm",               DOWN,         DOWN,           DOWN),
+    ("mia.efficacy",                     UP,           RETRAIN,        None),
+)
+METRIC_DIRECTIONS: dict[str, dict[str, str | None]] = {
+    metric: dict(zip(EDIT_KINDS, directions, strict=True)) for metric, *directions in _RULES
+}
+SET_ROLES = ("forget", "relabeled", "retain")  # any other set is an evaluation set
 
 
-def _e(value: Any) -> str:
-    """HTML-escaped text of ``value`` (quotes too, so it is safe inside attributes)."""
-    return html.escape("" if value is None else str(value), quote=True)
+def metric_rule_key(set_name: str | None, field: str) -> str:
+    """The ``METRIC_DIRECTIONS`` key of ``field`` of set ``set_name`` (None: a scalar)."""
+    if set_name is None:
+        return field
+    role = set_name if set_name in SET_ROLES else "eval"
+    return f"{role}.{field}"
 
 
-def _number(value: Any, digits: int = 4) -> str:
-    """A readable number: ints as is, floats to ``digits`` significant digits, — for absent."""
+def judge(kind: str | None, set_name: str | None, field: str, before: Any, after: Any,
+          reference: Any = None) -> str:
+    """``good``, ``bad`` or ``neutral``: does ``before → after`` serve an edit of ``kind``?"""
+    direction = METRIC_DIRECTIONS.get(metric_rule_key(set_name, field), {}).get(kind or "")
+    if not (_is_number(before) and _is_number(after)) or direction is None or before == after:
+        return "neutral"
+    if direction == RETRAIN:
+        if not _is_number(reference):
+            return "neutral"
+        closer = abs(after - reference) - abs(before - reference)
+        return "good" if closer < 0 else "bad" if closer > 0 else "neutral"
+    better = after > before if direction == UP else after < before
+    return "good" if better else "bad"
+
+
+# Rows of the "at a glance" table per edit kind: (set, field); set "eval" is the first
+# evaluation set, None a scalar metric.
+_GLANCE: dict[str, tuple[tuple[str | None, str], ...]] = {
+    "remove_class": (("forget", "accuracy"), ("eval", "accuracy_removed_class"),
+                     ("eval", "accuracy_remaining_classes"), ("retain", "accuracy"),
+                     (None, "score")),
+    "remove_samples": (("forget", "accuracy"), ("retain", "accuracy"), ("eval", "accuracy"),
+                       (None, "mia.efficacy"), (None, "score")),
+    "relabel": (("relabeled", "accuracy"), ("forget", "accuracy"), ("retain", "accuracy"),
+                ("eval", "accuracy"), (None, "score")),
+}
+
+COLOUR_LEGEND = {
+    "remove_class": "For a class removal, the removed class's accuracy falling is green; the "
+                    "overall accuracy, which loses that class by design, is grey.",
+    "remove_samples": "For a sample removal, the forgotten points' accuracy is judged against "
+                      "retraining: grey unless a retrain job on the same request exists, then "
+                      "green when it moved closer to the retrained model's.",
+    "relabel": "For a relabel, accuracy on the corrected labels rising is green, and on the "
+               "original labels (a backdoor's attack success) falling is green.",
+}
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def number(value: Any, digits: int = 4) -> str:
+    """A readable value: ints as is, floats to ``digits`` significant digits, — for absent."""
     if value is None:
         return "—"
     if isinstance(value, bool):
@@ -74,28 +134,23 @@ def _number(value: Any, digits: int = 4) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        if math.isnan(value) or math.isinf(value):
-            return str(value)
-        return f"{value:.{digits}g}"
-    return _e(value)
+        return f"{value:.{digits}g}" if math.isfinite(value) else str(value)
+    return str(value)
 
 
-def _table(headers: Iterable[str], rows: Iterable[Iterable[str]], numeric_from: int = 1) -> str:
-    """A table from already-escaped cells; columns from ``numeric_from`` on are right-aligned.
-    All-empty ``headers`` make a key/value table without a header row."""
-    headers = list(headers)
-    head = "".join(f"<th>{h}</th>" for h in headers)
-    thead = f"<thead><tr>{head}</tr></thead>" if any(headers) else ""
-    body = []
-    for row in rows:
-        cells = [
-            f'<td class="num">{cell}</td>' if index >= numeric_from else f"<td>{cell}</td>"
-            for index, cell in enumerate(row)
-        ]
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    if not body:
-        return '<p class="note">Nothing recorded.</p>'
-    return f"<table>{thead}<tbody>{''.join(body)}</tbody></table>"
+def _cell(value: Any) -> dict[str, Any]:
+    """A table cell: its text and whether it is a number (right-aligned)."""
+    return {"text": number(value), "num": _is_number(value)}
+
+
+def _change(before: Any, after: Any) -> str:
+    if not (_is_number(before) and _is_number(after)):
+        return "—"
+    return f"{after - before:+.4g}" if after != before else "0"
+
+
+def _label(key: str) -> str:
+    return key.replace("_", " ")
 
 
 def _shorten_lists(value: Any) -> Any:
@@ -109,126 +164,9 @@ def _shorten_lists(value: Any) -> Any:
     return value
 
 
-def _delta(before: Any, after: Any) -> str:
-    """``after - before`` with a sign and a colour class, — when either is not a number."""
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (before, after)):
-        return "—"
-    change = after - before
-    css = "up" if change > 0 else "down" if change < 0 else ""
-    return f'<span class="{css}">{change:+.4g}</span>'
-
-
-# ---------------------------------------------------------------------------------------------
-# Sections
-
-
-def _header(job: Mapping[str, Any], models: Mapping[str, Mapping[str, Any]]) -> str:
-    status = str(job.get("status", "unknown"))
-    request = job.get("request") or {}
-    lines = [
-        f"<h1>Edit report <code>{_e(job.get('id'))}</code></h1>",
-        f'<p><span class="badge {_e(status)}">{_e(status)}</span></p>',
-    ]
-    rows = [("created", job.get("created_at")), ("started", job.get("started_at")),
-            ("finished", job.get("finished_at"))]
-    source = models.get("source") or {"id": request.get("model_id")}
-    rows.append(("model", _model_label(source)))
-    rows.append(("train dataset", request.get("train_dataset_id")))
-    edited_id = (job.get("result") or {}).get("edited_model_id")
-    if edited_id or models.get("edited"):
-        rows.append(("edited model", _model_label(models.get("edited") or {"id": edited_id})))
-    lines.append(_table(["", ""], [[_e(k), _e(v)] for k, v in rows], numeric_from=2))
-    return "\n".join(lines)
-
-
-def _model_label(model: Mapping[str, Any]) -> str:
-    """``name (arch, id)`` of a model, or just its id (escaped later by the caller)."""
-    parts = [str(model[k]) for k in ("arch", "id") if model.get(k)]
-    name = model.get("name")
-    return f"{name} ({', '.join(parts)})" if name else ", ".join(parts)
-
-
-def _edit_summary(request: Mapping[str, Any], result: Mapping[str, Any]) -> str:
-    edit = request.get("edit") or {}
-    kind = edit.get("kind")
-    if kind == "remove_class":
-        what = f"remove class {edit.get('class')}"
-    elif kind in ("remove_samples", "relabel"):
-        what = f"{kind.replace('_', ' ')} of {len(edit.get('indices') or [])} training points"
-    else:
-        what = str(kind)
-    selection = result.get("selection") or {}
-    step = result.get("step") or {}
-    rows = [
-        ["edit", _e(what)],
-        ["method", _e(result.get("method") or request.get("method"))],
-        ["selected parameters", _number(selection.get("num_selected"))],
-        ["modification ratio", _number(selection.get("ratio"))],
-        ["step scale α", f"{_number(result.get('scale'))} ({_e(step.get('mode'))})"],
-    ]
-    return "<h2>Summary</h2>" + _table(["", ""], rows, numeric_from=2)
-
-
-def _request_section(request: Mapping[str, Any]) -> str:
-    text = json.dumps(_shorten_lists(dict(request)), indent=2, ensure_ascii=False, sort_keys=True)
-    return f"<h2>Request (normalised)</h2><pre>{_e(text)}</pre>"
-
-
-def _timings_section(timings: Mapping[str, Any]) -> str:
-    rows = [[_e(phase), _number(seconds)] for phase, seconds in timings.items()]
-    numbers = [s for s in timings.values() if isinstance(s, int | float)]
-    if numbers:
-        rows.append(["<b>total</b>", f"<b>{_number(float(sum(numbers)))}</b>"])
-    return "<h2>Timings per phase</h2>" + _table(["phase", "seconds"], rows)
-
-
-_SOLVER_FIELDS = ("algorithm", "iterations", "hvps", "residual", "normal_residual", "seconds",
-                  "converged", "stop_reason")
-
-
-def _solver_section(solver: Mapping[str, Any]) -> str:
-    keys = [k for k in _SOLVER_FIELDS if k in solver]
-    keys += [k for k, v in solver.items()
-             if k not in _SOLVER_FIELDS and not isinstance(v, list | dict)]
-    rows = [[_e(key.replace("_", " ")), _number(solver.get(key))] for key in keys]
-    return "<h2>Solver diagnostics</h2>" + _table(["", "value"], rows)
-
-
-def _per_layer_section(layers: list[Mapping[str, Any]]) -> str:
-    if not layers:
-        return ""
-    columns = [k for k in layers[0] if k != "name"]
-    rows = [[_e(layer.get("name")), *(_number(layer.get(c)) for c in columns)] for layer in layers]
-    headers = ["layer", *(_e(c.replace("_", " ")) for c in columns)]
-    return "<h3>Selection per layer</h3>" + _table(headers, rows)
-
-
-_SET_FIELDS = ("accuracy", "loss", "count", "accuracy_remaining_classes",
-               "accuracy_removed_class")
-
-
-def _metrics_section(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
-    """Per-set before/after tables, then the scalar metrics (score, MIA, gradient norm)."""
-    parts = ["<h2>Metrics before and after the edit</h2>"]
-    set_names = [n for n in _ordered_keys(before, after)
-                 if isinstance(after.get(n, before.get(n)), dict)
-                 and "accuracy" in (after.get(n) or before.get(n) or {})]
-    for name in set_names:
-        b, a = before.get(name) or {}, after.get(name) or {}
-        rows = [[_e(field.replace("_", " ")), _number(b.get(field)), _number(a.get(field)),
-                 _delta(b.get(field), a.get(field))]
-                for field in _SET_FIELDS if field in b or field in a]
-        parts.append(f"<h3>{_e(name)}</h3>"
-                     + _table(["", "before", "after", "change"], rows))
-    scalars = []
-    for key in _ordered_keys(before, after):
-        if key in set_names:
-            continue
-        for label, b, a in _flatten_scalars(key, before.get(key), after.get(key)):
-            scalars.append([_e(label), _number(b), _number(a), _delta(b, a)])
-    if scalars:
-        parts.append("<h3>Scores</h3>" + _table(["", "before", "after", "change"], scalars))
-    return "\n".join(parts)
+def _json(value: Any) -> str:
+    return json.dumps(_shorten_lists(value), indent=2, ensure_ascii=False, sort_keys=True,
+                      default=str)
 
 
 def _ordered_keys(*mappings: Mapping[str, Any]) -> list[str]:
@@ -238,75 +176,322 @@ def _ordered_keys(*mappings: Mapping[str, Any]) -> list[str]:
     return keys
 
 
-def _flatten_scalars(label: str, before: Any, after: Any) -> list[tuple[str, Any, Any]]:
-    """(label, before, after) of each scalar under ``label`` (nested dicts as ``a.b``)."""
-    if isinstance(before, dict) or isinstance(after, dict):
-        b, a = before if isinstance(before, dict) else {}, after if isinstance(after, dict) else {}
-        out = []
-        for key in _ordered_keys(b, a):
-            out += _flatten_scalars(f"{label}.{key}", b.get(key), a.get(key))
-        return out
-    if isinstance(before, list) or isinstance(after, list):
-        return []
-    return [(label, before, after)]
+def _scalars(mapping: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) of every scalar in ``mapping``, nested dicts flattened, lists left
+    out (histories and curves are figures)."""
+    out: list[tuple[str, Any]] = []
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            out += _scalars(value, f"{prefix}{key}.")
+        elif not isinstance(value, list):
+            out.append((f"{prefix}{key}", value))
+    return out
 
 
-def _plots_section(plots: Mapping[str, bytes | None]) -> str:
-    parts = ['<h2>Figures</h2><div class="figures">']
-    for name, caption in PLOT_CAPTIONS.items():
-        png = plots.get(name)
-        if png is None:
-            parts.append(f'<p class="note">{_e(name)}: no data for this figure.</p>')
+def _kv(pairs: Iterable[tuple[str, Any]]) -> list[dict[str, Any]]:
+    return [{"label": _label(key), **_cell(value)} for key, value in pairs]
+
+
+# --------------------------------------------------------------------------- the parts
+
+
+def class_names_for(request: Mapping[str, Any]) -> list[str] | None:
+    """Names of the labels of a job's data: the train dataset's if it is a built-in, else those
+    of its built-in evaluation sets when they agree; None for uploads (indices are shown)."""
+    from gif.data import builtin_class_names
+
+    names = builtin_class_names(request.get("train_dataset_id") or "")
+    if names is not None:
+        return names
+    eval_ids = ((request.get("eval") or {}).get("datasets") or {}).values()
+    found = {tuple(n) for n in (builtin_class_names(i) for i in eval_ids if isinstance(i, str))
+             if n is not None}
+    return list(found.pop()) if len(found) == 1 else None
+
+
+def figure_data(request: Mapping[str, Any] | None, result: Mapping[str, Any]) -> dict[str, Any]:
+    """What the figures are drawn from: the result, with the class names of the job's data
+    unless the result names its classes itself. The page and the plot route both use it."""
+    data = dict(result)
+    if not data.get("class_names") and request:
+        names = class_names_for(request)
+        if names is not None:
+            data["class_names"] = names
+    return data
+
+
+def result_warnings(result: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The result's ``warnings`` (``{code, message}``); for a result that has none recorded,
+    those its diagnostics imply: a solve that stopped unconverged, a step search that did not
+    beat the unedited model."""
+    if isinstance(result.get("warnings"), list):
+        return [{"code": str(w.get("code", "warning")), "message": str(w.get("message", ""))}
+                for w in result["warnings"] if isinstance(w, dict)]
+    found = []
+    solver = result.get("solver") if isinstance(result.get("solver"), dict) else {}
+    if solver.get("converged") is False:
+        found.append({"code": "solver_not_converged", "message": (
+            f"the {solver.get('algorithm') or 'solver'} stopped after "
+            f"{number(solver.get('iterations'))} iterations "
+            f"({solver.get('stop_reason') or 'no reason recorded'}) without converging: "
+            f"relative residual {number(solver.get('residual'), 3)}. The update is the best "
+            "the solver reached; more iterations (solver.max_iter) or damping may improve it.")})
+    step = result.get("step") if isinstance(result.get("step"), dict) else {}
+    if step.get("improved") is False:
+        found.append({"code": "step_not_improved", "message": (
+            "no step scale improved the validation objective over the unedited model: the "
+            "edit barely changes the model. Try a larger selection.ratio, more solver "
+            "iterations or another method.")})
+    return found
+
+
+def describe_edit(edit: Mapping[str, Any], class_names: list[str] | None) -> str:
+    """``remove class 8 (Bag)``, ``remove samples: 120 training points``, ``relabel: …``."""
+    kind = edit.get("kind")
+    if kind == "remove_class":
+        removed = edit.get("class")
+        named = (isinstance(removed, int) and class_names and 0 <= removed < len(class_names)
+                 and class_names[removed] != str(removed))
+        return f"remove class {removed}" + (f" ({class_names[removed]})" if named else "")
+    if kind in ("remove_samples", "relabel"):
+        return f"{_label(kind)} of {len(edit.get('indices') or [])} training points"
+    return str(kind or "unknown edit")
+
+
+def _set_names(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+    """Metric sets (dicts with an accuracy) in the order forget, relabeled, retain, evals."""
+    names = [n for n in _ordered_keys(before, after)
+             if isinstance(after.get(n, before.get(n)), dict)
+             and "accuracy" in (after.get(n) or before.get(n) or {})]
+    return sorted(names, key=lambda n: SET_ROLES.index(n) if n in SET_ROLES else len(SET_ROLES))
+
+
+_SET_FIELDS = ("accuracy", "accuracy_remaining_classes", "accuracy_removed_class", "loss",
+               "count")
+
+
+def _metric_row(kind, set_name, field, before, after, reference) -> dict[str, Any]:
+    return {
+        "label": _label(field),
+        "metric": f"{set_name}.{field}" if set_name else field,
+        "before": _cell(before), "after": _cell(after), "change": _change(before, after),
+        "verdict": judge(kind, set_name, field, before, after, reference),
+        "reference": _cell(reference),
+    }
+
+
+def _lookup(metrics: Mapping[str, Any], set_name: str | None, field: str) -> Any:
+    node: Any = metrics.get(set_name) if set_name else metrics
+    for part in field.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def metric_tables(kind: str | None, before: Mapping[str, Any], after: Mapping[str, Any],
+                  reference: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Per-set rows (before, after, change, verdict, retrained) and the scalar metrics'."""
+    reference = reference or {}
+    sets = []
+    set_names = _set_names(before, after)
+    for name in set_names:
+        b, a = before.get(name) or {}, after.get(name) or {}
+        rows = [_metric_row(kind, name, field, b.get(field), a.get(field),
+                            _lookup(reference, name, field))
+                for field in _SET_FIELDS if field in b or field in a]
+        sets.append({"name": name, "rows": rows})
+    b_scalars, a_scalars = ({key: value for key, value in _scalars(metrics)
+                             if key.split(".")[0] not in set_names}
+                            for metrics in (before, after))
+    scalars, notes = [], []
+    for key in _ordered_keys(b_scalars, a_scalars):
+        b, a = b_scalars.get(key), a_scalars.get(key)
+        if isinstance(b, str) or isinstance(a, str):  # a name (e.g. the MIA's method)
+            text = a if b in (None, a) else f"{b} → {a}"
+            notes.append({"label": key, "text": text})
+        else:
+            scalars.append(_metric_row(kind, None, key, b, a, _lookup(reference, None, key)))
+    return {"sets": sets, "scalars": scalars, "notes": notes}
+
+
+def glance_rows(kind: str | None, before: Mapping[str, Any], after: Mapping[str, Any],
+                reference: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The few numbers that judge an edit of ``kind`` (API.md metrics), first eval set."""
+    reference = reference or {}
+    evals = [n for n in _set_names(before, after) if n not in SET_ROLES]
+    rows = []
+    for set_name, field in _GLANCE.get(kind or "", ()):
+        name = (evals[0] if evals else None) if set_name == "eval" else set_name
+        if set_name == "eval" and name is None:
             continue
-        data = base64.b64encode(png).decode("ascii")
-        parts.append(
-            f'<figure id="plot-{_e(name)}"><img src="data:image/png;base64,{data}" '
-            f'alt="{_e(name)} plot"><figcaption>{_e(caption)}</figcaption></figure>'
-        )
-    parts.append("</div>")
-    return "\n".join(parts)
+        b, a = _lookup(before, name, field), _lookup(after, name, field)
+        if b is None and a is None:
+            continue
+        row = _metric_row(kind, name, field, b, a, _lookup(reference, name, field))
+        row["label"] = f"{name}: {_label(field)}" if name else _label(field)
+        rows.append(row)
+    return rows
 
 
-def _unfinished_section(job: Mapping[str, Any]) -> str:
-    """Status, progress and error of a job that did not succeed (or has not yet)."""
-    parts = []
-    error = job.get("error")
-    if error:
-        parts.append(
-            f'<h2>Error</h2><div class="error"><p><b>{_e(error.get("code"))}</b></p>'
-            f"<p>{_e(error.get('message'))}</p></div>"
-        )
-    progress = job.get("progress")
-    if progress:
-        rows = [[_e(k), _number(v)] for k, v in progress.items()]
-        parts.append("<h2>Progress</h2>" + _table(["", "value"], rows))
-    status = job.get("status")
-    if status in ("queued", "running"):
-        parts.append('<p class="note">The job has not finished; reload this page for news. '
-                     "Figures appear when it has succeeded.</p>")
-    else:
-        parts.append('<p class="note">No figures: the job did not succeed.</p>')
-    return "\n".join(parts)
+_SOLVER_FIELDS = ("algorithm", "iterations", "hvps", "residual", "normal_residual", "seconds",
+                  "converged", "stop_reason")
+# Result keys the page lays out itself; any other key is listed under "More result fields".
+_KNOWN_RESULT_KEYS = {"edited_model_id", "scale", "step", "method", "selection", "solver",
+                      "metrics", "timings", "training", "warnings", "class_names"}
 
 
-# ---------------------------------------------------------------------------------------------
-# Entry points
+def _solver_rows(solver: Mapping[str, Any]) -> list[dict[str, Any]]:
+    keys = [k for k in _SOLVER_FIELDS if k in solver]
+    keys += [k for k, v in solver.items() if k not in keys and not isinstance(v, list | dict)]
+    return _kv((k, solver.get(k)) for k in keys)
 
 
-def render_plots(result: Mapping[str, Any],
-                 plot_functions: Mapping[str, Callable[[dict], bytes]] | None = None,
+def _per_layer_table(layers: list[Mapping[str, Any]]) -> dict[str, Any] | None:
+    if not layers:
+        return None
+    columns = [k for k in _ordered_keys(*layers) if k != "name"]
+    return {"headers": ["layer", *(_label(c) for c in columns)],
+            "rows": [[{"text": layer.get("name") or "(model)", "num": False},
+                      *(_cell(layer.get(c)) for c in columns)] for layer in layers]}
+
+
+def _timing_rows(timings: Mapping[str, Any]) -> dict[str, Any]:
+    numbers = [s for s in timings.values() if _is_number(s)]
+    return {"rows": _kv(timings.items()),
+            "total": number(float(sum(numbers))) if numbers else None}
+
+
+def _summary_rows(request: Mapping[str, Any], result: Mapping[str, Any],
+                  class_names: list[str] | None) -> list[dict[str, Any]]:
+    selection = result.get("selection") if isinstance(result.get("selection"), dict) else {}
+    step = result.get("step") if isinstance(result.get("step"), dict) else {}
+    pairs: list[tuple[str, Any]] = [
+        ("edit", describe_edit(request.get("edit") or {}, class_names)),
+        ("method", result.get("method") or request.get("method")),
+    ]
+    if selection:
+        pairs += [("selected_parameters", selection.get("num_selected")),
+                  ("modification_ratio", selection.get("ratio"))]
+    if result.get("scale") is not None:
+        mode = f" ({step['mode']})" if step.get("mode") else ""
+        pairs.append(("step_scale_α", f"{number(result.get('scale'))}{mode}"))
+    pairs += [(k, v) for k, v in result.items()
+              if k not in _KNOWN_RESULT_KEYS and not isinstance(v, dict | list)]
+    return _kv(pairs)
+
+
+def _step_rows(step: Mapping[str, Any], scale: Any) -> list[dict[str, Any]]:
+    """Mode, the chosen α and its objective beside the unedited model's (``baseline``, α = 0);
+    the curve itself is a figure."""
+    pairs: list[tuple[str, Any]] = []
+    chosen = [point for point in step.get("curve") or []
+              if isinstance(point, dict) and point.get("scale") == scale]
+    for key, value in _scalars(step):
+        if key.startswith("baseline."):
+            key = f"unedited model: {key.removeprefix('baseline.')}"
+        pairs.append((key, value))
+    if scale is not None:
+        pairs.insert(1, ("chosen α", scale))
+    if chosen and "objective" in chosen[0]:
+        pairs.insert(2, ("objective at chosen α", chosen[0]["objective"]))
+    return _kv(pairs)
+
+
+def _figures(plots: Mapping[str, bytes | None]) -> list[dict[str, Any]]:
+    from gif.plots import PLOTS
+
+    figures = []
+    for name, png in plots.items():
+        caption = PLOTS[name].caption if name in PLOTS else ""
+        data = base64.b64encode(png).decode("ascii") if png is not None else None
+        figures.append({"name": name, "caption": caption, "data": data})
+    return figures
+
+
+def _job_facts(job: Mapping[str, Any], models: Mapping[str, Mapping[str, Any]],
+               ) -> list[dict[str, Any]]:
+    request = job.get("request") or {}
+    pairs: list[tuple[str, Any]] = [("created", job.get("created_at")),
+                                    ("started", job.get("started_at")),
+                                    ("finished", job.get("finished_at"))]
+    pairs.append(("model", _model_label(models.get("source") or {"id": request.get("model_id")})))
+    pairs.append(("train_dataset", request.get("train_dataset_id")))
+    edited_id = (job.get("result") or {}).get("edited_model_id")
+    if edited_id or models.get("edited"):
+        pairs.append(("edited_model", _model_label(models.get("edited") or {"id": edited_id})))
+    return _kv(pairs)
+
+
+def _model_label(model: Mapping[str, Any]) -> str:
+    """``name (arch, id)`` of a model, or just its id."""
+    parts = [str(model[k]) for k in ("arch", "id") if model.get(k)]
+    name = model.get("name")
+    return f"{name} ({', '.join(parts)})" if name else ", ".join(parts)
+
+
+def _duration(job: Mapping[str, Any]) -> str | None:
+    from datetime import datetime
+
+    try:
+        started = datetime.fromisoformat(job["started_at"])
+        finished = datetime.fromisoformat(job["finished_at"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return f"{(finished - started).total_seconds():.3g} s"
+
+
+def _succeeded_sections(request, result, plots, reference, class_names) -> dict[str, Any]:
+    kind = (request.get("edit") or {}).get("kind")
+    metrics = result.get("metrics") if isinstance(result.get("metrics"), dict) else {}
+    before = metrics.get("before") if isinstance(metrics.get("before"), dict) else {}
+    after = metrics.get("after") if isinstance(metrics.get("after"), dict) else {}
+    ref_after = (reference or {}).get("metrics") or {}
+    solver = result.get("solver") if isinstance(result.get("solver"), dict) else {}
+    step = result.get("step") if isinstance(result.get("step"), dict) else {}
+    selection = result.get("selection") if isinstance(result.get("selection"), dict) else {}
+    training = result.get("training") if isinstance(result.get("training"), dict) else {}
+    timings = result.get("timings") if isinstance(result.get("timings"), dict) else {}
+    extra = {k: v for k, v in result.items()
+             if k not in _KNOWN_RESULT_KEYS and isinstance(v, dict | list)}
+    return {
+        "glance": glance_rows(kind, before, after, ref_after),
+        "colour_legend": COLOUR_LEGEND.get(kind or ""),
+        "summary": _summary_rows(request, result, class_names),
+        "metrics": metric_tables(kind, before, after, ref_after) if before or after else None,
+        "figures": _figures(plots),
+        "training": _kv(_scalars(training)) if training else None,
+        "solver": _solver_rows(solver) if solver else None,
+        "step": _step_rows(step, result.get("scale")) if step else None,
+        "per_layer": _per_layer_table(selection.get("per_layer") or []),
+        "timings": _timing_rows(timings) if timings else None,
+        "extra": _json(extra) if extra else None,
+    }
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+@cache
+def _environment() -> Environment:
+    # Autoescape everywhere (every template, and strings): escaping is the default, not a
+    # call at each site. StrictUndefined: a template asking for a missing name fails loudly.
+    return Environment(loader=PackageLoader("service", "templates"),
+                       autoescape=select_autoescape(default=True, default_for_string=True),
+                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+
+def render_plots(result: Mapping[str, Any], request: Mapping[str, Any] | None = None,
                  ) -> dict[str, bytes | None]:
-    """PNG bytes of each figure of ``result`` (None where the result has no data for it)."""
-    if plot_functions is None:
-        from gif.plots import PLOTS as plot_functions
-    from gif.plots import MissingPlotData
+    """PNG bytes of each registered figure the result has data for, in registry order (None
+    for a figure whose data is there but could not be drawn)."""
+    from gif.plots import PLOTS
 
+    data = figure_data(request, result)
     pngs: dict[str, bytes | None] = {}
-    for name, function in plot_functions.items():
+    for name, plot in PLOTS.items():
+        if not plot.has_data(data):
+            continue
         try:
-            pngs[name] = function(dict(result))
-        except MissingPlotData:
-            pngs[name] = None
+            pngs[name] = plot.draw(data)
         except (KeyError, TypeError, ValueError, IndexError):
             # A result of another shape (an older engine, a partial result) loses one figure,
             # not the whole page.
@@ -316,34 +501,41 @@ def render_plots(result: Mapping[str, Any],
 
 
 def render_report(job: Mapping[str, Any], plots: Mapping[str, bytes | None] | None = None,
-                  models: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+                  models: Mapping[str, Mapping[str, Any]] | None = None,
+                  reference: Mapping[str, Any] | None = None) -> str:
     """The report page of ``job`` (the API job object as a dict).
 
-    ``plots``: PNG bytes by plot name (``render_plots``), used for succeeded jobs only.
-    ``models``: optional ``{"source": {...}, "edited": {...}}`` model objects, for names."""
+    ``plots``: PNG bytes by figure name (``render_plots``), shown for succeeded jobs.
+    ``models``: optional ``{"source": {...}, "edited": {...}}`` model objects, for names.
+    ``reference``: optional ``{"job_id": …, "metrics": {...}}``, the after-metrics of a
+    succeeded ``retrain`` job on the same request, shown beside the edit's and used to judge
+    the metrics whose rule is "closer to retraining"."""
     models = models or {}
     request = job.get("request") or {}
-    result = job.get("result") or {}
-    sections = [_header(job, models)]
-    if job.get("status") == "succeeded" and result:
-        metrics = result.get("metrics") or {}
-        sections += [
-            _edit_summary(request, result),
-            _metrics_section(metrics.get("before") or {}, metrics.get("after") or {}),
-            _plots_section(plots or {}),
-            _solver_section(result.get("solver") or {}),
-            _per_layer_section((result.get("selection") or {}).get("per_layer") or []),
-            _timings_section(result.get("timings") or {}),
-        ]
-    else:
-        sections.append(_unfinished_section(job))
-    sections.append(_request_section(request))
-    title = f"gif-service report {job.get('id', '')}"
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_e(title)}</title><style>{_STYLE}</style></head>\n<body>\n"
-        + "\n".join(s for s in sections if s)
-        + "\n</body></html>\n"
-    )
+    result = job.get("result") if isinstance(job.get("result"), dict) else {}
+    status = str(job.get("status", "unknown"))
+    succeeded = status == "succeeded" and bool(result)
+    class_names = figure_data(request, result).get("class_names")
+    page: dict[str, Any] = {
+        "title": f"gif-service report {job.get('id', '')}",
+        "csp": CONTENT_SECURITY_POLICY,
+        "job_id": job.get("id"),
+        "status": status,
+        "headline": describe_edit(request.get("edit") or {}, class_names) if request else None,
+        "method": result.get("method") or request.get("method"),
+        "duration": _duration(job),
+        "facts": _job_facts(job, models),
+        "warnings": result_warnings(result) if succeeded else [],
+        "error": job.get("error") if isinstance(job.get("error"), dict) else None,
+        "progress": _kv((job.get("progress") or {}).items()) if not succeeded else None,
+        "pending": status in ("queued", "running"),
+        "succeeded": succeeded,
+        "reference": ({"job_id": reference.get("job_id")}
+                      if succeeded and reference and reference.get("metrics") else None),
+        "request_json": _json(dict(request)),
+    }
+    if succeeded:
+        usable_reference = reference if page["reference"] else None
+        page.update(_succeeded_sections(request, result, plots or {}, usable_reference,
+                                        class_names))
+    return _environment().get_template("report.html.j2").render(page=page)

@@ -3,8 +3,12 @@
 - ``GET /v1/jobs/{id}/report`` — a self-contained HTML page (``service.report``): every job
   has one (unfinished and failed jobs show status, progress and error, without figures).
 - ``GET /v1/jobs/{id}/plots/{name}.png`` — one figure of a succeeded job as PNG; ``name`` is
-  a key of ``gif.plots.PLOTS``. 404 for an unknown name, a job without a result, or a figure
-  the result has no data for.
+  a key of the figure registry ``gif.plots.PLOTS`` (the page shows the same figures, drawn
+  from the same ``service.report.figure_data``). 404 for an unknown name, a job without a
+  result, or a figure the result has no data for.
+
+A report is judged against retraining where it can be: the newest succeeded ``retrain`` job
+of the same owner on the same model, training data and edit is the page's reference.
 
 Both are owner-scoped like every job route (another owner's job answers 404) and render in
 the thread pool (plain ``def`` handlers): matplotlib must not block the event loop. A
@@ -20,6 +24,7 @@ import logging
 from importlib import metadata
 from typing import Any
 
+import sqlalchemy as sa
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse
 
@@ -27,7 +32,7 @@ from service.api.common import get_owned, problem_responses
 from service.api.deps import OwnerDep, SessionDep
 from service.db.models import Job, Model
 from service.problems import ProblemError
-from service.report import CONTENT_SECURITY_POLICY, render_plots, render_report
+from service.report import CONTENT_SECURITY_POLICY, figure_data, render_plots, render_report
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 logger = logging.getLogger(__name__)
@@ -76,6 +81,33 @@ def _model_summary(session, owner_id: str, model_id: str | None) -> dict[str, An
     return {"id": model.id, "name": model.name, "arch": model.arch}
 
 
+# How many of the newest succeeded jobs on the same model and data are searched for a retrain.
+REFERENCE_CANDIDATES = 50
+
+
+def retrain_reference(session, job: Job) -> dict[str, Any] | None:
+    """``{"job_id", "metrics"}`` (after-metrics) of the newest succeeded ``retrain`` job of
+    ``job``'s owner on the same model, training data and edit; None when there is none."""
+    request = job.request or {}
+    if request.get("method") == "retrain" or not request.get("edit"):
+        return None
+    candidates = session.scalars(
+        sa.select(Job)
+        .where(Job.owner_id == job.owner_id, Job.model_id == job.model_id,
+               Job.train_dataset_id == job.train_dataset_id, Job.status == "succeeded",
+               Job.id != job.id)
+        .order_by(Job.created_at.desc())
+        .limit(REFERENCE_CANDIDATES)
+    )
+    for other in candidates:
+        other_request = other.request or {}
+        after = ((other.result or {}).get("metrics") or {}).get("after")
+        if (other_request.get("method") == "retrain"
+                and other_request.get("edit") == request["edit"] and after):
+            return {"job_id": other.id, "metrics": after}
+    return None
+
+
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
@@ -109,9 +141,11 @@ def job_report(job_id: str, request: Request, owner: OwnerDep, session: SessionD
         "edited": _model_summary(session, owner.id, job.edited_model_id),
     }
     models = {k: v for k, v in models.items() if v}
-    # The page is a function of the job object, the model names and the code: hash those, so
-    # a matching If-None-Match answers 304 without drawing the figures.
-    etag = _etag(_code_version(), _canonical(document), _canonical(models))
+    reference = retrain_reference(session, job) if job.status == "succeeded" else None
+    # The page is a function of the job object, the model names, the retrain reference and
+    # the code: hash those, so a matching If-None-Match answers 304 without drawing figures.
+    etag = _etag(_code_version(), _canonical(document), _canonical(models),
+                 (reference or {}).get("job_id") or "")
     headers = {
         "ETag": etag,
         "Cache-Control": "private, no-cache",  # a running job's page changes: revalidate
@@ -120,8 +154,9 @@ def job_report(job_id: str, request: Request, owner: OwnerDep, session: SessionD
     }
     if _matches(request, etag):
         return Response(status_code=304, headers=headers)
-    plots = render_plots(job.result) if job.status == "succeeded" and job.result else {}
-    page = render_report(document, plots=plots, models=models)
+    plots = (render_plots(job.result, job.request)
+             if job.status == "succeeded" and job.result else {})
+    page = render_report(document, plots=plots, models=models, reference=reference)
     return HTMLResponse(page, headers=headers)
 
 
@@ -137,9 +172,10 @@ def job_report(job_id: str, request: Request, owner: OwnerDep, session: SessionD
 )
 def job_plot(job_id: str, name: str, request: Request, owner: OwnerDep,
              session: SessionDep) -> Response:
-    """``name``: ``convergence`` (solver residuals), ``scale`` (step-size curve),
-    ``per_class`` (per-class accuracy before/after), ``per_layer`` (share changed and update
-    norm per layer)."""
+    """``name``: a figure of the registry, e.g. ``convergence`` (solver residuals),
+    ``scale`` (step-size curve), ``per_class`` (per-class accuracy before/after),
+    ``per_layer`` (parameters changed and update norm per layer), ``training`` (a training
+    method's loss curve)."""
     from gif.plots import PLOTS, MissingPlotData
 
     job = get_owned(session, Job, "job", owner.id, job_id)
@@ -155,7 +191,7 @@ def job_plot(job_id: str, name: str, request: Request, owner: OwnerDep,
     if _matches(request, etag):
         return Response(status_code=304, headers=headers)
     try:
-        png = PLOTS[name](dict(job.result))
+        png = PLOTS[name](figure_data(job.request, job.result))
     except MissingPlotData as missing:
         raise ProblemError(404, f"job {job_id!r}: {missing}", slug="not-found") from missing
     except (KeyError, TypeError, ValueError, IndexError) as malformed:

@@ -91,7 +91,11 @@ def test_edit_writes_checkpoint_result_and_plots(files, tmp_path):
     assert edited.keys() == expected.state_dict.keys()
     assert all(torch.equal(edited[k], expected.state_dict[k]) for k in edited)
     assert report["scale"] == expected.result["scale"]
-    for name in PLOTS:
+    # Every registered figure the result has data for, and only those, is a file.
+    drawable = {name for name, plot in PLOTS.items() if plot.has_data(report)}
+    assert {"convergence", "scale", "per_class", "per_layer"} <= drawable
+    assert {path.stem for path in plots.iterdir()} == drawable
+    for name in drawable:
         assert (plots / f"{name}.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
