@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The one run command (README.md): set up if needed, then serve the API on the embedded
+# The one run command (README.md): set up if needed (a second when nothing changed: see
+# setup.sh), then serve the API on the embedded
 # default (SQLite + local artifacts under ${GIF_DATA_DIR:-./data} + in-process runner).
 set -euo pipefail
 cd "$(dirname "$0")/.."

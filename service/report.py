@@ -71,6 +71,10 @@ METRIC_DIRECTIONS: dict[str, dict[str, str | None]] = {
     metric: dict(zip(EDIT_KINDS, directions, strict=True)) for metric, *directions in _RULES
 }
 SET_ROLES = ("forget", "relabeled", "retain")  # any other set is an evaluation set
+# Edit kinds whose every metric is judged by closeness to retraining when a retrain reference
+# exists: a sample removal is as good as the retrained model it imitates (MATH.md E9, E10),
+# whichever way that moves a number.
+JUDGED_BY_RETRAINING = ("remove_samples",)
 
 
 def metric_rule_key(set_name: str | None, field: str) -> str:
@@ -85,6 +89,8 @@ def judge(kind: str | None, set_name: str | None, field: str, before: Any, after
           reference: Any = None) -> str:
     """``good``, ``bad`` or ``neutral``: does ``before → after`` serve an edit of ``kind``?"""
     direction = METRIC_DIRECTIONS.get(metric_rule_key(set_name, field), {}).get(kind or "")
+    if kind in JUDGED_BY_RETRAINING and _is_number(reference) and field != "count":
+        direction = RETRAIN
     if not (_is_number(before) and _is_number(after)) or direction is None or before == after:
         return "neutral"
     if direction == RETRAIN:
@@ -111,9 +117,10 @@ _GLANCE: dict[str, tuple[tuple[str | None, str], ...]] = {
 COLOUR_LEGEND = {
     "remove_class": "For a class removal, the removed class's accuracy falling is green; the "
                     "overall accuracy, which loses that class by design, is grey.",
-    "remove_samples": "For a sample removal, the forgotten points' accuracy is judged against "
-                      "retraining: grey unless a retrain job on the same request exists, then "
-                      "green when it moved closer to the retrained model's.",
+    "remove_samples": "For a sample removal, retraining is the reference: with a retrain job "
+                      "on the same request, a change is green when it moved closer to the "
+                      "retrained model's value; without one, the forgotten points' accuracy, "
+                      "loss and membership inference are grey.",
     "relabel": "For a relabel, accuracy on the corrected labels rising is green, and on the "
                "original labels (a backdoor's attack success) falling is green.",
 }

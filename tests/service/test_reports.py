@@ -512,14 +512,21 @@ def test_colours_of_a_sample_removal_without_and_with_a_retrain_reference():
         "score": "good", "retained_grad_norm": "good", "mia.efficacy": "neutral",
     }
     assert _page_verdicts(edit, SAMPLE_METRICS) == expected
-    # A retrained model kept 0.9 on the forgotten points and 0.2 MIA efficacy: 0.95 → 0.6
-    # moved away from it, 0.1 → 0.6 too; other rules do not change.
-    retrained = copy.deepcopy(SAMPLE_METRICS["after"])
+    # With a retrained model, every metric is judged by closeness to it. This one kept 0.9 on
+    # the forgotten points (0.95 → 0.6 moved away), had a forget loss of 0.6 (0.1 → 0.9 moved
+    # closer), 0.2 MIA efficacy (0.1 → 0.6: away), a retained accuracy of 0.88 (0.97 → 0.9:
+    # closer, though it fell) and a test accuracy of 0.9 (0.9 → 0.85: away).
+    retrained = copy.deepcopy(SAMPLE_METRICS["before"])
     retrained["forget"].update(accuracy=0.9, loss=0.6)
     retrained["mia"]["efficacy"] = 0.2
+    retrained["retain"]["accuracy"] = 0.88
     judged = _page_verdicts(edit, SAMPLE_METRICS, {"job_id": "job_r", "metrics": retrained})
-    assert judged == {**expected, "forget.accuracy": "bad", "forget.loss": "good",
-                      "mia.efficacy": "bad"}
+    assert judged == {
+        "forget.accuracy": "bad", "forget.loss": "good", "mia.efficacy": "bad",
+        "retain.accuracy": "good", "retain.loss": "bad",  # 0.08 → 0.3, retrained 0.08
+        "test.accuracy": "bad", "test.loss": "bad",
+        "score": "bad", "retained_grad_norm": "bad",  # both moved off the retrained value
+    }
 
 
 def test_colours_of_a_relabel():
