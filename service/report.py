@@ -27,6 +27,7 @@ import json
 import logging
 import math
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
@@ -171,9 +172,19 @@ def _shorten_lists(value: Any) -> Any:
     return value
 
 
-def _json(value: Any) -> str:
-    return json.dumps(_shorten_lists(value), indent=2, ensure_ascii=False, sort_keys=True,
-                      default=str)
+def _json(value: Any, depth: int = 0) -> str:
+    """Indented JSON whose lists of plain values stay on one line (index lists read as rows,
+    not one number per line); long lists are shortened first."""
+    if depth == 0:
+        value = _shorten_lists(value)
+    pad, inner = "  " * depth, "  " * (depth + 1)
+    if isinstance(value, dict) and value:
+        items = [f"{inner}{json.dumps(str(k), ensure_ascii=False)}: {_json(v, depth + 1)}"
+                 for k, v in sorted(value.items())]
+        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+    if isinstance(value, list) and any(isinstance(v, dict | list) for v in value):
+        return "[\n" + ",\n".join(f"{inner}{_json(v, depth + 1)}" for v in value) + f"\n{pad}]"
+    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 def _ordered_keys(*mappings: Mapping[str, Any]) -> list[str]:
@@ -306,8 +317,8 @@ def metric_tables(kind: str | None, before: Mapping[str, Any], after: Mapping[st
                             _lookup(reference, name, field))
                 for field in _SET_FIELDS if field in b or field in a]
         sets.append({"name": name, "rows": rows})
-    b_scalars, a_scalars = ({key: value for key, value in _scalars(metrics)
-                             if key.split(".")[0] not in set_names}
+    b_scalars, a_scalars = (dict(_scalars({k: v for k, v in metrics.items()
+                                           if k not in set_names}))
                             for metrics in (before, after))
     scalars, notes = [], []
     for key in _ordered_keys(b_scalars, a_scalars):
@@ -387,20 +398,16 @@ def _summary_rows(request: Mapping[str, Any], result: Mapping[str, Any],
 
 
 def _step_rows(step: Mapping[str, Any], scale: Any) -> list[dict[str, Any]]:
-    """Mode, the chosen α and its objective beside the unedited model's (``baseline``, α = 0);
+    """Mode, the chosen α and its objective, beside the unedited model's (``baseline``, α = 0);
     the curve itself is a figure."""
-    pairs: list[tuple[str, Any]] = []
-    chosen = [point for point in step.get("curve") or []
-              if isinstance(point, dict) and point.get("scale") == scale]
+    chosen = next((point for point in step.get("curve") or []
+                   if isinstance(point, dict) and point.get("scale") == scale), {})
+    pairs: list[tuple[str, Any]] = [("mode", step.get("mode")), ("chosen α", scale),
+                                    ("objective at chosen α", chosen.get("objective"))]
     for key, value in _scalars(step):
-        if key.startswith("baseline."):
-            key = f"unedited model: {key.removeprefix('baseline.')}"
-        pairs.append((key, value))
-    if scale is not None:
-        pairs.insert(1, ("chosen α", scale))
-    if chosen and "objective" in chosen[0]:
-        pairs.insert(2, ("objective at chosen α", chosen[0]["objective"]))
-    return _kv(pairs)
+        if key != "mode":
+            pairs.append((key.replace("baseline.", "unedited model: ", 1), value))
+    return _kv((key, value) for key, value in pairs if value is not None)
 
 
 def _figures(plots: Mapping[str, bytes | None]) -> list[dict[str, Any]]:
@@ -417,9 +424,8 @@ def _figures(plots: Mapping[str, bytes | None]) -> list[dict[str, Any]]:
 def _job_facts(job: Mapping[str, Any], models: Mapping[str, Mapping[str, Any]],
                ) -> list[dict[str, Any]]:
     request = job.get("request") or {}
-    pairs: list[tuple[str, Any]] = [("created", job.get("created_at")),
-                                    ("started", job.get("started_at")),
-                                    ("finished", job.get("finished_at"))]
+    pairs: list[tuple[str, Any]] = [(key, _timestamp(job.get(f"{key}_at")))
+                                    for key in ("created", "started", "finished")]
     pairs.append(("model", _model_label(models.get("source") or {"id": request.get("model_id")})))
     pairs.append(("train_dataset", request.get("train_dataset_id")))
     edited_id = (job.get("result") or {}).get("edited_model_id")
@@ -435,13 +441,26 @@ def _model_label(model: Mapping[str, Any]) -> str:
     return f"{name} ({', '.join(parts)})" if name else ", ".join(parts)
 
 
-def _duration(job: Mapping[str, Any]) -> str | None:
-    from datetime import datetime
-
+def _parse_time(value: Any) -> datetime | None:
     try:
-        started = datetime.fromisoformat(job["started_at"])
-        finished = datetime.fromisoformat(job["finished_at"])
-    except (KeyError, TypeError, ValueError):
+        return datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _timestamp(value: Any) -> Any:
+    """``2026-11-29 09:00:12 UTC`` for an ISO timestamp (the job JSON has the exact one)."""
+    moment = _parse_time(value)
+    if moment is None:
+        return value
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S") + (" UTC" if moment.tzinfo else "")
+
+
+def _duration(job: Mapping[str, Any]) -> str | None:
+    started, finished = _parse_time(job.get("started_at")), _parse_time(job.get("finished_at"))
+    if started is None or finished is None:
         return None
     return f"{(finished - started).total_seconds():.3g} s"
 

@@ -362,6 +362,28 @@ def test_templates_escape_every_value_by_default():
     assert "<i>" not in page and page.count("&lt;i&gt;x&lt;/i&gt;") >= 6
 
 
+def test_the_templates_ship_with_the_package_and_jinja2_is_declared():
+    import tomllib
+    from fnmatch import fnmatch
+
+    root = Path(__file__).resolve().parents[2]
+    config = tomllib.loads((root / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["service"]
+    templates = sorted((root / "service" / "templates").iterdir())
+    assert templates
+    for template in templates:
+        assert any(fnmatch(f"templates/{template.name}", p) for p in patterns), template.name
+    service_extra = config["project"]["optional-dependencies"]["service"]
+    assert any(re.match(r"jinja2\b", dependency, re.IGNORECASE) for dependency in service_extra)
+
+
+def test_long_index_lists_are_shortened_onto_one_line():
+    request = {"edit": {"kind": "remove_samples", "indices": list(range(1000))}}
+    page = render_report({"id": "job_l", "status": "queued", "request": request})
+    assert '"indices": [0, 1, 2, 3,'.replace('"', "&#34;") in page
+    assert "… 968 more" in page and ", 999" not in page
+
+
 def test_unfinished_jobs_show_status_progress_and_error_without_figures(served):
     failed = _report(served, "failed")
     assert failed.status_code == 200
