@@ -115,6 +115,16 @@ _GLANCE: dict[str, tuple[tuple[str | None, str], ...]] = {
                 ("eval", "accuracy"), (None, "score")),
 }
 
+# What the standard sets are, in words, in the "at a glance" table (other sets: their name).
+_GLANCE_SET_LABELS: dict[str, dict[str, str]] = {
+    "remove_class": {"forget": "removed class (training points)",
+                     "retain": "retained training points"},
+    "remove_samples": {"forget": "removed points", "retain": "retained training points"},
+    "relabel": {"forget": "edited points, original labels",
+                "relabeled": "edited points, corrected labels",
+                "retain": "retained training points"},
+}
+
 COLOUR_LEGEND = {
     "remove_class": "For a class removal, the removed class's accuracy falling is green; the "
                     "overall accuracy, which loses that class by design, is grey.",
@@ -264,7 +274,8 @@ def result_warnings(result: Mapping[str, Any]) -> list[dict[str, str]]:
 
 
 def describe_edit(edit: Mapping[str, Any], class_names: list[str] | None) -> str:
-    """``remove class 8 (Bag)``, ``remove samples: 120 training points``, ``relabel: …``."""
+    """``remove class 8 (Bag)``, ``remove 120 training points``, ``relabel 40 training
+    points``."""
     kind = edit.get("kind")
     if kind == "remove_class":
         removed = edit.get("class")
@@ -272,7 +283,8 @@ def describe_edit(edit: Mapping[str, Any], class_names: list[str] | None) -> str
                  and class_names[removed] != str(removed))
         return f"remove class {removed}" + (f" ({class_names[removed]})" if named else "")
     if kind in ("remove_samples", "relabel"):
-        return f"{_label(kind)} of {len(edit.get('indices') or [])} training points"
+        verb = "remove" if kind == "remove_samples" else "relabel"
+        return f"{verb} {len(edit.get('indices') or [])} training points"
     return str(kind or "unknown edit")
 
 
@@ -345,7 +357,9 @@ def glance_rows(kind: str | None, before: Mapping[str, Any], after: Mapping[str,
         if b is None and a is None:
             continue
         row = _metric_row(kind, name, field, b, a, _lookup(reference, name, field))
-        row["label"] = f"{name}: {_label(field)}" if name else _label(field)
+        if name:
+            described = _GLANCE_SET_LABELS.get(kind or "", {}).get(name, name)
+            row["label"] = f"{described}: {_label(field)}"
         rows.append(row)
     return rows
 

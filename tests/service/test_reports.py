@@ -326,6 +326,7 @@ def test_report_of_a_succeeded_job_has_every_section_and_inline_figures(served,
     assert "mia.method: <code>svc_true_class_confidence</code>" in page  # a name, not a score
     assert f"{result['scale']:.4g} (auto)" in page
     assert "remove class 3 · method gif · 12 s" in page  # the headline
+    assert "removed class (training points): accuracy" in page  # at a glance, in words
 
 
 def test_report_has_no_external_references(served, succeeded_report):
@@ -661,6 +662,8 @@ def test_class_names_of_built_in_data_reach_the_figures_and_the_headline():
     assert describe_edit({"kind": "remove_class", "class": 8}, class_names_for(fashion)) == (
         "remove class 8 (Bag)")
     assert describe_edit({"kind": "remove_class", "class": 8}, None) == "remove class 8"
+    assert describe_edit({"kind": "remove_samples", "indices": [1, 5]}, None) == (
+        "remove 2 training points")
     assert set(render_plots({"metrics": {"before": {}, "after": {}}})) == set()
 
 
