@@ -262,50 +262,35 @@ def plot_per_layer(result: dict) -> bytes:
     return _png(figure)
 
 
-def _training_x(history: list[dict]) -> tuple[str, list]:
-    """The x axis of a training history: its ``step``, else ``epoch``, else the entry index."""
-    for key in ("step", "epoch"):
-        if all(_is_number(entry.get(key)) for entry in history):
-            return key, [entry[key] for entry in history]
-    return "entry", list(range(1, len(history) + 1))
-
-
-def _has_loss_history(result: dict) -> bool:
-    history = _get(result, "training", "history")
-    return isinstance(history, list) and any(
-        isinstance(entry, dict) and any("loss" in key and _is_number(value)
-                                        for key, value in entry.items())
-        for entry in history)
+def _loss_points(result: dict) -> list[tuple[float, float]]:
+    """(step, loss) of ``training.loss_history`` (``gif.unlearning``: every step's loss, or
+    means over windows of steps on long runs), finite values only."""
+    history = _get(result, "training", "loss_history")
+    if not isinstance(history, list):
+        return []
+    return [(entry["step"], entry["loss"]) for entry in history
+            if isinstance(entry, dict) and _is_number(entry.get("step"))
+            and _is_number(entry.get("loss"))]
 
 
 @register_plot(
     "training",
-    "Training loss per step of the method's training loop (MATH.md E10).",
-    _has_loss_history,
+    "Training loss per step of the method's training loop (means over windows of steps on "
+    "long runs; MATH.md E10).",
+    lambda result: bool(_loss_points(result)),
 )
 def plot_training(result: dict) -> bytes:
-    """The loss curve(s) of a training method: every ``*loss*`` field of ``training.history``."""
-    history = [entry for entry in result["training"]["history"] if isinstance(entry, dict)]
-    x_name, xs = _training_x(history)
-    keys = [key for key in dict.fromkeys(k for entry in history for k in entry)
-            if "loss" in key]
+    """The loss curve of a training method (``training.loss_history``); log y when it spans
+    more than a factor of 20."""
+    steps, losses = zip(*_loss_points(result), strict=True)
     figure = Figure(figsize=(6, 4))
     axes = figure.add_subplot()
-    positive = True
-    for key in keys:
-        points = [(x, entry.get(key)) for x, entry in zip(xs, history, strict=True)
-                  if _is_number(entry.get(key))]
-        if points:
-            axes.plot(*zip(*points, strict=True), marker="." if len(points) < 60 else None,
-                      label=key.replace("_", " "))
-            positive = positive and all(v > 0 for _, v in points)
-    values = [entry[k] for entry in history for k in keys if _is_number(entry.get(k))]
-    if positive and values and max(values) > 20 * min(values):
+    axes.plot(steps, losses, marker="." if len(steps) < 60 else None, label="loss")
+    if min(losses) > 0 and max(losses) > 20 * min(losses):
         axes.set_yscale("log")
-    axes.set_xlabel(x_name)
-    axes.set_ylabel("loss")
-    method = result.get("method") or result["training"].get("method") or ""
-    axes.set_title(f"Training ({method})", parse_math=False)
+    axes.set_xlabel("step")
+    axes.set_ylabel("training loss")
+    method = result.get("method") or ""
+    axes.set_title(f"Training ({method})" if method else "Training", parse_math=False)
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize="small")
     return _png(figure)

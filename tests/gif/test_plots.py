@@ -54,8 +54,9 @@ RESULT = {
 # A training method's result (MATH.md E10): metrics and a training block, nothing of GIF's.
 TRAINING_RESULT = {
     "method": "salun",
-    "training": {"epochs": 1, "history": [{"step": s, "loss": 2.0 / s, "forget_loss": 0.5 * s}
-                                          for s in range(1, 30)]},
+    "training": {"recipe": {"optimizer": "sgd", "lr": 0.013}, "steps": 29, "epochs_done": 1.0,
+                 "stopped_by": "epochs", "epoch_losses": [0.8],
+                 "loss_history": [{"step": s, "loss": 2.0 / s} for s in range(1, 30)]},
     "metrics": RESULT["metrics"],
 }
 GIF_FIGURES = {"convergence", "scale", "per_class", "per_layer"}
