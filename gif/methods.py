@@ -113,6 +113,22 @@ def check_selection(selected: torch.Tensor, p: int) -> torch.Tensor:
     return unique
 
 
+def iterate_delta(method: str, x: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+    """The update ``Δ`` that a solver iterate ``x`` stands for: ``x_S`` for PIF (E5), else ``x``."""
+    return x[selected] if method == "pif" else x
+
+
+def _with_delta(callback: Callback | None, method: str, selected: torch.Tensor):
+    """``callback`` with ``info["delta"]`` added (None stays None: no per-iteration work)."""
+    if callback is None:
+        return None
+
+    def relay(info: dict):
+        return callback({**info, "delta": iterate_delta(method, info["x"], selected)})
+
+    return relay
+
+
 def solve_edit(
     method: str,
     hvp: HessianProduct,
@@ -128,6 +144,11 @@ def solve_edit(
     ``hvp`` applies ``H`` (``gif.hvp.make_hvp``), ``b`` is E1's right-hand side (length p) and
     ``selected`` the flat indices of ``S``. The update moves ``indices`` (all of θ for ``"if"``)
     by ``delta``.
+
+    ``callback(info)`` sees every iterate: besides the solver's keys (``iteration``,
+    ``residual``, ``normal_residual``, ``hvps``, ``max_iter``, ``x``) it gets ``info["delta"]``,
+    the update that iterate means (``x[S]`` for PIF, ``x`` otherwise; clone it to keep it).
+    Returning ``True`` stops the solve with ``stop_reason = "callback"``.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
@@ -142,13 +163,9 @@ def solve_edit(
         damp=solver_cfg.damping,
         tol=solver_cfg.tol,
         max_iter=solver_cfg.max_iter,
-        callback=callback,
+        callback=_with_delta(callback, method, selected),
         should_stop=should_stop,
     )
-    if method == "if":
-        indices, delta = torch.arange(p, device=b.device), result.x
-    elif method == "pif":
-        indices, delta = selected, result.x[selected]
-    else:
-        indices, delta = selected, result.x
+    indices = torch.arange(p, device=b.device) if method == "if" else selected
+    delta = iterate_delta(method, result.x, selected)
     return EditSolution(method=method, indices=indices, delta=delta, result=result)

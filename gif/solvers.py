@@ -26,7 +26,11 @@ import torch
 
 from gif.errors import Cancelled, NonFinite, SolverDiverged
 
-Callback = Callable[[dict], None]
+Callback = Callable[[dict], "bool | None"]
+"""``callback(info)`` once per iteration; returning ``True`` stops the solve (``"callback"``).
+
+``info`` holds ``iteration``, ``residual``, ``normal_residual``, ``hvps``, ``max_iter`` and ``x``,
+the current iterate: a tensor the solver owns, so a consumer that keeps it must clone it."""
 ShouldStop = Callable[[], bool]
 
 
@@ -135,8 +139,13 @@ class _Monitor:
                 details={"iteration": iteration, "hvps": self.hvps()},
             )
 
-    def record(self, iteration: int, residual: float, normal_residual: float) -> bool:
-        """Log one iteration, tell the callback; True when the convergence test passes."""
+    def record(
+        self, iteration: int, residual: float, normal_residual: float, x: torch.Tensor
+    ) -> str | None:
+        """Log one iteration and show the callback the iterate ``x``; the stop reason, if any.
+
+        A tolerance met wins over a callback asking to stop (the solve converged either way).
+        """
         row = {
             "iteration": iteration,
             "residual": residual,
@@ -145,14 +154,15 @@ class _Monitor:
             "seconds": time.perf_counter() - self.start,
         }
         self.history.append(row)
+        wants_stop = False
         if self.callback is not None:
-            self.callback(
-                {
-                    **{k: row[k] for k in ("iteration", "residual", "normal_residual", "hvps")},
-                    "max_iter": self.max_iter,
-                }
-            )
-        return normal_residual <= self.tol or residual <= self.tol
+            info = {k: row[k] for k in ("iteration", "residual", "normal_residual", "hvps")}
+            wants_stop = self.callback({**info, "max_iter": self.max_iter, "x": x}) is True
+        if normal_residual <= self.tol:
+            return "tol_normal_residual"
+        if residual <= self.tol:
+            return "tol_residual"
+        return "callback" if wants_stop else None
 
     def result(self, x, iteration, residual, normal_residual, converged, reason, **extra):
         return SolveResult(
@@ -271,8 +281,10 @@ def lsqr(
         residual = _relative(_norm(Ax - rhs), monitor.rhs_norm)
         normal_residual = _relative(_norm(AtAx - At_rhs + damp2 * x), At_rhs_norm)
         _require_finite("lsqr", residual, normal_residual)
-        if monitor.record(iteration, residual, normal_residual):
-            return monitor.result(x, iteration, residual, normal_residual, True, "tol")
+        reason = monitor.record(iteration, residual, normal_residual, x)
+        if reason is not None:
+            converged = reason != "callback"
+            return monitor.result(x, iteration, residual, normal_residual, converged, reason)
         if alpha_next == 0.0 or beta_next == 0.0:
             # The Krylov space is exhausted: x is the exact (damped) least-squares solution.
             return monitor.result(x, iteration, residual, normal_residual, True, "exact")
@@ -325,8 +337,10 @@ def cgls(
         residual = _relative(_norm(r), monitor.rhs_norm)
         normal_residual = _relative(math.sqrt(gamma_next), At_rhs_norm)
         _require_finite("cg", residual, normal_residual)
-        if monitor.record(iteration, residual, normal_residual):
-            return monitor.result(x, iteration, residual, normal_residual, True, "tol")
+        reason = monitor.record(iteration, residual, normal_residual, x)
+        if reason is not None:
+            converged = reason != "callback"
+            return monitor.result(x, iteration, residual, normal_residual, converged, reason)
         p = s + (gamma_next / gamma) * p
         gamma = gamma_next
     return monitor.result(x, max_iter, residual, normal_residual, False, "max_iter")
@@ -437,8 +451,12 @@ def neumann(
                 },
             )
         previous, best = normal_residual, min(best, normal_residual)
-        if monitor.record(iteration, residual, normal_residual):
-            return monitor.result(x, iteration, residual, normal_residual, True, "tol", **extra)
+        reason = monitor.record(iteration, residual, normal_residual, x)
+        if reason is not None:
+            converged = reason != "callback"
+            return monitor.result(
+                x, iteration, residual, normal_residual, converged, reason, **extra
+            )
     return monitor.result(x, max_iter, residual, normal_residual, False, "max_iter", **extra)
 
 

@@ -206,6 +206,28 @@ def test_cancel_and_progress_reach_the_solver():
     assert hvp.calls == 1 + 2 * 2
 
 
+@pytest.mark.parametrize("method", ["gif", "fif", "pif", "if"])
+def test_callback_gets_each_iterate_as_the_methods_update(method):
+    model, x, y, b, selected = _removal_problem("mlp")
+    hvp = make_hvp(model, x, y)
+    seen = []
+
+    def keep(info):
+        seen.append((info["x"].clone(), info["delta"].clone()))
+        return len(seen) == 3
+
+    stopped = solve_edit(method, hvp, b, selected, solver_cfg=EXACT, callback=keep)
+    assert stopped.result.stop_reason == "callback" and stopped.result.iterations == 3
+    iterate, delta = seen[-1]
+    assert torch.equal(delta, stopped.delta)
+    assert torch.equal(delta, iterate[selected] if method == "pif" else iterate)
+    expected_size = b.numel() if method == "if" else selected.numel()
+    assert delta.numel() == stopped.indices.numel() == expected_size
+    # The third iterate of a stopped solve is the answer of a solve capped at three iterations.
+    capped = solve_edit(method, hvp, b, selected, solver_cfg=Solver(tol=1e-12, max_iter=3))
+    assert relative_error(stopped.delta, capped.delta) < 1e-12
+
+
 def test_empty_selection_is_an_invalid_request():
     model, x, y, b, _ = _removal_problem("mlp")
     with pytest.raises(InvalidRequest) as caught:

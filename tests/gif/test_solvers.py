@@ -239,9 +239,46 @@ def test_to_dict_is_json_and_omits_the_solution():
     assert "x" not in summary
     assert summary["iterations"] == result.iterations
     assert summary["hvps"] == result.hvps
-    assert summary["stop_reason"] == "tol"
+    assert summary["stop_reason"] == "tol_normal_residual"
     assert len(summary["history"]) == result.iterations
     assert summary["sigma"] == pytest.approx(result.extra["sigma"])
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_callback_sees_each_iterate_and_can_stop_the_solve(algorithm):
+    matrix = _matrix(30, 10, condition=1e3, seed=17)
+    rhs = _rhs(matrix, consistent=False, seed=17)
+    operator = LinearOperator.from_matrix(matrix)
+    seen = []
+
+    def keep(info):
+        seen.append({**info, "x": info["x"].clone()})
+        return info["iteration"] == 5
+
+    result = solve(algorithm, operator, rhs, tol=1e-12, max_iter=1000, callback=keep)
+    assert result.stop_reason == "callback" and not result.converged
+    assert result.iterations == 5 and len(seen) == 5
+    assert set(seen[0]) >= {"iteration", "residual", "normal_residual", "hvps", "max_iter", "x"}
+    for info in seen:  # each iterate is the one whose residual the row reports
+        misfit = matrix @ info["x"] - rhs
+        assert info["residual"] == pytest.approx(float(misfit.norm() / rhs.norm()), rel=1e-8)
+    assert torch.equal(seen[-1]["x"], result.x)
+    assert result.hvps == operator.hvps  # nothing computed after the callback said stop
+
+
+def test_a_callback_returning_none_or_false_does_not_stop():
+    matrix = _matrix(30, 10, condition=10.0, seed=18)
+    rhs = _rhs(matrix, consistent=False, seed=18)
+    calls = []
+    result = lsqr(
+        LinearOperator.from_matrix(matrix),
+        rhs,
+        tol=1e-8,
+        max_iter=1000,
+        callback=lambda info: calls.append(1) or (False if len(calls) % 2 else None),
+    )
+    assert result.converged and result.stop_reason.startswith("tol_")
+    assert len(calls) == result.iterations > 2
 
 
 def test_bad_arguments_are_rejected():
