@@ -29,8 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, jvp
 
-from gif.errors import NonFinite
+from gif.errors import Cancelled, NonFinite
 from gif.params import ParamSpace
+
+ShouldStop = Callable[[], bool]
+"""Polled between micro-batches; ``True`` raises ``gif.errors.Cancelled``."""
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``loss(outputs, targets) -> scalar``: the mean of the per-example loss over the batch."""
@@ -133,6 +136,15 @@ class FlatLoss:
         return self.loss_fn(outputs, y)
 
 
+def check_cancel(should_stop: ShouldStop | None, what: str, done: int, total: int) -> None:
+    """Raise ``Cancelled`` when the caller asked to stop (between two micro-batches)."""
+    if should_stop is not None and should_stop():
+        raise Cancelled(
+            f"cancelled during {what} after {done} of {total} micro-batches",
+            details={"phase": what, "micro_batches_done": done, "micro_batches": total},
+        )
+
+
 def check_finite(name: str, value: torch.Tensor) -> torch.Tensor:
     """Raise ``NonFinite`` when ``value`` holds a NaN or Inf (it would poison the whole solve)."""
     if not bool(torch.isfinite(value).all()):
@@ -148,11 +160,13 @@ def mean_loss_grad(
     loss: str | LossFn = "cross_entropy",
     batch_size: int = 256,
     params: torch.Tensor | Mapping[str, torch.Tensor] | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> torch.Tensor:
     """Flat ``∇_θ mean_{(x,y)} L(θ)`` (the gradient in E1's right-hand sides).
 
     Accumulated over micro-batches weighted by their size, so memory is bounded by ``batch_size``.
     ``params`` (flat vector or ``name -> tensor``) evaluates at other parameters than the model's.
+    ``should_stop`` is polled before every micro-batch (``Cancelled``).
     """
     flat_loss = FlatLoss.from_model(model, loss)
     theta = _as_flat(flat_loss, params)
@@ -160,7 +174,8 @@ def mean_loss_grad(
     grad_fn = grad(flat_loss)
     total = torch.zeros_like(theta)
     with eval_mode(model), torch.no_grad():
-        for batch in batches:
+        for done, batch in enumerate(batches):
+            check_cancel(should_stop, "the loss gradient", done, len(batches))
             total.add_(grad_fn(theta, batch.x, batch.y), alpha=batch.weight)
     return check_finite("the loss gradient", total)
 
@@ -221,6 +236,7 @@ def make_hvp(
     batch_size: int = 256,
     mode: str = "auto",
     memory_budget_bytes: int | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> HVP:
     """The HVP of E6 for the mean loss over all of (x, y) at the model's current parameters.
 
@@ -228,7 +244,9 @@ def make_hvp(
     once and retained), or ``"auto"``: double backward when its retained graphs fit
     ``memory_budget_bytes`` (default: half the free memory of the parameters' device), else jvp.
     Everything reusable (the functional loss, θ, the micro-batches on the device) is built here,
-    once per solve, not once per product.
+    once per solve, not once per product. ``should_stop`` is polled before every micro-batch,
+    of the graph build and of each jvp product (``Cancelled``), so a cancelled job stops
+    within one micro-batch even when one HVP runs over many of them.
     """
     if mode not in ("auto", "jvp", "double_backward"):
         raise ValueError(f"unknown HVP mode {mode!r}; choose auto, jvp or double_backward")
@@ -236,16 +254,18 @@ def make_hvp(
     theta = flat_loss.theta
     batches = micro_batches(x, y, batch_size, device=theta.device, dtype=theta.dtype)
     if mode == "jvp":
-        return _jvp_hvp(flat_loss, batches)
+        return _jvp_hvp(flat_loss, batches, should_stop)
     budget = (
         default_memory_budget(theta.device) if memory_budget_bytes is None else memory_budget_bytes
     )
     limit = budget if mode == "auto" else None
-    built = _double_backward_hvp(flat_loss, batches, memory_limit=limit)
-    return built if built is not None else _jvp_hvp(flat_loss, batches)
+    built = _double_backward_hvp(flat_loss, batches, memory_limit=limit, should_stop=should_stop)
+    return built if built is not None else _jvp_hvp(flat_loss, batches, should_stop)
 
 
-def _jvp_hvp(flat_loss: FlatLoss, batches: list[MicroBatch]) -> HVP:
+def _jvp_hvp(
+    flat_loss: FlatLoss, batches: list[MicroBatch], should_stop: ShouldStop | None = None
+) -> HVP:
     """Forward-over-reverse (E6): ``H v = Σ_b w_b · d/dt ∇L_b(θ + t v)``, batch by batch."""
     grad_fn = grad(flat_loss)
     theta, model = flat_loss.theta, flat_loss.model
@@ -253,7 +273,8 @@ def _jvp_hvp(flat_loss: FlatLoss, batches: list[MicroBatch]) -> HVP:
     def apply(vector: torch.Tensor) -> torch.Tensor:
         total = torch.zeros_like(theta)
         with eval_mode(model), torch.no_grad():
-            for batch in batches:
+            for done, batch in enumerate(batches):
+                check_cancel(should_stop, "a Hessian-vector product", done, len(batches))
                 _, tangent = jvp(lambda t, b=batch: grad_fn(t, b.x, b.y), (theta,), (vector,))
                 total.add_(tangent, alpha=batch.weight)
         return total
@@ -269,7 +290,11 @@ def _jvp_hvp(flat_loss: FlatLoss, batches: list[MicroBatch]) -> HVP:
 
 
 def _double_backward_hvp(
-    flat_loss: FlatLoss, batches: list[MicroBatch], *, memory_limit: int | None
+    flat_loss: FlatLoss,
+    batches: list[MicroBatch],
+    *,
+    memory_limit: int | None,
+    should_stop: ShouldStop | None = None,
 ) -> HVP | None:
     """Double backward (E6): build ``g = Σ_b w_b ∇L_b`` with ``create_graph=True`` once, then
     ``H v = ∂(g·v)/∂θ`` per product with the graph retained.
@@ -283,6 +308,7 @@ def _double_backward_hvp(
     graph_bytes = 0
     with eval_mode(model), torch.enable_grad():
         for position, batch in enumerate(batches):
+            check_cancel(should_stop, "the Hessian's gradient graph", position, len(batches))
             with _measure_graph_bytes(theta.device) as measured:
                 loss = flat_loss(theta, batch.x, batch.y) * batch.weight
                 (batch_grad,) = torch.autograd.grad(loss, theta, create_graph=True)

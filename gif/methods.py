@@ -12,7 +12,8 @@ pif    ``H``       (p × p)          ``−b``, then keep ``S``          ``S``   
 ====== ============================ ================================ ==================
 
 Each operator's product and transposed product cost one HVP each (E6), so one iteration of
-LSQR / CG / the Neumann series costs two HVPs whichever method is used.
+LSQR / CG / the Neumann series costs two HVPs whichever method is used. The square operators
+(FIF, IF, PIF) are symmetric, so MINRES (E8) solves them with one HVP per iteration.
 """
 
 from __future__ import annotations
@@ -25,7 +26,15 @@ import torch
 from gif.errors import InvalidRequest
 from gif.params import scatter
 from gif.request import Solver
-from gif.solvers import Callback, LinearOperator, ShouldStop, SolveResult, solve
+from gif.solvers import (
+    ESTIMATES_CONDITION,
+    SYMMETRIC_ONLY,
+    Callback,
+    LinearOperator,
+    ShouldStop,
+    SolveResult,
+    solve,
+)
 
 METHODS = ("gif", "fif", "pif", "if")
 
@@ -75,11 +84,10 @@ def method_operator(
         def principal_block(v: torch.Tensor) -> torch.Tensor:
             return hvp(scatter(v, selected, p))[selected]
 
-        return LinearOperator(
-            (selected.numel(), selected.numel()), principal_block, principal_block
-        )
+        k = selected.numel()
+        return LinearOperator((k, k), principal_block, principal_block, symmetric=True)
     if method in ("if", "pif"):
-        return LinearOperator((p, p), hvp, hvp)
+        return LinearOperator((p, p), hvp, hvp, symmetric=True)
     raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
 
 
@@ -129,6 +137,47 @@ def _with_delta(callback: Callback | None, method: str, selected: torch.Tensor):
     return relay
 
 
+def check_solver(method: str, solver_cfg: Solver) -> None:
+    """``InvalidRequest`` (naming the field) when ``solver_cfg`` cannot solve ``method``'s system.
+
+    MINRES needs a symmetric operator: FIF's ``H[S,S]`` or IF/PIF's ``H``, not GIF's rectangular
+    ``H[:,S]``; and it solves the undamped system (a damped solve is LSQR's). Cheap and free of
+    torch work, so a caller may run it before anything else.
+    """
+    if solver_cfg.algorithm not in SYMMETRIC_ONLY:
+        return
+    if method == "gif":
+        raise InvalidRequest(
+            f"solver.algorithm {solver_cfg.algorithm!r} needs a symmetric system, and GIF's "
+            f"operator H[:,S] is rectangular (MATH.md E3, E6): use lsqr (or cg, neumann) for "
+            f"gif, or {solver_cfg.algorithm} with method fif, pif or if",
+            loc=("solver", "algorithm"),
+        )
+    if solver_cfg.damping > 0:
+        raise InvalidRequest(
+            f"solver.algorithm {solver_cfg.algorithm!r} solves the undamped system: set "
+            f"solver.damping to 0, or use lsqr for a damped solve",
+            loc=("solver", "damping"),
+        )
+
+
+def solver_options(solver_cfg: Solver) -> dict:
+    """The keyword arguments of ``gif.solvers.solve`` that ``solver_cfg`` stands for.
+
+    ``solver.damping`` is relative (``relative_damp``): ``λ = damping · ‖Aᵀr‖/‖r‖``, so a damped
+    GIF is still invariant to scaling the loss (E3, Prop. 1 i).
+    """
+    options = {
+        "relative_damp": solver_cfg.damping,
+        "tol": solver_cfg.tol,
+        "max_iter": solver_cfg.max_iter,
+        "stagnation_window": solver_cfg.stagnation_window,
+    }
+    if solver_cfg.algorithm in ESTIMATES_CONDITION:
+        options["conlim"] = solver_cfg.conlim
+    return options
+
+
 def solve_edit(
     method: str,
     hvp: HessianProduct,
@@ -138,12 +187,15 @@ def solve_edit(
     solver_cfg: Solver,
     callback: Callback | None = None,
     should_stop: ShouldStop | None = None,
+    seed: int | None = None,
 ) -> EditSolution:
     """Solve one edit (E2–E5) with the solver of ``solver_cfg`` (E7/E8), damping included.
 
     ``hvp`` applies ``H`` (``gif.hvp.make_hvp``), ``b`` is E1's right-hand side (length p) and
     ``selected`` the flat indices of ``S``. The update moves ``indices`` (all of θ for ``"if"``)
-    by ``delta``.
+    by ``delta``. ``seed`` (the job's seed) draws the start of Neumann's power iteration; the
+    other algorithms are deterministic. A zero ``b`` is solved by ``delta = 0`` at once
+    (``stop_reason = "zero_rhs"``, no HVP).
 
     ``callback(info)`` sees every iterate: besides the solver's keys (``iteration``,
     ``residual``, ``normal_residual``, ``hvps``, ``max_iter``, ``x``) it gets ``info["delta"]``,
@@ -152,6 +204,7 @@ def solve_edit(
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    check_solver(method, solver_cfg)
     b = b.reshape(-1)
     p = b.numel()
     selected = check_selection(selected, p).to(b.device)
@@ -160,11 +213,10 @@ def solve_edit(
         solver_cfg.algorithm,
         operator,
         method_rhs(method, b, selected),
-        damp=solver_cfg.damping,
-        tol=solver_cfg.tol,
-        max_iter=solver_cfg.max_iter,
+        seed=seed,
         callback=_with_delta(callback, method, selected),
         should_stop=should_stop,
+        **solver_options(solver_cfg),
     )
     indices = torch.arange(p, device=b.device) if method == "if" else selected
     delta = iterate_delta(method, result.x, selected)

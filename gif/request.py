@@ -88,10 +88,36 @@ class Selection(_Strict):
 class Solver(_Strict):
     """The inverse-HVP solve (MATH.md E7, E8)."""
 
-    algorithm: Literal["lsqr", "neumann", "cg"] = "lsqr"
+    algorithm: Literal["lsqr", "neumann", "cg", "minres"] = Field(
+        "lsqr",
+        description="lsqr (E8, any method); cg (CG on the normal equations); neumann (the "
+                    "paper's series, E7); minres (E8: one HVP per iteration, for the symmetric "
+                    "systems of fif, pif and if only, undamped).",
+    )
     max_iter: int = Field(100, ge=1, le=10_000)
-    tol: float = Field(1e-4, gt=0.0, lt=1.0)
-    damping: float = Field(0.0, ge=0.0)
+    tol: float = Field(
+        1e-4, gt=0.0, lt=1.0,
+        description="Stop when the relative residual or normal-equation residual is <= tol.",
+    )
+    damping: float = Field(
+        0.0, ge=0.0, le=1e6,
+        description="Tikhonov damping relative to the operator's scale (MATH.md E8): the solve "
+                    "minimises ||A d - r||^2 + lambda^2 ||d||^2 with lambda = damping * "
+                    "||A^T r|| / ||r|| (A = H[:,S] for gif), which scales with the loss, so a "
+                    "damped GIF stays invariant to scaling the loss (E3). The lambda used is "
+                    "reported as result.solver.damp.",
+    )
+    conlim: float = Field(
+        1e8, ge=0.0,
+        description="Stop (stop_reason condition_limit) when the solver's estimate of the "
+                    "condition number passes this (lsqr, minres; scipy's default). 0: no limit.",
+    )
+    stagnation_window: int = Field(
+        5, ge=0, le=1000,
+        description="Stop (stop_reason stagnation) when neither residual has fallen by more "
+                    "than the working precision allows (float32 about 1e-6 relative) over this "
+                    "many iterations. 0: never (run to tol or max_iter).",
+    )
     hessian_samples: int | None = Field(1024, ge=1, description="Retained points in H; null: all.")
     edit_samples: int | None = Field(1024, ge=1, description="Edited points in b; null: all.")
     batch_size: int = Field(256, ge=1, le=65_536, description="Micro-batch size of each HVP.")

@@ -41,21 +41,25 @@ def solve_update(request: EditRequest, model: nn.Module, space, indices: torch.T
            data: EditData, plan: IndexPlan, reporter: Reporter):
     """E1 right-hand side on ``U`` and the E2–E5 solve with ``H`` of the Hessian sample."""
     from gif.hvp import make_hvp, mean_loss_grad
-    from gif.methods import relabel_rhs, removal_rhs, solve_edit
+    from gif.methods import check_solver, relabel_rhs, removal_rhs, solve_edit
 
-    batch_size = request.solver.batch_size
+    check_solver(request.method, request.solver)  # before any gradient work
+    batch_size, should_stop = request.solver.batch_size, reporter.should_stop
     m, n = len(plan.edited), plan.num_train
-    grad_old = mean_loss_grad(model, data.u_x, data.u_y, batch_size=batch_size)
+    grad_old = mean_loss_grad(model, data.u_x, data.u_y, batch_size=batch_size,
+                              should_stop=should_stop)
     if data.u_new_y is None:
         b = removal_rhs(grad_old, m, n)
     else:
-        grad_new = mean_loss_grad(model, data.u_x, data.u_new_y, batch_size=batch_size)
+        grad_new = mean_loss_grad(model, data.u_x, data.u_new_y, batch_size=batch_size,
+                                  should_stop=should_stop)
         b = relabel_rhs(grad_new, grad_old, m, n)
     b_norm = float(torch.linalg.vector_norm(b))
-    if b_norm == 0.0:
-        raise NonFinite("the edit's right-hand side is exactly zero: the edited points carry "
-                        "no gradient, so there is nothing to solve")
-    hvp = make_hvp(model, data.h_x, data.h_y, batch_size=batch_size)
+    # b = 0 exactly (e.g. every edited point is fitted with a saturated softmax, whose gradient
+    # underflows to 0) is no error: Δ = 0 solves it, and the solver returns that at once
+    # (stop_reason "zero_rhs", no HVP). The edit goes on with a zero update.
+    # warning: the caller adds a result warning for a zero right-hand side here.
+    hvp = make_hvp(model, data.h_x, data.h_y, batch_size=batch_size, should_stop=should_stop)
     max_iter = request.solver.max_iter
 
     def on_iteration(info: dict) -> None:
@@ -64,7 +68,7 @@ def solve_update(request: EditRequest, model: nn.Module, space, indices: torch.T
 
     solution = solve_edit(request.method, hvp, b, indices.to(b.device),
                           solver_cfg=request.solver, callback=on_iteration,
-                          should_stop=reporter.should_stop)
+                          should_stop=should_stop, seed=request.seed)
     if not bool(torch.isfinite(solution.delta).all()):
         raise NonFinite("the solver returned a non-finite update")
     return solution, b_norm

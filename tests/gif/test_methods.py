@@ -12,9 +12,10 @@ import torch.nn.functional as F
 
 from gif.errors import Cancelled, InvalidRequest
 from gif.hvp import make_hvp, mean_loss_grad
-from gif.methods import relabel_rhs, removal_rhs, solve_edit
+from gif.methods import method_operator, relabel_rhs, removal_rhs, solve_edit
 from gif.params import ParamSpace, apply_update
 from gif.request import Solver
+from gif.solvers import solve
 from tests.gif.helpers import (
     DTYPE,
     classification_data,
@@ -87,22 +88,64 @@ def test_gif_minimises_the_full_linearised_gradient():
         assert norm(gif) < norm(gif + nudge)
 
 
-@pytest.mark.parametrize("method", ["gif", "fif", "if"])
-def test_damping_gives_the_tikhonov_solution(method):
-    model, x, y, b, selected = _removal_problem("mlp")
-    hessian = dense_hessian(model, x, y)
+def _dense_system(method: str, hessian: torch.Tensor, b: torch.Tensor, selected: torch.Tensor):
+    """The (matrix, rhs) of ``min ‖matrix Δ − rhs‖`` for each method, formed densely."""
     if method == "gif":
-        matrix, rhs = hessian[:, selected], -b
-    elif method == "fif":
-        matrix, rhs = hessian[selected][:, selected], -b[selected]
-    else:
-        matrix, rhs = hessian, -b
-    damp = 0.05
-    normal = matrix.T @ matrix + damp**2 * torch.eye(matrix.shape[1], dtype=DTYPE)
-    expected = torch.linalg.solve(normal, matrix.T @ rhs)
-    config = Solver(algorithm="lsqr", tol=1e-12, max_iter=3000, damping=damp)
+        return hessian[:, selected], -b
+    if method == "fif":
+        return hessian[selected][:, selected], -b[selected]
+    return hessian, -b
+
+
+def _tikhonov(matrix: torch.Tensor, rhs: torch.Tensor, lam: float) -> torch.Tensor:
+    normal = matrix.T @ matrix + lam**2 * torch.eye(matrix.shape[1], dtype=DTYPE)
+    return torch.linalg.solve(normal, matrix.T @ rhs)
+
+
+@pytest.mark.parametrize(("algorithm", "damping"), [("lsqr", 0.05), ("cg", 0.05), ("neumann", 0.3)])
+@pytest.mark.parametrize("method", ["gif", "fif", "if"])
+def test_damping_gives_the_tikhonov_solution_at_the_effective_lambda(method, algorithm, damping):
+    """solver.damping is relative: λ = damping · ‖Aᵀr‖/‖r‖ (E8), and the solve is E8's damped one.
+
+    (The Neumann series gets a larger damping: its iterations grow like 1/λ².)"""
+    model, x, y, b, selected = _removal_problem("mlp")
+    matrix, rhs = _dense_system(method, dense_hessian(model, x, y), b, selected)
+    lam = damping * float((matrix.T @ rhs).norm() / rhs.norm())
+    expected = _tikhonov(matrix, rhs, lam)
+    config = Solver(algorithm=algorithm, tol=1e-11, max_iter=10_000, damping=damping)
     solution = solve_edit(method, make_hvp(model, x, y), b, selected, solver_cfg=config)
+    assert solution.result.converged
+    assert solution.result.extra["damp"] == pytest.approx(lam, rel=1e-10)
     assert relative_error(solution.delta, expected) <= 1e-6
+    assert relative_error(solution.delta, _tikhonov(matrix, rhs, damping)) > 1e-3  # not absolute
+
+
+@pytest.mark.parametrize("damping", [0.0, 1e-3, 1e-2])
+@pytest.mark.parametrize("scale", [10.0, 1e-3])
+def test_damped_gif_is_invariant_to_scaling_the_loss(scale, damping):
+    """Prop. 1 i with damping: scaling the loss by c scales A and r by c, and λ with them."""
+    model, x, y, _, selected = _removal_problem("cnn_batchnorm")
+    forget_x, forget_y = classification_data(8, (1, 6, 6), seed=9)
+    config = Solver(algorithm="lsqr", tol=1e-12, max_iter=3000, damping=damping)
+    solutions = []
+    for c in (1.0, scale):
+
+        def loss(out, target, c=c):
+            return c * F.cross_entropy(out, target)
+
+        b = removal_rhs(mean_loss_grad(model, forget_x, forget_y, loss=loss), 8, 40)
+        hvp = make_hvp(model, x, y, loss=loss)
+        solutions.append((b, hvp, solve_edit("gif", hvp, b, selected, solver_cfg=config)))
+    (_, _, plain), (b_scaled, hvp_scaled, scaled) = solutions
+    assert relative_error(scaled.delta, plain.delta) <= 1e-6
+    assert scaled.result.extra["damp"] == pytest.approx(scale * plain.result.extra["damp"])
+    if damping > 0:  # the same λ, absolute, on the scaled problem: what the test guards against
+        operator = method_operator("gif", hvp_scaled, selected, b_scaled.numel())
+        absolute = solve(
+            "lsqr", operator, -b_scaled, damp=plain.result.extra["damp"], tol=1e-12,
+            max_iter=3000,
+        )
+        assert relative_error(absolute.x, plain.delta) > 1e-5
 
 
 def test_lsqr_and_neumann_reach_the_same_gif_update():
