@@ -67,7 +67,11 @@ PRECISION_ULPS = 8
 """A relative residual that falls by less than ``PRECISION_ULPS · eps`` is rounding, not progress
 (float32: 9.5e-7, MATH.md E8's "about 1e-6"; float64: 1.8e-15)."""
 STAGNATION_WINDOW = 5
-"""Iterations without a fall beyond the working precision before ``stagnation`` (0: never)."""
+"""Iterations without progress beyond the working precision before ``stagnation`` (0: never)."""
+STAGNATION_FRACTION = 0.1
+"""...or this fraction of the iterations it took to reach the last progress, if that is longer: a
+slow series (Neumann) whose geometric decrease per iteration is below its rounding noise still
+sets a new low every few dozen iterations, and must not be called stagnant for it."""
 PLATEAU = 2.0
 """A stagnating residual stays within this factor of its best; beyond it, it is rising (for the
 Neumann series: possibly diverging), not flat."""
@@ -183,6 +187,7 @@ class _Monitor:
         should_stop,
         stagnation_window=STAGNATION_WINDOW,
         conlim=0.0,
+        damped=False,
     ):
         if not 0 < tol < 1:
             raise ValueError(f"tol must be in (0, 1), got {tol}")
@@ -202,6 +207,7 @@ class _Monitor:
         self.should_stop = should_stop
         self.stagnation_window = stagnation_window
         self.conlim = conlim
+        self.damped = damped
         self.precision = PRECISION_ULPS * torch.finfo(rhs.dtype).eps
         self.start = time.perf_counter()
         self.hvps_at_start = A.hvps
@@ -241,11 +247,7 @@ class _Monitor:
             "seconds": time.perf_counter() - self.start,
         }
         self.history.append(row)
-        anchor = self.anchor
-        if (
-            anchor.residual - residual > self.precision
-            or anchor.normal_residual - normal_residual > self.precision
-        ):
+        if self.progressed(residual, normal_residual):
             self.anchor = _Anchor(iteration, residual, normal_residual, x)
         wants_stop = False
         if self.callback is not None:
@@ -263,13 +265,32 @@ class _Monitor:
             return "stagnation"
         return None
 
-    def stagnated(self) -> bool:
-        """A plateau (E8): for ``stagnation_window`` iterations no iterate lowered either residual
-        by more than the working precision below the anchor's, and the latest values are still
-        near the anchor's (flat, not rising: a rising Neumann series may be diverging)."""
-        window, anchor, latest = self.stagnation_window, self.anchor, self.history[-1]
+    def progressed(self, residual: float, normal_residual: float) -> bool:
+        """Real progress over the anchor: a residual fell by more than the working precision
+        allows (relative, ``PRECISION_ULPS · eps``), and the residual did not rise beyond it.
+
+        Undamped, ``‖Ax − r‖`` never rises in exact arithmetic for any of these solvers, so an
+        iterate whose residual rose was moved by rounding (MINRES's jumps along near-null
+        directions of a singular ``A`` in float32) and is no new anchor, whatever its normal
+        residual does. With damping the undamped residual may rise, so that guard is off.
+        """
+        anchor, precision = self.anchor, self.precision
+        if not self.damped and residual > anchor.residual * (1 + precision):
+            return False
         return (
-            window > 0
+            anchor.residual - residual > precision * anchor.residual
+            or anchor.normal_residual - normal_residual > precision * anchor.normal_residual
+        )
+
+    def stagnated(self) -> bool:
+        """A plateau (E8): for ``stagnation_window`` iterations (or ``STAGNATION_FRACTION`` of the
+        anchor's iteration count, if more) no iterate made progress over the anchor
+        (``progressed``), and the latest values are still near the anchor's (flat, not rising: a
+        rising Neumann series may be diverging)."""
+        anchor, latest = self.anchor, self.history[-1]
+        window = max(self.stagnation_window, math.ceil(STAGNATION_FRACTION * anchor.iteration))
+        return (
+            self.stagnation_window > 0
             and latest["iteration"] - anchor.iteration >= window
             and latest["residual"] <= PLATEAU * anchor.residual
             and latest["normal_residual"] <= PLATEAU * anchor.normal_residual
@@ -371,7 +392,7 @@ def lsqr(
     _check_damping(damp, relative_damp)
     monitor = _Monitor(
         "lsqr", A, rhs, tol=tol, max_iter=max_iter, callback=callback, should_stop=should_stop,
-        stagnation_window=stagnation_window, conlim=conlim,
+        stagnation_window=stagnation_window, conlim=conlim, damped=damp > 0 or relative_damp > 0,
     )
     n = A.shape[1]
     x = torch.zeros(n, dtype=rhs.dtype, device=rhs.device)
@@ -474,7 +495,7 @@ def cgls(
     _check_damping(damp, relative_damp)
     monitor = _Monitor(
         "cg", A, rhs, tol=tol, max_iter=max_iter, callback=callback, should_stop=should_stop,
-        stagnation_window=stagnation_window,
+        stagnation_window=stagnation_window, damped=damp > 0 or relative_damp > 0,
     )
     x = torch.zeros(A.shape[1], dtype=rhs.dtype, device=rhs.device)
     if monitor.rhs_norm == 0.0:
@@ -701,6 +722,7 @@ def neumann(
     monitor = _Monitor(
         "neumann", A, rhs, tol=tol, max_iter=max_iter, callback=callback,
         should_stop=should_stop, stagnation_window=stagnation_window,
+        damped=damp > 0 or relative_damp > 0,
     )
     x = torch.zeros(A.shape[1], dtype=rhs.dtype, device=rhs.device)
     if monitor.rhs_norm == 0.0:
