@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from gif.errors import NonFinite
+from gif.errors import Cancelled, NonFinite
 from gif.hvp import make_hvp, mean_loss_grad
 from tests.gif.helpers import (
     DTYPE,
@@ -181,3 +181,46 @@ def test_frozen_parameters_are_outside_theta_but_still_used():
         assert hvp.size == p
         assert relative_error(hvp(vector), hessian @ vector) < 1e-10
     assert relative_error(mean_loss_grad(model, x, y), dense_grad(model, x, y)) < 1e-12
+
+
+def _stop_after(polls: int):
+    """A ``should_stop`` that says stop at its ``polls + 1``-th call; counts its calls."""
+    calls = []
+
+    def should_stop() -> bool:
+        calls.append(1)
+        return len(calls) > polls
+
+    return should_stop, calls
+
+
+def test_a_gradient_build_stops_between_micro_batches():
+    model, x, y = _setup("mlp")  # 30 points: 6 micro-batches of 5
+    should_stop, calls = _stop_after(2)
+    with pytest.raises(Cancelled) as caught:
+        mean_loss_grad(model, x, y, batch_size=5, should_stop=should_stop)
+    assert caught.value.details == {
+        "phase": "the loss gradient", "micro_batches_done": 2, "micro_batches": 6,
+    }
+    assert len(calls) == 3  # polled before every micro-batch, no further
+    never, polls = _stop_after(10**6)
+    gradient = mean_loss_grad(model, x, y, batch_size=5, should_stop=never)
+    assert len(polls) == 6
+    assert relative_error(gradient, dense_grad(model, x, y)) < 1e-12
+
+
+def test_the_double_backward_build_and_each_jvp_product_stop_between_micro_batches():
+    model, x, y = _setup("cnn_batchnorm")
+    should_stop, _ = _stop_after(3)
+    with pytest.raises(Cancelled) as caught:
+        make_hvp(model, x, y, batch_size=4, mode="double_backward", should_stop=should_stop)
+    assert caught.value.details["phase"] == "the Hessian's gradient graph"
+    assert caught.value.details["micro_batches_done"] == 3
+    stop = {"now": False}
+    hvp = make_hvp(model, x, y, batch_size=4, mode="jvp", should_stop=lambda: stop["now"])
+    vector = torch.randn(flat_params(model).numel(), dtype=DTYPE)
+    assert relative_error(hvp(vector), dense_hessian(model, x, y) @ vector) < 1e-10
+    stop["now"] = True
+    with pytest.raises(Cancelled) as caught:
+        hvp(vector)
+    assert caught.value.details["phase"] == "a Hessian-vector product"

@@ -1,7 +1,9 @@
 """E1–E5 through the real HVPs of tiny float64 networks, against dense closed forms.
 
-MATH.md checks 1 (each method equals its closed form), 2 (LSQR and the Neumann series agree,
-LSQR with several times fewer HVPs) and 3 (GIF with S = all is IF; GIF is scale invariant).
+MATH.md checks 1 (each method equals its closed form, with LSQR and, for the symmetric systems,
+MINRES), 2 (LSQR and the Neumann series agree, LSQR with several times fewer HVPs), 3 (GIF with
+S = all is IF; GIF is scale invariant, damped or not) and 6 (float32, a singular Hessian: the
+minimum-norm solution from a tolerance that cannot be reached; no false divergence).
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gif.errors import Cancelled, InvalidRequest
+from gif.errors import Cancelled, InvalidRequest, SolverDiverged
 from gif.hvp import make_hvp, mean_loss_grad
-from gif.methods import method_operator, relabel_rhs, removal_rhs, solve_edit
+from gif.methods import check_solver, method_operator, relabel_rhs, removal_rhs, solve_edit
 from gif.params import ParamSpace, apply_update
+from gif.registry import build_model
 from gif.request import Solver
 from gif.solvers import solve
+from gif.spec import ModelSpec
 from tests.gif.helpers import (
     DTYPE,
     classification_data,
@@ -55,13 +59,18 @@ def _closed_form(method: str, hessian: torch.Tensor, b: torch.Tensor, selected: 
     return full if method == "if" else full[selected]
 
 
-@pytest.mark.parametrize("method", ["gif", "fif", "pif", "if"])
+@pytest.mark.parametrize(
+    ("method", "algorithm"),
+    [("gif", "lsqr"), ("fif", "lsqr"), ("pif", "lsqr"), ("if", "lsqr"),
+     ("fif", "minres"), ("pif", "minres"), ("if", "minres")],
+)
 @pytest.mark.parametrize("name", list(MODELS))
-def test_each_method_equals_its_closed_form(name, method):
+def test_each_method_equals_its_closed_form(name, method, algorithm):
     model, x, y, b, selected = _removal_problem(name)
     hessian = dense_hessian(model, x, y)
     hvp = make_hvp(model, x, y, batch_size=16)
-    solution = solve_edit(method, hvp, b, selected, solver_cfg=EXACT)
+    config = EXACT.model_copy(update={"algorithm": algorithm})
+    solution = solve_edit(method, hvp, b, selected, solver_cfg=config)
     assert solution.result.converged
     assert relative_error(solution.delta, _closed_form(method, hessian, b, selected)) <= 1e-4
     expected_indices = torch.arange(b.numel()) if method == "if" else selected
@@ -271,6 +280,126 @@ def test_callback_gets_each_iterate_as_the_methods_update(method):
     assert relative_error(stopped.delta, capped.delta) < 1e-12
 
 
+def test_minres_needs_fewer_hvps_than_lsqr_for_the_same_pif_update():
+    model, x, y, b, selected = _removal_problem("cnn_batchnorm")
+    hvp = make_hvp(model, x, y)
+    config = Solver(tol=1e-10, max_iter=2000)
+    krylov = solve_edit("pif", hvp, b, selected, solver_cfg=config)
+    short = solve_edit(
+        "pif", hvp, b, selected, solver_cfg=config.model_copy(update={"algorithm": "minres"})
+    )
+    assert krylov.result.converged and short.result.converged
+    assert relative_error(short.delta, krylov.delta) < 1e-6
+    assert short.result.hvps < 0.75 * krylov.result.hvps
+
+
+def test_minres_for_gif_or_with_damping_is_an_invalid_request_naming_the_field():
+    model, x, y, b, selected = _removal_problem("mlp")
+    hvp = make_hvp(model, x, y)
+    with pytest.raises(InvalidRequest) as caught:
+        solve_edit("gif", hvp, b, selected, solver_cfg=Solver(algorithm="minres"))
+    assert caught.value.loc == ("solver", "algorithm") and "rectangular" in caught.value.message
+    with pytest.raises(InvalidRequest) as caught:
+        solve_edit("pif", hvp, b, selected, solver_cfg=Solver(algorithm="minres", damping=0.1))
+    assert caught.value.loc == ("solver", "damping")
+    assert hvp.calls == 0  # refused before any work
+    check_solver("fif", Solver(algorithm="minres"))  # the symmetric methods take it
+    check_solver("gif", Solver(algorithm="lsqr", damping=0.1))
+
+
+@pytest.mark.parametrize("algorithm", ["lsqr", "cg", "minres", "neumann"])
+def test_a_zero_rhs_is_a_zero_update_without_any_hvp(algorithm):
+    model, x, y, b, selected = _removal_problem("mlp")
+    hvp = make_hvp(model, x, y)
+    method = "gif" if algorithm != "minres" else "pif"
+    solution = solve_edit(
+        method, hvp, torch.zeros_like(b), selected, solver_cfg=Solver(algorithm=algorithm)
+    )
+    assert solution.result.stop_reason == "zero_rhs" and solution.result.converged
+    assert hvp.calls == 0 and solution.result.hvps == 0
+    assert torch.count_nonzero(solution.delta) == 0 and solution.delta.numel() == selected.numel()
+
+
+def test_the_seed_reaches_the_power_iteration():
+    model, x, y, b, selected = _removal_problem("mlp")
+    hvp = make_hvp(model, x, y)
+    config = Solver(algorithm="neumann", tol=1e-3, max_iter=5000)
+
+    def sigma(seed):
+        return solve_edit("gif", hvp, b, selected, solver_cfg=config, seed=seed).result.extra[
+            "lambda_max_estimate"
+        ]
+
+    assert sigma(3) == sigma(3) != sigma(4)
+
+
+def _linear_softmax_problem(seed: int = 0):
+    """MATH.md check 6: a linear softmax classifier (``linear`` arch, cross-entropy), trained in
+    float64. Its Hessian is singular: shifting every class's weights and bias alike changes no
+    prediction. Returns the float64 model, retained data, removal rhs and dense Hessian."""
+    torch.manual_seed(seed)
+    model = build_model(ModelSpec(arch="linear", arch_kwargs={"in_features": 5, "num_classes": 3}))
+    model = model.double()
+    x, y = classification_data(200, (5,), seed=seed + 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(200):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    m = 20
+    b = removal_rhs(mean_loss_grad(model, x[:m], y[:m]), m, len(y))
+    keep_x, keep_y = x[m:], y[m:]
+    return model, keep_x, keep_y, b, dense_hessian(model, keep_x, keep_y)
+
+
+@pytest.mark.parametrize(
+    ("method", "algorithm", "half"),
+    [("gif", "lsqr", False), ("gif", "lsqr", True), ("if", "lsqr", False),
+     ("pif", "lsqr", True), ("if", "minres", False), ("fif", "minres", True)],
+)
+def test_float32_on_a_singular_hessian_gives_the_minimum_norm_solution(method, algorithm, half):
+    """MATH.md check 6: asked for a tolerance float32 cannot reach (1e-12, 1000 iterations), the
+    solve still returns the minimum-norm solution (float64 pseudo-inverse) and says why it
+    stopped. Before the E8 stopping rules, LSQR ran all 1000 iterations here and drifted along
+    the null space to a solution ~18x too far off."""
+    model, x, y, b, hessian = _linear_softmax_problem()
+    p = b.numel()
+    assert int(torch.linalg.matrix_rank(hessian)) < p  # singular, as the check needs
+    selected = torch.randperm(p, generator=torch.Generator().manual_seed(7))[: p // 2].sort().values
+    if not half:
+        selected = torch.arange(p)
+    expected = _closed_form(method, hessian, b, selected)
+    config = Solver(algorithm=algorithm, tol=1e-12, max_iter=1000)
+    solution = solve_edit(method, make_hvp(model.float(), x.float(), y), b.float(), selected,
+                          solver_cfg=config)
+    result = solution.result
+    assert solution.delta.dtype == torch.float32
+    assert relative_error(solution.delta.double(), expected) <= 1e-3
+    assert result.stop_reason in ("stagnation", "condition_limit") and not result.converged
+    assert result.iterations < 1000
+
+
+def test_float32_neumann_on_a_singular_hessian_never_reports_false_divergence():
+    """MATH.md check 6, second half, through the real HVPs: thousands of float32 iterations at
+    the engine's σ stay at the solution; rounding noise is no divergence."""
+    model, x, y, b, hessian = _linear_softmax_problem(seed=1)
+    selected = torch.arange(b.numel())
+    expected = _closed_form("gif", hessian, b, selected)
+    hvp = make_hvp(model.float(), x.float(), y)
+    long = Solver(algorithm="neumann", tol=1e-12, max_iter=3000, stagnation_window=0)
+    try:
+        solution = solve_edit("gif", hvp, b.float(), selected, solver_cfg=long)
+    except SolverDiverged as error:  # pragma: no cover - the failure this test guards against
+        pytest.fail(f"rounding noise reported as divergence: {error}")
+    assert solution.result.stop_reason == "max_iter"
+    assert relative_error(solution.delta.double(), expected) <= 1e-3
+    stopping = solve_edit("gif", hvp, b.float(), selected,
+                          solver_cfg=long.model_copy(update={"stagnation_window": 5}))
+    assert stopping.result.stop_reason == "stagnation"
+    assert stopping.result.iterations < 3000
+    assert relative_error(stopping.delta.double(), expected) <= 1e-3
+
+
 def test_empty_selection_is_an_invalid_request():
     model, x, y, b, _ = _removal_problem("mlp")
     with pytest.raises(InvalidRequest) as caught:
@@ -290,3 +419,66 @@ def test_float32_gif_is_close_to_the_float64_closed_form():
     )
     assert solution.delta.dtype == torch.float32
     assert relative_error(solution.delta.double(), expected) < 1e-3
+
+
+# --- Through the edit (gif.edit.update): a zero right-hand side, cancel in the gradient build --
+
+LINEAR = ModelSpec(arch="linear", arch_kwargs={"in_features": 4, "num_classes": 3})
+
+
+def _saturated_edit():
+    """A linear classifier that fits class 2 with a logit margin of 400: in float32 its softmax
+    is exactly one-hot there, so the gradient of every class-2 point, and E1's b for removing
+    the class, is exactly zero."""
+    from gif.data import ArrayDataset
+    from gif.edit import LoadedModel
+
+    generator = torch.Generator().manual_seed(3)
+    y = torch.arange(60) % 3
+    x = 0.3 * torch.randn(60, 4, generator=generator)
+    x[y == 2] = torch.tensor([0.0, 0.0, 1.0, 0.0])
+    weight = torch.zeros(3, 4)
+    weight[0, 0] = weight[1, 1] = 1.0
+    weight[2, 2] = 400.0
+    state = {"weight": weight, "bias": torch.zeros(3)}
+    return LoadedModel(LINEAR, state), ArrayDataset(x=x.float(), y=y.long())
+
+
+def test_an_edit_with_an_exactly_zero_rhs_proceeds_with_a_zero_update():
+    from gif.edit import run_edit
+    from gif.request import EditRequest
+
+    model, train = _saturated_edit()
+    request = EditRequest.model_validate(
+        {"edit": {"kind": "remove_class", "class": 2}, "step": {"mode": "fixed"}}
+    )
+    outcome = run_edit(request, model, train, {})
+    solver = outcome.result["solver"]
+    assert solver["stop_reason"] == "zero_rhs" and solver["converged"]
+    assert solver["hvps"] == 0 and solver["rhs_norm"] == 0.0
+    for name, value in model.state_dict.items():
+        assert torch.equal(outcome.state_dict[name], value)
+
+
+def test_a_cancel_during_the_gradient_build_stops_the_edit():
+    from gif.edit import EditHooks, run_edit
+    from gif.request import EditRequest
+
+    model, train = _saturated_edit()
+    request = EditRequest.model_validate(
+        {"edit": {"kind": "remove_class", "class": 0}, "solver": {"batch_size": 4},
+         "step": {"mode": "fixed"}}
+    )
+    phases, polls_in_solve = [], []
+
+    def should_cancel() -> bool:  # inside "solve", polls come from the gradient's micro-batches
+        if "solve" in phases:
+            polls_in_solve.append(1)
+        return len(polls_in_solve) >= 2
+
+    hooks = EditHooks(progress=lambda progress: phases.append(progress.phase),
+                      should_cancel=should_cancel)
+    with pytest.raises(Cancelled) as caught:
+        run_edit(request, model, train, {}, hooks)
+    assert caught.value.details["phase"] == "the loss gradient"
+    assert caught.value.details["micro_batches_done"] == 1
