@@ -21,11 +21,14 @@ Every result names the rule that ended it in ``stop_reason``:
 - ``tol_normal_residual`` / ``tol_residual``: that relative residual is ``≤ tol`` (converged;
   the systems are least-squares problems, usually inconsistent, so the normal residual is the
   one that usually decides);
-- ``stagnation``: over the last ``stagnation_window`` iterations neither relative residual fell
-  by more than the working precision allows (``PRECISION_ULPS · eps`` of the dtype: ≈ 1e-6 in
-  float32, ≈ 2e-15 in float64). Past that point more iterations buy nothing, and in float32 a
-  Krylov solver loses orthogonality and its iterate drifts along the near-null directions of
-  ``A`` while the residuals stay flat (MATH.md E8, check 6);
+- ``stagnation``: for ``stagnation_window`` iterations (or 10 % of the iterations so far, if
+  more) no iterate made real progress: neither relative residual fell by more than the working
+  precision allows (``PRECISION_ULPS · eps`` of the dtype, relative: ≈ 1e-6 in float32,
+  ≈ 2e-15 in float64) without the residual rising. Past that point more iterations buy
+  nothing, and in float32 a Krylov solver loses orthogonality and its iterate drifts along the
+  near-null directions of ``A`` while the residuals stay flat (MATH.md E8, check 6), so the
+  solve returns the last iterate that made progress (``extra["returned_iteration"]``), not the
+  drifted last one;
 - ``condition_limit``: LSQR's (MINRES's) running estimate of ``cond(A)`` passed ``conlim``
   (scipy's default 1e8; 0 disables it, as in scipy);
 - ``callback``: the per-iteration callback returned ``True``;
