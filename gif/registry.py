@@ -48,6 +48,10 @@ ENTRY_POINT_GROUP = "gif_service.architectures"
 # A spec that would allocate more than this many parameters is refused before anything is
 # allocated (the size is measured on the meta device), so a typo cannot exhaust memory.
 MAX_PARAMETERS = 300_000_000
+# Every integer argument is bounded and every list argument short, so a spec can neither
+# overflow a size computation nor make building even the meta model slow.
+MAX_INT_ARGUMENT = 2**31 - 1
+MAX_LIST_ARGUMENT_ITEMS = 64
 
 _REQUIRED = object()  # sentinel default: the argument must be given
 
@@ -63,6 +67,8 @@ class ArchArgument:
     default: Any = _REQUIRED
     description: str = ""
     minimum: int | None = None  # for int and list[int]: smallest allowed value
+    maximum: int = MAX_INT_ARGUMENT  # for int and list[int]: largest allowed value
+    max_items: int = MAX_LIST_ARGUMENT_ITEMS  # for list[int]: longest allowed list
 
     @property
     def required(self) -> bool:
@@ -76,6 +82,10 @@ class ArchArgument:
             out["description"] = self.description
         if self.minimum is not None:
             out["minimum"] = self.minimum
+        if self.type in ("int", "list[int]"):
+            out["maximum"] = self.maximum
+        if self.type == "list[int]":
+            out["max_items"] = self.max_items
         return out
 
     def check(self, value: Any) -> Any:
@@ -101,6 +111,8 @@ class ArchArgument:
         if self.type == "list[int]":
             if not isinstance(value, list | tuple):
                 raise ValueError(f"must be a list of integers, got {_json_type(value)}")
+            if len(value) > self.max_items:
+                raise ValueError(f"must have at most {self.max_items} items, got {len(value)}")
             return [self._check_int(v, where=f"item {i} ") for i, v in enumerate(value)]
         raise ValueError(f"unsupported argument type {self.type!r}")  # pragma: no cover
 
@@ -110,6 +122,8 @@ class ArchArgument:
             raise ValueError(f"{where}must be an integer, got {_json_type(value)}")
         if self.minimum is not None and value < self.minimum:
             raise ValueError(f"{where}must be >= {self.minimum}, got {value}")
+        if value > self.maximum:
+            raise ValueError(f"{where}must be <= {self.maximum}, got {_shown(value)}")
         return value
 
 
@@ -121,6 +135,10 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_json_safe(v) for v in value]
     return repr(value)
+
+
+def _shown(value: int) -> str:
+    return str(value) if value.bit_length() <= 128 else f"an integer of {value.bit_length()} bits"
 
 
 def _json_type(value: Any) -> str:
@@ -461,12 +479,22 @@ def _build(arch: Architecture, kwargs: dict[str, Any]) -> nn.Module:
     return model
 
 
-def build_meta_model(spec: ModelSpec) -> nn.Module:
-    """The model on the ``meta`` device: shapes without memory (size and shape checks)."""
+def build_meta_model(spec: ModelSpec, *, max_parameters: int = MAX_PARAMETERS) -> nn.Module:
+    """The model on the ``meta`` device: names, shapes and dtypes without memory or compute
+    (size and shape checks). A spec whose model has more than ``max_parameters`` parameters
+    is refused (``InvalidRequest``)."""
     arch = get_architecture(spec.arch)
     kwargs = arch.resolve_kwargs(spec.arch_kwargs)
     with torch.device("meta"):
-        return _build(arch, kwargs)
+        model = _build(arch, kwargs)
+    size = count_parameters(model)
+    if size > max_parameters:
+        raise InvalidRequest(
+            f"architecture {arch.name!r} with {kwargs} has {size:,} parameters, "
+            f"more than the limit {max_parameters:,}",
+            loc=("spec", "arch_kwargs"),
+        )
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -476,16 +504,8 @@ def count_parameters(model: nn.Module) -> int:
 def build_model(spec: ModelSpec, *, max_parameters: int = MAX_PARAMETERS) -> nn.Module:
     """A freshly initialised model for ``spec``, in eval mode, on the CPU.
 
-    The size is measured on the meta device first, so an absurd spec is refused
-    (``InvalidRequest``) before any memory is allocated."""
+    The size is measured on the meta device first (:func:`build_meta_model`), so an absurd
+    spec is refused (``InvalidRequest``) before any memory is allocated."""
+    build_meta_model(spec, max_parameters=max_parameters)
     arch = get_architecture(spec.arch)
-    kwargs = arch.resolve_kwargs(spec.arch_kwargs)
-    with torch.device("meta"):
-        size = count_parameters(_build(arch, kwargs))
-    if size > max_parameters:
-        raise InvalidRequest(
-            f"architecture {arch.name!r} with {kwargs} has {size:,} parameters, "
-            f"more than the limit {max_parameters:,}",
-            loc=("spec", "arch_kwargs"),
-        )
-    return _build(arch, kwargs).eval()
+    return _build(arch, arch.resolve_kwargs(spec.arch_kwargs)).eval()

@@ -19,24 +19,36 @@ EDIT_KINDS = (*REMOVAL_KINDS, "relabel")
 # Keys of ``metrics.before/after`` that the edit fills itself; eval sets may not take them.
 RESERVED_SET_NAMES = ("forget", "relabeled", "retain", "score", "retained_grad_norm", "mia")
 
+# Caps of the request (API.md Limits: every list and map has one; numbers are finite and
+# every integer bounded, so nothing overflows further down).
+MAX_LABEL = 1_000_000  # the largest class label (datasets and edits)
+MAX_POINTS = 2**32 - 1  # the largest index into, or count of points of, a dataset
+MAX_EDIT_POINTS = 1_000_000  # entries of edit.indices / edit.labels
+MAX_EVAL_DATASETS = 16  # entries of eval.datasets
+MAX_SET_NAME_LENGTH = 64
+MAX_DATASET_ID_LENGTH = 200
+
+Index = Annotated[int, Field(ge=0, le=MAX_POINTS)]
+Label = Annotated[int, Field(ge=0, le=MAX_LABEL)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # allow_inf_nan=False: NaN, Infinity and 1e999 are a 422, never stored (API.md).
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 class RemoveClass(_Strict):
     """Forget every training point of one class."""
 
     kind: Literal["remove_class"]
-    class_: int = Field(alias="class", ge=0, description="The label to forget.")
+    class_: int = Field(alias="class", ge=0, le=MAX_LABEL, description="The label to forget.")
 
 
 class RemoveSamples(_Strict):
     """Forget the listed training points (indices into the train dataset)."""
 
     kind: Literal["remove_samples"]
-    indices: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
+    indices: list[Index] = Field(min_length=1, max_length=MAX_EDIT_POINTS)
 
     @model_validator(mode="after")
     def _unique(self) -> RemoveSamples:
@@ -49,8 +61,8 @@ class Relabel(_Strict):
     """Change the labels of the listed points to ``labels`` (e.g. undo a backdoor)."""
 
     kind: Literal["relabel"]
-    indices: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
-    labels: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
+    indices: list[Index] = Field(min_length=1, max_length=MAX_EDIT_POINTS)
+    labels: list[Label] = Field(min_length=1, max_length=MAX_EDIT_POINTS)
 
     @model_validator(mode="after")
     def _same_length(self) -> Relabel:
@@ -118,8 +130,12 @@ class Solver(_Strict):
                     "than the working precision allows (float32 about 1e-6 relative) over this "
                     "many iterations. 0: never (run to tol or max_iter).",
     )
-    hessian_samples: int | None = Field(1024, ge=1, description="Retained points in H; null: all.")
-    edit_samples: int | None = Field(1024, ge=1, description="Edited points in b; null: all.")
+    hessian_samples: int | None = Field(
+        1024, ge=1, le=MAX_POINTS, description="Retained points in H; null: all."
+    )
+    edit_samples: int | None = Field(
+        1024, ge=1, le=MAX_POINTS, description="Edited points in b; null: all."
+    )
     batch_size: int = Field(256, ge=1, le=65_536, description="Micro-batch size of each HVP.")
 
 
@@ -130,7 +146,7 @@ class Step(_Strict):
     scale: float = Field(1.0, gt=0.0, le=1e6, description="α for mode=fixed.")
     validation_fraction: float = Field(0.1, gt=0.0, le=0.5)
     holdout_dataset_id: str | None = Field(
-        None, min_length=1, max_length=200,
+        None, min_length=1, max_length=MAX_DATASET_ID_LENGTH,
         description="Data the model never trained on (non-members), used only to tune a sample "
                     "removal (MATH.md E9); never reported as an evaluation set. Without it the "
                     "sample-removal objective falls back to the retained validation split.",
@@ -138,13 +154,18 @@ class Step(_Strict):
 
 
 class Eval(_Strict):
-    datasets: dict[str, str] = Field(
+    datasets: dict[
+        Annotated[str, Field(min_length=1, max_length=MAX_SET_NAME_LENGTH)],
+        Annotated[str, Field(min_length=1, max_length=MAX_DATASET_ID_LENGTH)],
+    ] = Field(
         default_factory=dict,
-        description="Name → dataset id of evaluation sets (never used to tune).",
+        max_length=MAX_EVAL_DATASETS,
+        description=f"Name → dataset id of evaluation sets (never used to tune); at most "
+        f"{MAX_EVAL_DATASETS}.",
     )
     mia: bool = False
     retain_samples: int = Field(
-        2048, ge=1, description="Size of the retained-data sample evaluated."
+        2048, ge=1, le=MAX_POINTS, description="Size of the retained-data sample evaluated."
     )
 
 
@@ -321,7 +342,7 @@ class EditRequest(_Strict):
     step: Step = Field(
         default_factory=Step, description="The step α (ignored by E10 methods).")
     eval: Eval = Field(default_factory=Eval)
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d{1,3})?)$")
     seed: int = Field(
         0, ge=0, le=2**32 - 1,
         description="Seeds every random choice: samples, splits, and for the E10 methods the "

@@ -1,21 +1,63 @@
-"""The model spec uploaded beside a checkpoint (API.md ``POST /v1/models``, form field ``spec``)."""
+"""The model spec uploaded beside a checkpoint (API.md ``POST /v1/models``, form field ``spec``).
+
+Numbers are finite (API.md): ``NaN``, ``Infinity`` and overflowing literals (``1e999``) are
+refused in every field, the free-form ``arch_kwargs`` included, and every list and map has a
+cap, so nothing a spec holds can overflow or grow without bound further down."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_CHANNELS = 1024  # entries of input.mean / input.std
+MAX_ARCH_KWARGS = 32  # keys of arch_kwargs
+MAX_JSON_ITEMS = 1024  # items of any list or map nested inside arch_kwargs
+MAX_JSON_DEPTH = 8  # nesting of lists/maps inside arch_kwargs
+INT64_MAX = 2**63 - 1
+
+
+def check_json_value(value: Any, where: str = "", depth: int = 0) -> None:
+    """Raise ``ValueError`` naming the place of a non-finite number, an integer outside 64
+    bits, or a list/map past the caps anywhere in a parsed JSON value."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where or 'value'}: numbers must be finite (no NaN, Infinity or "
+                             f"overflowing literals)")
+        return
+    if isinstance(value, int):
+        if abs(value) > INT64_MAX:
+            raise ValueError(f"{where or 'value'}: integer {_short(value)} does not fit in 64 "
+                             f"bits")
+        return
+    if depth >= MAX_JSON_DEPTH:
+        raise ValueError(f"{where or 'value'}: nested deeper than {MAX_JSON_DEPTH} levels")
+    items = list(value.items()) if isinstance(value, dict) else list(enumerate(value))
+    if len(items) > MAX_JSON_ITEMS:
+        raise ValueError(f"{where or 'value'}: more than {MAX_JSON_ITEMS} items")
+    for key, item in items:
+        check_json_value(item, f"{where}.{key}" if where else str(key), depth + 1)
+
+
+def _short(value: int) -> str:
+    digits = str(abs(value)) if value.bit_length() < 4000 else None
+    if digits is None or len(digits) > 24:
+        return f"of {value.bit_length()} bits"
+    return str(value)
 
 
 class InputSpec(BaseModel):
     """Preprocessing the model was trained with: ``x * scale``, then ``(x - mean) / std``
     per channel."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     scale: float = 1.0
-    mean: list[float] | None = None
-    std: list[float] | None = None
+    mean: list[float] | None = Field(None, max_length=MAX_CHANNELS)
+    std: list[float] | None = Field(None, max_length=MAX_CHANNELS)
 
     @model_validator(mode="after")
     def _consistent(self) -> InputSpec:
@@ -29,10 +71,16 @@ class InputSpec(BaseModel):
 
 
 class ModelSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    arch: str
-    arch_kwargs: dict[str, Any] = Field(default_factory=dict)
+    arch: str = Field(max_length=100)
+    arch_kwargs: dict[str, Any] = Field(default_factory=dict, max_length=MAX_ARCH_KWARGS)
     input: InputSpec = Field(default_factory=InputSpec)
     task: Literal["classification"] = "classification"
     name: str | None = Field(None, max_length=200)
+
+    @field_validator("arch_kwargs")
+    @classmethod
+    def _finite_kwargs(cls, value: dict[str, Any]) -> dict[str, Any]:
+        check_json_value(value)
+        return value

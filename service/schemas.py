@@ -68,6 +68,8 @@ class ArchitectureArgument(BaseModel):
     default: Any = None
     description: str | None = None
     minimum: int | None = None
+    maximum: int | None = None
+    max_items: int | None = None
 
 
 class ArchitectureOut(BaseModel):

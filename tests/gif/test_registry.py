@@ -151,10 +151,25 @@ def test_listing_describes_arguments_with_defaults():
     args = {a["name"]: a for a in listed["tinynet"]["arguments"]}
     assert args["input_size"] == {"name": "input_size", "type": "int", "required": False,
                                   "default": 28, "description": "image height = width",
-                                  "minimum": 1}
+                                  "minimum": 1, "maximum": 2**31 - 1}
     mlp_args = {a["name"]: a for a in listed["mlp"]["arguments"]}
     assert mlp_args["hidden"]["type"] == "list[int]" and mlp_args["hidden"]["required"]
     assert "default" not in mlp_args["hidden"]
+    assert mlp_args["hidden"]["max_items"] == 64
+
+
+def test_integer_and_list_arguments_are_bounded():
+    """A huge integer or an endless list is a clear error naming the argument, never an
+    overflow (or a slow build) further down."""
+    mlp = get_architecture("mlp")
+    base = {"in_features": 4, "hidden": [3], "num_classes": 3}
+    for kwargs, word in (({**base, "in_features": 2**31}, "<= 2147483647"),
+                         ({**base, "num_classes": 10**400}, "bits"),
+                         ({**base, "hidden": [1] * 65}, "at most 64 items"),
+                         ({**base, "hidden": [2**40]}, "item 0 must be <=")):
+        with pytest.raises(InvalidRequest, match=word) as raised:
+            mlp.resolve_kwargs(kwargs)
+        assert raised.value.loc[:2] == ("spec", "arch_kwargs")
 
 
 def test_unknown_architecture_names_the_field_and_the_known_ones():
@@ -271,7 +286,8 @@ def test_entry_point_plugins_are_listed_and_buildable(plugin_dist):
 
     wide = get_architecture("widenet")
     args = {a.name: a.to_dict() for a in wide.arguments}
-    assert args["width"] == {"name": "width", "type": "int", "required": False, "default": 4}
+    assert args["width"] == {"name": "width", "type": "int", "required": False, "default": 4,
+                             "maximum": 2**31 - 1}
     assert args["tag"]["type"] == "str"
     assert args["act"] == {"name": "act", "type": "any", "required": False,
                            "default": repr(nn.ReLU)}  # JSON-safe listing of any default
