@@ -9,7 +9,10 @@ float32) and ``y`` (``N`` integer labels) in
   allocated; Python's zip reader never inflates a member past its declared size); or
 - safetensors (its header checked as for checkpoints, see ``gif.checkpoint``).
 
-The format is detected by content, not by name.
+The format is detected by content, not by name. :func:`scan_dataset` checks an upload and
+returns its summary while the arrays stream through in chunks (memory: one chunk plus the
+label histogram, whatever the file's size); :func:`read_dataset` loads it whole (the worker).
+Both apply the same rules (``_check_x``, ``_check_y``, ``_check_label_range``).
 
 Built-ins (ids ``builtin:<name>:<split>``, split ``train`` or ``test``):
 
@@ -28,6 +31,7 @@ Built-ins (ids ``builtin:<name>:<split>``, split ``train`` or ``test``):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import importlib.util
@@ -35,16 +39,23 @@ import math
 import os
 import struct
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from gif.checkpoint import read_safetensors, sniff_format
+from gif.checkpoint import (
+    SAFETENSORS_DTYPES,
+    check_safetensors,
+    iter_chunks,
+    read_safetensors,
+    sniff_format,
+)
 from gif.errors import InvalidDataset, InvalidRequest
 from gif.registry import build_meta_model, get_architecture
+from gif.request import MAX_LABEL
 from gif.spec import InputSpec, ModelSpec
 
 # Bounds for uploads. A dataset bigger than this is refused, not half-read.
@@ -52,7 +63,7 @@ MAX_DATASET_BYTES = 4 * 1024**3
 # Deflate compresses real images by a small factor; a member inflating far more is a bomb.
 MAX_COMPRESSION_RATIO = 250
 _RATIO_EXEMPT_BYTES = 1024**2  # small members (e.g. all-zero labels) may compress extremely
-MAX_LABEL = 1_000_000  # class_counts has max_label + 1 entries; keep it bounded
+# MAX_LABEL (gif.request): class_counts has max_label + 1 entries; keep it bounded.
 _NPY_MAX_HEADER = 10_000
 
 DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -111,32 +122,60 @@ class ArrayDataset:
                 "class_counts": self.class_counts}
 
 
+def _check_x(name: str, dtype: str, shape: Sequence[int]) -> tuple[int, ...]:
+    """The rules for ``x`` (dtype name, shape as the file holds it): uint8 or float32;
+    ``N×F``, ``N×H×W`` or ``N×C×H×W``; samples present, none empty. Returns the per-sample
+    shape (``N×H×W`` read as one channel)."""
+    if dtype not in ("uint8", "float32"):
+        raise InvalidDataset(f"{name}: x has dtype {dtype}; expected uint8 or float32 (convert "
+                             f"with x.astype(np.float32) or np.uint8)")
+    if len(shape) not in (2, 3, 4):
+        raise InvalidDataset(f"{name}: x has shape {list(shape)}; expected N×F, N×H×W or "
+                             f"N×C×H×W")
+    if shape[0] == 0:
+        raise InvalidDataset(f"{name}: the dataset has no samples")
+    sample = tuple(int(d) for d in shape[1:])
+    if any(d == 0 for d in sample):
+        raise InvalidDataset(f"{name}: samples have an empty dimension {list(sample)}")
+    return (1, *sample) if len(shape) == 3 else sample
+
+
+def _check_y(name: str, dtype: str, integer: bool, shape: Sequence[int], n: int) -> None:
+    """The rules for ``y``: integer labels, one per sample."""
+    if not integer:
+        raise InvalidDataset(f"{name}: y has dtype {dtype}; labels must be integers")
+    if len(shape) != 1:
+        raise InvalidDataset(f"{name}: y has shape {list(shape)}; expected a 1-D array of N "
+                             f"labels")
+    if shape[0] != n:
+        raise InvalidDataset(f"{name}: x has {n} samples but y has {shape[0]} labels")
+
+
+def _check_label_range(name: str, low: int, high: int, negatives: int) -> None:
+    if low < 0:
+        raise InvalidDataset(f"{name}: labels must be >= 0; found {low} ({negatives} negative)")
+    if high > MAX_LABEL:
+        raise InvalidDataset(f"{name}: label {high} is larger than the limit {MAX_LABEL}")
+
+
+def _check_finite(name: str, bad: int) -> None:
+    if bad:
+        raise InvalidDataset(f"{name}: x has {bad} NaN/Inf value(s)")
+
+
 def _validate_arrays(x: object, y: object, name: str) -> None:
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
         raise InvalidDataset(f"{name}: x and y must be tensors")
-    if x.dtype not in (torch.uint8, torch.float32):
-        raise InvalidDataset(f"{name}: x has dtype {_dtype_name(x.dtype)}; expected uint8 or "
-                             f"float32")
-    if x.ndim not in (2, 4):
+    if x.ndim == 3:
         raise InvalidDataset(f"{name}: x has shape {list(x.shape)}; expected N×F or N×C×H×W")
-    if x.shape[0] == 0:
-        raise InvalidDataset(f"{name}: the dataset has no samples")
-    if any(d == 0 for d in x.shape[1:]):
-        raise InvalidDataset(f"{name}: samples have an empty dimension {list(x.shape[1:])}")
+    _check_x(name, _dtype_name(x.dtype), x.shape)
     if y.dtype != torch.int64 or y.ndim != 1:
         raise InvalidDataset(f"{name}: y must be a 1-D int64 tensor, got {_dtype_name(y.dtype)} "
                              f"of shape {list(y.shape)}")
-    if y.shape[0] != x.shape[0]:
-        raise InvalidDataset(f"{name}: x has {x.shape[0]} samples but y has {y.shape[0]} labels")
-    if int(y.min()) < 0:
-        raise InvalidDataset(f"{name}: labels must be >= 0; found {int(y.min())} "
-                             f"({int((y < 0).sum())} negative)")
-    if int(y.max()) > MAX_LABEL:
-        raise InvalidDataset(f"{name}: label {int(y.max())} is larger than the limit {MAX_LABEL}")
+    _check_y(name, "int64", True, y.shape, x.shape[0])
+    _check_label_range(name, int(y.min()), int(y.max()), int((y < 0).sum()))
     if x.is_floating_point():
-        bad = int((~torch.isfinite(x)).sum())
-        if bad:
-            raise InvalidDataset(f"{name}: x has {bad} NaN/Inf value(s)")
+        _check_finite(name, int((~torch.isfinite(x)).sum()))
 
 
 def _dtype_name(dtype: torch.dtype | np.dtype) -> str:
@@ -145,21 +184,10 @@ def _dtype_name(dtype: torch.dtype | np.dtype) -> str:
 
 def _as_dataset(x: torch.Tensor, y: torch.Tensor, name: str) -> ArrayDataset:
     """Normalise what a file holds: ``N×H×W`` images get a channel axis, integer labels int64."""
-    if x.dtype not in (torch.uint8, torch.float32):
-        raise InvalidDataset(f"{name}: x has dtype {_dtype_name(x.dtype)}; expected uint8 or "
-                             f"float32 (convert with x.astype(np.float32) or np.uint8)")
-    if x.ndim == 3:
-        x = x.unsqueeze(1)
-    if x.ndim not in (2, 4):
-        raise InvalidDataset(f"{name}: x has shape {list(x.shape)}; expected N×F, N×H×W or "
-                             f"N×C×H×W")
-    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
-        raise InvalidDataset(f"{name}: y has dtype {_dtype_name(y.dtype)}; labels must be "
-                             f"integers")
-    if y.ndim != 1:
-        raise InvalidDataset(f"{name}: y has shape {list(y.shape)}; expected a 1-D array of N "
-                             f"labels")
-    return ArrayDataset(x.contiguous(), y.to(torch.int64), name)
+    sample = _check_x(name, _dtype_name(x.dtype), x.shape)
+    integer = not (y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool)
+    _check_y(name, _dtype_name(y.dtype), integer, y.shape, x.shape[0])
+    return ArrayDataset(x.reshape(x.shape[0], *sample).contiguous(), y.to(torch.int64), name)
 
 
 # --------------------------------------------------------------------------- uploads
@@ -187,18 +215,18 @@ def _check_zip_members(path: Path, max_bytes: int) -> dict[str, zipfile.ZipInfo]
     return {info.filename: info for info in members}
 
 
-def _check_npy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str) -> None:
-    """The ``.npy`` header of one member: no object dtype, and a shape that the member holds."""
-    with archive.open(info) as f:
-        try:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(f, _NPY_MAX_HEADER)
-            else:
-                shape, _, dtype = np.lib.format.read_array_header_2_0(f, _NPY_MAX_HEADER)
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-            raise InvalidDataset(f".npz array {key!r} has a malformed .npy header: {err}") from None
-        header_bytes = f.tell() if f.seekable() else None
+def _read_npy_header(f, info: zipfile.ZipInfo, key: str) -> tuple[np.dtype, tuple[int, ...]]:
+    """The ``.npy`` header of one open member (``f`` left at the data): no object dtype, and a
+    shape that the member holds."""
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f, _NPY_MAX_HEADER)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f, _NPY_MAX_HEADER)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise InvalidDataset(f".npz array {key!r} has a malformed .npy header: {err}") from None
+    header_bytes = f.tell() if f.seekable() else None
     if dtype.hasobject:
         raise InvalidDataset(f".npz array {key!r} is an object array: refused (read with "
                              f"allow_pickle=False; store numbers only)")
@@ -207,17 +235,32 @@ def _check_npy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str)
     if needed > available:
         raise InvalidDataset(f".npz array {key!r} claims shape {list(shape)} of {dtype} "
                              f"({needed:,} bytes) but its member holds {available:,}")
+    return dtype, tuple(shape)
+
+
+def _check_npy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str) -> None:
+    with archive.open(info) as f:
+        _read_npy_header(f, info, key)
+
+
+def _npz_members(path: Path, name: str, max_bytes: int) -> dict[str, zipfile.ZipInfo]:
+    """The ``x.npy`` and ``y.npy`` members, after the whole archive passed the zip checks."""
+    members = _check_zip_members(path, max_bytes)
+    found = {}
+    for key in ("x", "y"):
+        info = members.get(f"{key}.npy")
+        if info is None:
+            present = sorted(m.removesuffix(".npy") for m in members)
+            raise InvalidDataset(f"{name}: missing array {key!r} (found: {present})")
+        found[key] = info
+    return found
 
 
 def _read_npz(path: Path, name: str, max_bytes: int) -> ArrayDataset:
-    members = _check_zip_members(path, max_bytes)
+    members = _npz_members(path, name, max_bytes)
     arrays = {}
     with zipfile.ZipFile(path) as archive:
-        for key in ("x", "y"):
-            info = members.get(f"{key}.npy")
-            if info is None:
-                found = sorted(m.removesuffix(".npy") for m in members)
-                raise InvalidDataset(f"{name}: missing array {key!r} (found: {found})")
+        for key, info in members.items():
             _check_npy_member(archive, info, key)
     try:
         with np.load(path, allow_pickle=False) as npz:
@@ -228,13 +271,9 @@ def _read_npz(path: Path, name: str, max_bytes: int) -> ArrayDataset:
     except (OSError, EOFError, zipfile.BadZipFile) as err:
         raise InvalidDataset(f"{name}: corrupt .npz: {err}") from None
     x, y = arrays["x"], arrays["y"]
-    if x.dtype.kind == "f" and x.dtype.itemsize == 4:
-        x = x.astype(np.float32, copy=False)  # native byte order
-    elif not (x.dtype.kind == "u" and x.dtype.itemsize == 1):
-        raise InvalidDataset(f"{name}: x has dtype {x.dtype}; expected uint8 or float32 "
-                             f"(convert with x.astype(np.float32) or np.uint8)")
-    if y.dtype.kind not in "iu":
-        raise InvalidDataset(f"{name}: y has dtype {y.dtype}; labels must be integers")
+    _check_x(name, _numpy_x_dtype(x.dtype), x.shape)
+    x = x.astype(np.float32 if x.dtype.kind == "f" else np.uint8, copy=False)  # native order
+    _check_y(name, str(y.dtype), y.dtype.kind in "iu", y.shape, x.shape[0])
     if y.size and y.dtype.kind == "u" and y.dtype.itemsize == 8 and int(y.max()) > MAX_LABEL:
         raise InvalidDataset(f"{name}: label {int(y.max())} is larger than the limit {MAX_LABEL}")
     y = y.astype(np.int64, copy=False)
@@ -250,24 +289,149 @@ def _read_safetensors_dataset(path: Path, name: str) -> ArrayDataset:
     return _as_dataset(tensors["x"], tensors["y"], name)
 
 
-def read_dataset(path: str | os.PathLike, name: str | None = None, *,
-                 max_bytes: int = MAX_DATASET_BYTES) -> ArrayDataset:
-    """An uploaded dataset (``.npz`` or safetensors, by content); ``InvalidDataset`` if it is
-    malformed, unsafe, too large, or its arrays break the rules of the module docstring."""
-    path = Path(path)
-    name = name or path.name
+def _dataset_kind(path: Path, name: str, max_bytes: int) -> str:
+    """``"zip"`` (.npz) or ``"safetensors"``; a missing, too large or other file refused."""
     if not path.is_file():
         raise InvalidDataset(f"dataset file {str(path)!r} does not exist")
     if path.stat().st_size > max_bytes:
         raise InvalidDataset(f"{name}: file of {path.stat().st_size:,} bytes exceeds the limit "
                              f"{max_bytes:,}")
     kind = sniff_format(path)
-    if kind == "zip":
+    if kind not in ("zip", "safetensors"):
+        raise InvalidDataset(f"{name}: unrecognised dataset format: expected .npz (numpy.savez) "
+                             f"or safetensors with arrays 'x' and 'y'")
+    return kind
+
+
+def read_dataset(path: str | os.PathLike, name: str | None = None, *,
+                 max_bytes: int = MAX_DATASET_BYTES) -> ArrayDataset:
+    """An uploaded dataset (``.npz`` or safetensors, by content); ``InvalidDataset`` if it is
+    malformed, unsafe, too large, or its arrays break the rules of the module docstring."""
+    path = Path(path)
+    name = name or path.name
+    if _dataset_kind(path, name, max_bytes) == "zip":
         return _read_npz(path, name, max_bytes)
-    if kind == "safetensors":
-        return _read_safetensors_dataset(path, name)
-    raise InvalidDataset(f"{name}: unrecognised dataset format: expected .npz (numpy.savez) or "
-                         f"safetensors with arrays 'x' and 'y'")
+    return _read_safetensors_dataset(path, name)
+
+
+# --------------------------------------------------------------------------- uploads, streamed
+
+
+def _numpy_x_dtype(dtype: np.dtype) -> str:
+    """``uint8`` / ``float32`` for any byte order, else numpy's name (refused by _check_x)."""
+    if dtype.kind == "f" and dtype.itemsize == 4:
+        return "float32"
+    if dtype.kind == "u" and dtype.itemsize == 1:
+        return "uint8"
+    return str(dtype)
+
+
+# numpy views of the safetensors dtypes a dataset may hold (BF16 has none: never valid data).
+_SAFETENSORS_NUMPY = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4",
+                      "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
+
+
+class _LabelScan:
+    """Range checks and the histogram of labels fed in chunks (``MAX_LABEL`` bounds it)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.counts = np.zeros(0, dtype=np.int64)
+
+    def add(self, labels: np.ndarray) -> None:
+        if not labels.size:
+            return
+        low, high = int(labels.min()), int(labels.max())
+        _check_label_range(self.name, low, high, int((labels < 0).sum()) if low < 0 else 0)
+        counts = np.bincount(labels.astype(np.int64, copy=False), minlength=len(self.counts))
+        counts[: len(self.counts)] += self.counts
+        self.counts = counts
+
+
+def _scan_arrays(name: str, handle, x_dtype: np.dtype, x_shape: Sequence[int],
+                 open_labels: Callable, y_dtype: np.dtype, y_shape: Sequence[int]) -> dict:
+    """The summary of ``x`` (read from ``handle``'s position) and ``y`` (``open_labels()``: a
+    context manager giving a handle at the labels), every rule checked before the data is
+    read, then chunk by chunk."""
+    sample = _check_x(name, _numpy_x_dtype(x_dtype), x_shape)
+    n = int(x_shape[0])
+    _check_y(name, str(y_dtype), y_dtype.kind in "iu", y_shape, n)
+    x_bytes = math.prod(x_shape) * x_dtype.itemsize
+    try:
+        if x_dtype.kind == "f":
+            bad = 0
+            for chunk in iter_chunks(handle, x_bytes, x_dtype.itemsize):
+                bad += int(np.count_nonzero(~np.isfinite(np.frombuffer(chunk, x_dtype))))
+            _check_finite(name, bad)
+        labels = _LabelScan(name)
+        y_bytes = math.prod(y_shape) * y_dtype.itemsize
+        with open_labels() as y_handle:
+            for chunk in iter_chunks(y_handle, y_bytes, y_dtype.itemsize):
+                labels.add(np.frombuffer(chunk, y_dtype))
+    except EOFError as err:
+        raise InvalidDataset(f"{name}: truncated: {err}") from None
+    counts = labels.counts
+    return {"num_samples": n, "sample_shape": list(sample),
+            "dtype": _numpy_x_dtype(x_dtype), "num_classes": len(counts),
+            "class_counts": counts.tolist()}
+
+
+def _scan_npz(path: Path, name: str, max_bytes: int) -> dict:
+    members = _npz_members(path, name, max_bytes)
+    with zipfile.ZipFile(path) as archive:
+        with archive.open(members["y"]) as f:
+            y_dtype, y_shape = _read_npy_header(f, members["y"], "y")
+            y_offset = f.tell()
+
+        @contextlib.contextmanager
+        def open_labels():
+            with archive.open(members["y"]) as labels:
+                labels.seek(y_offset)
+                yield labels
+
+        with archive.open(members["x"]) as f:
+            x_dtype, x_shape = _read_npy_header(f, members["x"], "x")
+            return _scan_arrays(name, f, x_dtype, x_shape, open_labels, y_dtype, y_shape)
+
+
+def _scan_safetensors(path: Path, name: str) -> dict:
+    data_start, header = check_safetensors(path, InvalidDataset)
+    for key in ("x", "y"):
+        if key not in header:
+            raise InvalidDataset(f"{name}: missing tensor {key!r} (found: {sorted(header)})")
+    x, y = header["x"], header["y"]
+    for key, entry in (("x", x), ("y", y)):
+        if entry["dtype"] not in _SAFETENSORS_NUMPY:  # BF16: refused by the rules
+            torch_name = _dtype_name(SAFETENSORS_DTYPES[entry["dtype"]])
+            if key == "x":
+                _check_x(name, torch_name, entry["shape"])
+            _check_y(name, torch_name, False, entry["shape"], 0)
+    x_dtype, y_dtype = (np.dtype(_SAFETENSORS_NUMPY[e["dtype"]]) for e in (x, y))
+
+    @contextlib.contextmanager
+    def open_labels():
+        with open(path, "rb") as labels:
+            labels.seek(data_start + y["data_offsets"][0])
+            yield labels
+
+    with open(path, "rb") as f:
+        f.seek(data_start + x["data_offsets"][0])
+        return _scan_arrays(name, f, x_dtype, x["shape"], open_labels, y_dtype, y["shape"])
+
+
+def scan_dataset(path: str | os.PathLike, name: str | None = None, *,
+                 max_bytes: int = MAX_DATASET_BYTES) -> dict:
+    """Check an uploaded dataset file by every rule :func:`read_dataset` applies and return
+    its summary (the fields of :meth:`ArrayDataset.summary`), reading the arrays in chunks:
+    memory is one chunk plus the label histogram, whatever the file's size."""
+    path = Path(path)
+    name = name or path.name
+    try:
+        if _dataset_kind(path, name, max_bytes) == "zip":
+            return _scan_npz(path, name, max_bytes)
+        return _scan_safetensors(path, name)
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise InvalidDataset(f"{name}: corrupt file: {err}") from None
 
 
 # --------------------------------------------------------------------------- built-ins
