@@ -12,28 +12,86 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import ROUTERS
+from service.api.deps import AUTH_FAILURE_STATE_KEY, OWNER_STATE_KEY
+from service.api.uploads import BODY_LIMIT_SCOPE_KEY, BodyLimit
+from service.auth import owner_for_authorization
 from service.catalog import BuiltinCatalog
+from service.db.models import Owner
 from service.db.session import engine_from_settings, make_session_factory
 from service.dispatch import Dispatcher, NoneDispatcher, make_dispatcher
 from service.observability import install_observability
-from service.problems import install_problem_handlers
+from service.problems import BodyRefused, install_problem_handlers
 from service.settings import Settings
 from service.storage import ArtifactStore
 from worker.reaper import maybe_start_reaper
 
 logger = logging.getLogger("service.app")
 
-# Bodies other than multipart uploads (which stream to disk under their own cap) are read
-# into memory by the framework: bound them. 16 MiB holds a million relabel indices.
+# Every request body is bounded before it is read: 16 MiB holds a million relabel indices.
+# Only a route that streams its body to disk under its own cap (uploads) raises it, for itself.
 MAX_JSON_BODY_BYTES = 16 * 1024 * 1024
+# Served without a key (API.md): health, metrics and the API's own description.
+PUBLIC_PATHS = frozenset(
+    {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+)
+
+
+class AuthenticationMiddleware:
+    """Authenticate every request but ``PUBLIC_PATHS`` before the app sees it, so that no
+    byte of a body is read for a request without a valid key, whatever its route, size or
+    Content-Type (FastAPI reads a route's body before it solves the route's dependencies).
+
+    The owner goes into the request's state for ``service.api.deps.current_owner``. A missing,
+    malformed, unknown or revoked key (or a lookup that failed: database down) goes there
+    instead, and the app gets a ``receive`` that refuses to read the body: the route's
+    ``current_owner`` raises the failure, or the body read does (:class:`BodyRefused`), and
+    the app's problem handlers answer — 401 with the ``Bearer`` challenge, 503 — through the
+    router, so the access log and the metrics count it by route."""
+
+    def __init__(self, app: ASGIApp, session_factory: sessionmaker[Session]):
+        self.app = app
+        self.session_factory = session_factory
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or _path(scope) in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        raw = _header(scope, b"authorization")
+        header = raw.decode("latin-1") if raw is not None else None
+        state = scope.setdefault("state", {})
+        state.pop(OWNER_STATE_KEY, None)
+        state.pop(AUTH_FAILURE_STATE_KEY, None)
+        try:
+            state[OWNER_STATE_KEY] = await run_in_threadpool(self._owner, header)
+        except Exception as err:  # noqa: BLE001 - answered by the app's problem handlers
+            state[AUTH_FAILURE_STATE_KEY] = err
+        failure = state.get(AUTH_FAILURE_STATE_KEY)
+        if failure is None:
+            await self.app(scope, receive, send)
+            return
+
+        async def refuse_body() -> Message:
+            raise BodyRefused(failure)
+
+        await self.app(scope, refuse_body, send)
+
+    def _owner(self, header: str | None) -> Owner:
+        with self.session_factory() as session:
+            return owner_for_authorization(session, header)
 
 
 class BodySizeLimitMiddleware:
-    """Refuse non-multipart request bodies larger than ``max_bytes`` with 413.
+    """Refuse request bodies larger than the request's :class:`BodyLimit` with 413 — every
+    body, whatever its Content-Type (a JSON route given a multipart Content-Type is read into
+    memory by the framework too). The limit starts at ``max_bytes``; an upload route raises it
+    for its own request before streaming (``service.api.uploads``), so the check is made on
+    every ``receive``, against the limit of that moment.
 
     The error is raised from ``receive`` as an ``HTTPException`` so it reaches the problem
     handlers (FastAPI re-raises HTTP exceptions met while reading a body); a declared
@@ -44,29 +102,33 @@ class BodySizeLimitMiddleware:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or _is_multipart(scope):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = BodyLimit(self.max_bytes)
+        scope[BODY_LIMIT_SCOPE_KEY] = limit
         received = 0
         declared = _declared_length(scope)
 
         async def limited_receive() -> Message:
             nonlocal received
-            if declared is not None and declared > self.max_bytes:
-                raise self._too_large()
+            if declared is not None and declared > limit.max_bytes:
+                raise _too_large(limit.max_bytes)
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise self._too_large()
+                if received > limit.max_bytes:
+                    raise _too_large(limit.max_bytes)
             return message
 
         await self.app(scope, limited_receive, send)
 
-    def _too_large(self) -> StarletteHTTPException:
-        return StarletteHTTPException(
-            413, f"the request body exceeds {self.max_bytes} bytes (uploads: use multipart)"
-        )
+
+def _too_large(max_bytes: int) -> StarletteHTTPException:
+    return StarletteHTTPException(
+        413, f"the request body exceeds {max_bytes} bytes (uploads: POST /v1/models or "
+        f"/v1/datasets, multipart)"
+    )
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
@@ -76,14 +138,16 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-def _is_multipart(scope: Scope) -> bool:
-    content_type = _header(scope, b"content-type") or b""
-    return content_type.lower().startswith(b"multipart/form-data")
+def _path(scope: Scope) -> str:
+    path = scope.get("path", "")
+    root = scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
 
 
 def _declared_length(scope: Scope) -> int | None:
     value = _header(scope, b"content-length")
     return int(value) if value is not None and value.isdigit() else None
+
 
 DESCRIPTION = """Edit trained PyTorch classifiers without retraining, with generalized
 influence functions (GIF): upload a model and its training data, submit an edit job
@@ -130,7 +194,9 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None) -> Fast
         dispatcher = NoneDispatcher()
     app.state.dispatcher = dispatcher
     install_problem_handlers(app)
+    # Added last runs first: authenticate, then bound the body, then the routes.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=MAX_JSON_BODY_BYTES)
+    app.add_middleware(AuthenticationMiddleware, session_factory=app.state.session_factory)
     for router in ROUTERS:
         app.include_router(router)
     install_observability(app, app.state.session_factory)  # request ids, access log, /metrics

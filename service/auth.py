@@ -1,11 +1,15 @@
 """API keys: ``gif_<token>``, stored as the sha256 of the whole key plus its first 12
 characters (the lookup prefix). The plaintext is shown once at creation and never stored or
-logged; verification compares hashes in constant time."""
+logged; verification compares hashes in constant time.
+
+:func:`owner_for_authorization` turns an ``Authorization`` header into its owner or a
+:class:`NotAuthenticated` saying what is wrong with it (never echoing the key)."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from datetime import timedelta
 
@@ -17,6 +21,12 @@ from service.db.models import ApiKey, Owner, utcnow
 KEY_PREFIX = "gif_"
 LOOKUP_PREFIX_LENGTH = 12
 LAST_USED_RESOLUTION = timedelta(minutes=1)  # coarse: no database write on every request
+EXPECTED_HEADER = "'Authorization: Bearer <key>'"
+_SCHEME_WORD = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,19}$")  # safe to echo: a scheme, no secret
+
+
+class NotAuthenticated(Exception):
+    """The request carries no valid key; the message says why and never contains the key."""
 
 
 def hash_key(key: str) -> str:
@@ -83,6 +93,36 @@ def authenticate(session: Session, key: str) -> Owner | None:
                 session.commit()
             return session.get(Owner, candidate.owner_id)
     return None
+
+
+def bearer_key(header: str | None) -> str:
+    """The key of an ``Authorization: Bearer <key>`` header; :class:`NotAuthenticated` naming
+    what is wrong otherwise (absent, another scheme, a bare key, no key)."""
+    text = (header or "").strip()
+    if not text:
+        raise NotAuthenticated(f"missing API key: send {EXPECTED_HEADER}")
+    scheme, _, credentials = text.partition(" ")
+    if scheme.lower() == "bearer":
+        if not credentials.strip():
+            raise NotAuthenticated(f"the Authorization header has no key after 'Bearer': send "
+                                   f"{EXPECTED_HEADER}")
+        return credentials.strip()
+    if text.startswith(KEY_PREFIX):
+        raise NotAuthenticated(f"the Authorization header holds a key without the 'Bearer' "
+                               f"scheme: it must be {EXPECTED_HEADER}")
+    if credentials and _SCHEME_WORD.match(scheme):
+        raise NotAuthenticated(f"the Authorization scheme {scheme!r} is not accepted: it must be "
+                               f"{EXPECTED_HEADER}")
+    raise NotAuthenticated(f"malformed Authorization header: it must be {EXPECTED_HEADER}")
+
+
+def owner_for_authorization(session: Session, header: str | None) -> Owner:
+    """The owner of the valid, unrevoked key in an ``Authorization`` header value;
+    :class:`NotAuthenticated` otherwise."""
+    owner = authenticate(session, bearer_key(header))
+    if owner is None:
+        raise NotAuthenticated("invalid or revoked API key")
+    return owner
 
 
 def list_keys(session: Session, owner_name: str | None = None) -> list[tuple[ApiKey, str]]:

@@ -52,6 +52,12 @@ class BuiltinCatalog:
                 self._summaries[dataset_id] = summarize(load_builtin(dataset_id))
             return self._summaries[dataset_id]
 
+    def unknown(self, dataset_id: str) -> str:
+        """Why ``dataset_id`` names no built-in here, listing the ones that do."""
+        present = self.ids()
+        listed = ", ".join(present) if present else "none on this server"
+        return f"unknown built-in dataset {dataset_id!r}; the built-ins here are: {listed}"
+
     def all(self) -> list[tuple[str, DatasetSummary]]:
         found = []
         for dataset_id in self.ids():

@@ -3,10 +3,11 @@ present on this server), get, delete."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import partial
+
 import sqlalchemy as sa
 from fastapi import APIRouter, Request, Response
-from sqlalchemy.orm import Session, sessionmaker
-from starlette.concurrency import run_in_threadpool
 
 from gif.errors import InvalidDataset
 from service.api.common import AUTH_PROBLEMS, get_owned, paginate, problem_responses
@@ -19,11 +20,10 @@ from service.api.deps import (
     SettingsDep,
     StoreDep,
 )
-from service.api.uploads import receive_multipart
-from service.catalog import BuiltinCatalog, DatasetSummary, summarize
-from service.db.models import DATASET_MEDIA_TYPE, Artifact, Dataset, Job, utcnow
-from service.db.session import session_scope
-from service.problems import ProblemError, not_found, validation_problem
+from service.api.uploads import StoredFile, UploadKind, create_from_upload
+from service.catalog import BuiltinCatalog, DatasetSummary
+from service.db.models import DATASET_MEDIA_TYPE, Dataset, Job, utcnow
+from service.problems import ProblemError, validation_problem
 from service.schemas import DatasetOut, Page
 from service.storage import ArtifactStore, StagedFile
 
@@ -88,54 +88,46 @@ def _name_from_form(raw: str | None) -> str:
     return name
 
 
-def read_and_store_dataset(
-    store: ArtifactStore, upload: StagedFile
-) -> tuple[DatasetSummary, str, int]:
-    """Read the uploaded file with the engine's safe reader (422 if it is not a valid dataset)
-    and move it into the store; returns ``(summary, sha256, size_bytes)``."""
-    from gif.data import read_dataset
+@dataclass
+class CheckedDataset:
+    name: str
+    summary: DatasetSummary
+    stored: StoredFile
+
+
+def check_and_store_dataset(store: ArtifactStore, name: str, upload: StagedFile) -> CheckedDataset:
+    """Check the uploaded file with the engine's streaming reader (``gif.data.scan_dataset``:
+    every rule, memory one chunk whatever the size; 422 if it is not a valid dataset) and move
+    it into the store as it is."""
+    from gif.data import scan_dataset
 
     upload.close()
     try:
-        summary = summarize(read_dataset(upload.path))
+        summary = DatasetSummary(**scan_dataset(upload.path))
     except InvalidDataset as err:
         raise validation_problem(err.message, [(("body", "file"), err.message)]) from None
-    sha256 = store.commit(upload)
-    return summary, sha256, upload.size
+    stored = StoredFile(sha256=store.commit(upload), size_bytes=upload.size)
+    return CheckedDataset(name=name, summary=summary, stored=stored)
 
 
-def register_dataset(
-    factory: sessionmaker[Session],
-    owner_id: str,
-    name: str,
-    summary: DatasetSummary,
-    sha256: str,
-    size_bytes: int,
-) -> DatasetOut:
-    with session_scope(factory) as session:
-        artifact = Artifact.record(
-            session,
-            owner_id=owner_id,
-            sha256=sha256,
-            size_bytes=size_bytes,
-            kind="dataset",
-            media_type=DATASET_MEDIA_TYPE,
-        )
-        dataset = Dataset(
-            owner_id=owner_id,
-            name=name,
-            num_samples=summary.num_samples,
-            sample_shape=summary.sample_shape,
-            dtype=summary.dtype,
-            num_classes=summary.num_classes,
-            class_counts=summary.class_counts,
-            sha256=sha256,
-            size_bytes=size_bytes,
-            artifact_id=artifact.id,
-        )
-        session.add(dataset)
-        session.flush()
-        return dataset_out(dataset)
+def _check_upload(store: ArtifactStore, fields: dict[str, str], file: StagedFile) -> CheckedDataset:
+    return check_and_store_dataset(store, _name_from_form(fields.get("name")), file)
+
+
+def _dataset_row(owner_id: str, artifact_id: str, checked: CheckedDataset) -> Dataset:
+    summary = checked.summary
+    return Dataset(
+        owner_id=owner_id,
+        name=checked.name,
+        num_samples=summary.num_samples,
+        sample_shape=summary.sample_shape,
+        dtype=summary.dtype,
+        num_classes=summary.num_classes,
+        class_counts=summary.class_counts,
+        sha256=checked.stored.sha256,
+        size_bytes=checked.stored.size_bytes,
+        artifact_id=artifact_id,
+    )
 
 
 @router.post(
@@ -154,16 +146,16 @@ async def create_dataset(
     factory: SessionFactoryDep,
     response: Response,
 ) -> DatasetOut:
-    upload = await receive_multipart(request, store, limit=settings.max_upload_bytes)
-    try:
-        if upload.file is None:
-            raise validation_problem("missing form part 'file'", [(("body", "file"), "required")])
-        name = _name_from_form(upload.fields.get("name"))
-        summary, sha256, size = await run_in_threadpool(read_and_store_dataset, store, upload.file)
-    finally:
-        upload.discard()
-    created = await run_in_threadpool(
-        register_dataset, factory, owner.id, name, summary, sha256, size
+    kind = UploadKind(
+        artifact_kind="dataset",
+        media_type=DATASET_MEDIA_TYPE,
+        check=partial(_check_upload, store),
+        make_row=_dataset_row,
+        out=dataset_out,
+    )
+    created = await create_from_upload(
+        request, kind, store=store, factory=factory, owner_id=owner.id,
+        limit=settings.max_upload_bytes,
     )
     response.headers["Location"] = f"/v1/datasets/{created.id}"
     return created
@@ -223,7 +215,7 @@ def get_dataset(
     if dataset_id.startswith(BUILTIN_PREFIX):
         summary = catalog.get(dataset_id)
         if summary is None:
-            raise not_found("dataset", dataset_id)
+            raise ProblemError(404, catalog.unknown(dataset_id), slug="not-found")
         return builtin_out(dataset_id, summary)
     return dataset_out(get_owned(session, Dataset, "dataset", owner.id, dataset_id))
 
@@ -239,7 +231,7 @@ def delete_dataset(
 ) -> Response:
     if dataset_id.startswith(BUILTIN_PREFIX):
         if dataset_id not in catalog.ids():
-            raise not_found("dataset", dataset_id)
+            raise ProblemError(404, catalog.unknown(dataset_id), slug="not-found")
         raise ProblemError(409, "built-in datasets cannot be deleted", slug="builtin-dataset")
     dataset = get_owned(session, Dataset, "dataset", owner.id, dataset_id)
     active = session.scalar(

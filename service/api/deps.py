@@ -1,5 +1,10 @@
 """Every FastAPI dependency of the routes, in one place: settings, database session, artifact
-store, dispatcher, the authenticated owner, pagination parameters."""
+store, dispatcher, the authenticated owner, pagination parameters, ``If-None-Match``.
+
+Authentication happens before any of these, and before any body is read: FastAPI reads a
+route's body before it solves its dependencies, so a dependency would come too late. The app's
+``AuthenticationMiddleware`` checks the key first and leaves the owner in the request's state;
+``current_owner`` hands it to the route (and declares the ``Bearer`` scheme in OpenAPI)."""
 
 from __future__ import annotations
 
@@ -7,20 +12,24 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Header, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.auth import authenticate
+from service.auth import EXPECTED_HEADER
 from service.catalog import BuiltinCatalog
 from service.db.models import Owner
 from service.dispatch import Dispatcher
-from service.problems import ProblemError
+from service.problems import ProblemError, unauthorized
 from service.settings import Settings
 from service.storage import ArtifactStore
 
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
+# Set by the app's AuthenticationMiddleware in the request's state: the owner of the key, or
+# why there is none (NotAuthenticated, or the lookup's own error).
+OWNER_STATE_KEY = "owner"
+AUTH_FAILURE_STATE_KEY = "auth_failure"
 
 _bearer = HTTPBearer(
     auto_error=False,
@@ -57,27 +66,47 @@ def get_dispatcher(request: Request) -> Dispatcher:
     return dispatcher
 
 
-def _unauthorized(detail: str) -> ProblemError:
-    return ProblemError(
-        401, detail, slug="unauthorized", headers={"WWW-Authenticate": 'Bearer realm="gif-service"'}
-    )
-
-
 def current_owner(
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    session: Annotated[Session, Depends(get_session)],
+    request: Request,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Owner:
-    """The owner of the request's bearer key; 401 when it is missing, unknown or revoked."""
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-    owner = authenticate(session, credentials.credentials)
-    # End the lookup's transaction so its pooled connection goes back now, not when the
-    # response is done: handlers that open their own session (e.g. job submission) would
-    # otherwise hold two connections each and exhaust the pool under concurrent requests.
-    session.commit()
-    if owner is None:
-        raise _unauthorized("invalid or revoked API key")
+    """The owner of the request's bearer key, as the ``AuthenticationMiddleware`` found it
+    before anything of the request was read; raises what it found instead (401 for a missing,
+    unknown or revoked key). Its lookup session is closed, so no handler holds a database
+    connection for it."""
+    state = request.scope.get("state", {})
+    failure = state.get(AUTH_FAILURE_STATE_KEY)
+    if failure is not None:
+        raise failure
+    owner = state.get(OWNER_STATE_KEY)
+    if owner is None:  # only for an app built without the middleware
+        raise unauthorized(f"missing API key: send {EXPECTED_HEADER}")
     return owner
+
+
+@dataclass(frozen=True)
+class IfNoneMatch:
+    """The entity tags of ``If-None-Match`` (RFC 9110 §13.1.2: weak comparison, ``*``)."""
+
+    tags: frozenset[str]
+
+    def matches(self, etag: str) -> bool:
+        """Whether a representation with ``etag`` (a quoted strong tag) is not modified."""
+        return "*" in self.tags or etag.removeprefix("W/") in self.tags
+
+
+def if_none_match(
+    header: Annotated[
+        str | None,
+        Header(
+            alias="If-None-Match",
+            max_length=8192,
+            description="Answer 304 when the ETag matches (weak comparison; * matches any).",
+        ),
+    ] = None,
+) -> IfNoneMatch:
+    tags = (tag.strip().removeprefix("W/") for tag in (header or "").split(","))
+    return IfNoneMatch(frozenset(tag for tag in tags if tag))
 
 
 @dataclass(frozen=True)
@@ -106,3 +135,4 @@ CatalogDep = Annotated[BuiltinCatalog, Depends(get_catalog)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 OwnerDep = Annotated[Owner, Depends(current_owner)]
 PageDep = Annotated[PageParams, Depends(page_params)]
+IfNoneMatchDep = Annotated[IfNoneMatch, Depends(if_none_match)]

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import partial
 from typing import Annotated
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
-from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from gif.errors import GifError, InvalidCheckpoint, InvalidRequest
 from gif.spec import ModelSpec
 from service.api.common import AUTH_PROBLEMS, get_owned, paginate, problem_responses
 from service.api.deps import (
+    IfNoneMatchDep,
     OwnerDep,
     PageDep,
     SessionDep,
@@ -24,10 +25,14 @@ from service.api.deps import (
     SettingsDep,
     StoreDep,
 )
-from service.api.uploads import receive_multipart
+from service.api.uploads import StoredFile, UploadKind, create_from_upload
 from service.db.models import CHECKPOINT_MEDIA_TYPE, Artifact, Job, Model, utcnow
-from service.db.session import session_scope
-from service.problems import ProblemError, validation_problem
+from service.problems import (
+    ProblemError,
+    explain_validation_errors,
+    validation_problem,
+    validation_summary,
+)
 from service.schemas import ModelOut, Page
 from service.storage import CHUNK_BYTES, ArtifactStore, StagedFile
 
@@ -73,11 +78,12 @@ def _spec_from_form(raw: str | None) -> ModelSpec:
     try:
         return ModelSpec.model_validate_json(raw)
     except ValidationError as err:
-        errors = [
-            (("body", "spec", *e["loc"]), e["msg"].removeprefix("Value error, "))
-            for e in err.errors()
-        ]
-        raise validation_problem("invalid model spec", errors) from None
+        prefix = ("body", "spec")
+        errors = explain_validation_errors(
+            [{**e, "loc": (*prefix, *e["loc"])} for e in err.errors()], ModelSpec, prefix
+        )
+        raise validation_problem(validation_summary("invalid model spec", errors),
+                                 errors) from None
 
 
 def _gif_problem(err: GifError, default_loc: tuple) -> ProblemError:
@@ -95,72 +101,60 @@ def _gif_problem(err: GifError, default_loc: tuple) -> ProblemError:
 
 @dataclass
 class CheckedModel:
-    """A spec and checkpoint that load strictly, converted to safetensors in the store."""
+    """A spec and checkpoint that load strictly, stored as safetensors."""
 
     spec: ModelSpec
     num_parameters: int
-    sha256: str
-    size_bytes: int
+    stored: StoredFile
 
 
 def check_and_store_checkpoint(
     store: ArtifactStore, spec: ModelSpec, upload: StagedFile
 ) -> CheckedModel:
-    """Build the architecture, strictly load the uploaded state dict (read without executing
-    any pickle), and store it as safetensors. Raises 422 problems naming fields/keys."""
-    from gif.checkpoint import load_state_dict_strict, read_state_dict, write_safetensors
-    from gif.registry import build_model
+    """Check the uploaded state dict against the architecture without allocating the network
+    (``gif.checkpoint.check_checkpoint``: meta model vs the file's layout, values scanned),
+    reading no pickle beyond ``weights_only``, and store it as safetensors: a safetensors
+    upload as it is, a torch file converted. Raises 422 problems naming fields/keys."""
+    from gif.checkpoint import check_checkpoint, write_safetensors
 
     upload.close()
     try:
-        model = build_model(spec)
+        checked = check_checkpoint(spec, upload.path)
     except InvalidRequest as err:
         raise _gif_problem(err, ("spec", "arch_kwargs")) from None
-    try:
-        state_dict = read_state_dict(upload.path)
-        load_state_dict_strict(model, state_dict)
     except InvalidCheckpoint as err:
         raise _gif_problem(err, ("file",)) from None
-    staged = store.stage()
-    try:
-        staged.close()
-        write_safetensors(state_dict, staged.path)
-        sha256, size = store.adopt(staged.path)
-    finally:
-        staged.discard()
-    num_parameters = sum(p.numel() for p in model.parameters())
-    return CheckedModel(spec=spec, num_parameters=num_parameters, sha256=sha256, size_bytes=size)
+    if checked.state_dict is None:
+        stored = StoredFile(sha256=store.commit(upload), size_bytes=upload.size)
+    else:
+        staged = store.stage()
+        try:
+            staged.close()
+            write_safetensors(checked.state_dict, staged.path)
+            stored = StoredFile(*store.adopt(staged.path))
+        finally:
+            staged.discard()
+    return CheckedModel(spec=spec, num_parameters=checked.num_parameters, stored=stored)
 
 
-def register_model(
-    factory: sessionmaker[Session], owner_id: str, checked: CheckedModel
-) -> ModelOut:
-    """Insert the artifact and model rows for a checked upload."""
-    with session_scope(factory) as session:
-        artifact = Artifact.record(
-            session,
-            owner_id=owner_id,
-            sha256=checked.sha256,
-            size_bytes=checked.size_bytes,
-            kind="checkpoint",
-            media_type=CHECKPOINT_MEDIA_TYPE,
-        )
-        spec = checked.spec
-        model = Model(
-            owner_id=owner_id,
-            name=spec.name,
-            arch=spec.arch,
-            arch_kwargs=spec.arch_kwargs,
-            input=spec.input.model_dump(mode="json"),
-            task=spec.task,
-            num_parameters=checked.num_parameters,
-            size_bytes=checked.size_bytes,
-            sha256=checked.sha256,
-            artifact_id=artifact.id,
-        )
-        session.add(model)
-        session.flush()
-        return model_out(model)
+def _check_upload(store: ArtifactStore, fields: dict[str, str], file: StagedFile) -> CheckedModel:
+    return check_and_store_checkpoint(store, _spec_from_form(fields.get("spec")), file)
+
+
+def _model_row(owner_id: str, artifact_id: str, checked: CheckedModel) -> Model:
+    spec = checked.spec
+    return Model(
+        owner_id=owner_id,
+        name=spec.name,
+        arch=spec.arch,
+        arch_kwargs=spec.arch_kwargs,
+        input=spec.input.model_dump(mode="json"),
+        task=spec.task,
+        num_parameters=checked.num_parameters,
+        size_bytes=checked.stored.size_bytes,
+        sha256=checked.stored.sha256,
+        artifact_id=artifact_id,
+    )
 
 
 @router.post(
@@ -179,15 +173,17 @@ async def create_model(
     factory: SessionFactoryDep,
     response: Response,
 ) -> ModelOut:
-    upload = await receive_multipart(request, store, limit=settings.max_upload_bytes)
-    try:
-        if upload.file is None:
-            raise validation_problem("missing form part 'file'", [(("body", "file"), "required")])
-        spec = _spec_from_form(upload.fields.get("spec"))
-        checked = await run_in_threadpool(check_and_store_checkpoint, store, spec, upload.file)
-    finally:
-        upload.discard()
-    created = await run_in_threadpool(register_model, factory, owner.id, checked)
+    kind = UploadKind(
+        artifact_kind="checkpoint",
+        media_type=CHECKPOINT_MEDIA_TYPE,
+        check=partial(_check_upload, store),
+        make_row=_model_row,
+        out=model_out,
+    )
+    created = await create_from_upload(
+        request, kind, store=store, factory=factory, owner_id=owner.id,
+        limit=settings.max_upload_bytes,
+    )
     response.headers["Location"] = f"/v1/models/{created.id}"
     return created
 
@@ -319,7 +315,7 @@ def artifact_response(
 
 @router.get(
     "/{model_id}/content",
-    summary="Download the checkpoint (safetensors); honours Range and If-None-Match",
+    summary="Download the checkpoint (safetensors); honours Range and If-None-Match (weak, *)",
     response_class=Response,
     responses={
         200: {"content": {CHECKPOINT_MEDIA_TYPE: {}}, "description": "The whole file"},
@@ -333,8 +329,8 @@ async def download_model(
     owner: OwnerDep,
     factory: SessionFactoryDep,
     store: StoreDep,
+    if_none_match: IfNoneMatchDep,
     range_header: Annotated[str | None, Header(alias="Range")] = None,
-    if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
 ) -> Response:
     def lookup() -> tuple[Model, str]:
         with factory() as session:
@@ -345,7 +341,7 @@ async def download_model(
 
     model, media_type = await run_in_threadpool(lookup)
     etag = f'"{model.sha256}"'
-    if if_none_match is not None and etag in {t.strip() for t in if_none_match.split(",")}:
+    if if_none_match.matches(etag):
         return Response(status_code=304, headers={"ETag": etag, "Accept-Ranges": "bytes"})
     size = await run_in_threadpool(store.verify, model.sha256)  # integrity before serving
     return artifact_response(

@@ -4,25 +4,58 @@ Starlette's form parser spools every file to the system temp directory with no s
 too-large upload would be written in full before anyone could refuse it. Here the one ``file``
 part goes, chunk by chunk, into a :class:`~service.storage.StagedFile` in the store's own
 ``tmp`` directory: hashed on the way in, refused with 413 the moment it passes the cap (the
-staging file is deleted), and committed by the caller with an atomic rename. Text fields are
-small and capped separately. Disk writes run in the threadpool, off the event loop."""
+staging file is deleted), and committed by the caller with an atomic rename. Text fields and
+part headers are small and capped separately. Disk writes run in the threadpool, off the event
+loop.
+
+Every request body is capped by the app's ``BodySizeLimitMiddleware`` (16 MiB) through the
+:class:`BodyLimit` it puts in the scope; :func:`receive_multipart` raises that request's limit
+to the upload cap plus the form's overhead before it streams, so only an upload route, and only
+while it streams to disk, reads more.
+
+:func:`create_from_upload` is the one sequence both upload routes run: receive the form, check
+and store the file (:class:`UploadKind`), then index it (artifact row + resource row)."""
 
 from __future__ import annotations
 
 import codecs
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 from fastapi import Request
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from service.problems import ProblemError
+from service.db.models import Artifact
+from service.db.session import session_scope
+from service.problems import ProblemError, validation_problem
 from service.storage import ArtifactStore, StagedFile, UploadTooLarge
 
 MAX_TEXT_FIELD_BYTES = 64 * 1024
 MAX_TEXT_FIELDS = 16
-FORM_OVERHEAD_BYTES = MAX_TEXT_FIELDS * MAX_TEXT_FIELD_BYTES + 64 * 1024
+MAX_PART_HEADER_BYTES = 16 * 1024  # all header lines of one part together
+FORM_OVERHEAD_BYTES = (MAX_TEXT_FIELDS + 1) * (MAX_TEXT_FIELD_BYTES + MAX_PART_HEADER_BYTES)
+BODY_LIMIT_SCOPE_KEY = "gif.body_limit"
+
+Checked = TypeVar("Checked")
+Out = TypeVar("Out")
+
+
+@dataclass
+class BodyLimit:
+    """The body cap of one request, in bytes: enforced on every ``receive`` by the app's
+    ``BodySizeLimitMiddleware``, raised by :func:`receive_multipart` for an upload."""
+
+    max_bytes: int
+
+
+def _raise_body_limit(request: Request, max_bytes: int) -> None:
+    limit = request.scope.get(BODY_LIMIT_SCOPE_KEY)
+    if isinstance(limit, BodyLimit):
+        limit.max_bytes = max(limit.max_bytes, max_bytes)
 
 
 @dataclass
@@ -61,6 +94,7 @@ class _Collector:
         self.disposition = b""
         self.header_name = b""
         self.header_value = b""
+        self.header_bytes = 0
         self.pending: list[bytes] = []
         self.pending_bytes = 0
 
@@ -78,11 +112,19 @@ class _Collector:
     def on_part_begin(self) -> None:
         self.part = _Part()
         self.disposition = b""
+        self.header_bytes = 0
+
+    def _count_header(self, size: int) -> None:
+        self.header_bytes += size
+        if self.header_bytes > MAX_PART_HEADER_BYTES:
+            raise _bad_form(f"a part's headers exceed {MAX_PART_HEADER_BYTES} bytes")
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._count_header(end - start)
         self.header_name += data[start:end]
 
     def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._count_header(end - start)
         self.header_value += data[start:end]
 
     def on_header_end(self) -> None:
@@ -176,6 +218,7 @@ async def receive_multipart(
     The caller owns the result: commit its ``file`` or call :meth:`MultipartUpload.discard`."""
     boundary, charset = _check_content_type(request)
     _check_declared_length(request, limit)
+    _raise_body_limit(request, limit + FORM_OVERHEAD_BYTES)
     collector = _Collector(store, file_field, limit, charset)
     try:
         parser = MultipartParser(boundary, collector.callbacks())
@@ -193,3 +236,71 @@ async def receive_multipart(
         collector.upload.discard()
         raise
     return collector.upload
+
+
+# ------------------------------------------------------------------ upload → artifact → row
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A checked upload, in the store under its content hash."""
+
+    sha256: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class UploadKind(Generic[Checked, Out]):
+    """What one upload route stores.
+
+    ``check(fields, file)`` validates the form's text ``fields`` and the staged ``file``, puts
+    the file into the store and returns what it found (with a ``stored: StoredFile``); it runs
+    in the threadpool and raises problems for bad input. ``make_row(owner_id, artifact_id,
+    checked)`` builds the resource's ORM row, ``out(row)`` its response."""
+
+    artifact_kind: str
+    media_type: str
+    check: Callable[[dict[str, str], StagedFile], Checked]
+    make_row: Callable[[str, str, Checked], Any]
+    out: Callable[[Any], Out]
+
+
+def _record(
+    factory: sessionmaker[Session], owner_id: str, kind: UploadKind[Checked, Out], checked: Any
+) -> Out:
+    stored: StoredFile = checked.stored
+    with session_scope(factory) as session:
+        artifact = Artifact.record(
+            session,
+            owner_id=owner_id,
+            sha256=stored.sha256,
+            size_bytes=stored.size_bytes,
+            kind=kind.artifact_kind,
+            media_type=kind.media_type,
+        )
+        row = kind.make_row(owner_id, artifact.id, checked)
+        session.add(row)
+        session.flush()
+        return kind.out(row)
+
+
+async def create_from_upload(
+    request: Request,
+    kind: UploadKind[Checked, Out],
+    *,
+    store: ArtifactStore,
+    factory: sessionmaker[Session],
+    owner_id: str,
+    limit: int,
+) -> Out:
+    """Receive the multipart form (the ``file`` part streamed to staging under ``limit``),
+    check and store it with ``kind.check``, then insert its artifact and resource rows. The
+    staging file is gone afterwards whatever happened; a refused upload leaves nothing."""
+    upload = await receive_multipart(request, store, limit=limit)
+    try:
+        if upload.file is None:
+            raise validation_problem("missing form part 'file'", [(("body", "file"), "required")])
+        checked = await run_in_threadpool(kind.check, upload.fields, upload.file)
+    finally:
+        upload.discard()
+    return await run_in_threadpool(_record, factory, owner_id, kind, checked)

@@ -88,12 +88,13 @@ def test_idempotency_key_same_body_same_job_different_body_422(client, alice, up
         ({"train_dataset_id": "builtin:nope:train"}, ["body", "train_dataset_id"]),
         ({"edit": {"kind": "remove_class", "class": 3}}, ["body", "edit", "class"]),
         ({"edit": {"kind": "remove_samples", "indices": [0, 30]}}, ["body", "edit", "indices", 1]),
-        # pydantic names the union member: loc body.edit.<kind>.
+        # One location style: the union member pydantic names (relabel) is not in the loc.
         ({"edit": {"kind": "relabel", "indices": [0, 1], "labels": [1]}},
-         ["body", "edit", "relabel"]),
+         ["body", "edit"]),
         ({"edit": {"kind": "relabel", "indices": [0], "labels": [7]}},
          ["body", "edit", "labels", 0]),
-        ({"edit": {"kind": "remove_class"}}, ["body", "edit", "remove_class", "class"]),
+        ({"edit": {"kind": "remove_class"}}, ["body", "edit", "class"]),
+        ({"edit": {"kind": "remove_class", "class": -1}}, ["body", "edit", "class"]),
         ({"selection": {"ratio": 0}}, ["body", "selection", "ratio"]),
         ({"selection": {"ratio": 1.5}}, ["body", "selection", "ratio"]),
         ({"mehtod": "gif"}, ["body", "mehtod"]),
