@@ -29,14 +29,16 @@ chunk by chunk, never held whole.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import math
 import os
 import re
 import struct
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +58,32 @@ INT64_MAX = 2**63 - 1
 MAX_VIEWED_BYTES_PER_FILE_BYTE = 4
 # Values are scanned (NaN/Inf) in chunks of this many bytes, never a whole file at once.
 SCAN_CHUNK_BYTES = 4 * 1024 * 1024
+# What Python's zip reader raises for a damaged archive (an unknown version is not implemented).
+ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError,
+              NotImplementedError)
+
+logger = logging.getLogger(__name__)
+
+
+def refuse_unreadable(error: type[GifError], what: str) -> Callable:
+    """Decorate a reader of untrusted files: any failure it did not name itself becomes
+    ``error`` ("<what> could not be read: ..."), logged with its traceback, so no file can
+    reach a 500, whatever a parser underneath raises. Memory errors are not the file's fault
+    and pass."""
+    def decorate(reader: Callable) -> Callable:
+        @functools.wraps(reader)
+        def guarded(*args, **kwargs):
+            try:
+                return reader(*args, **kwargs)
+            except (GifError, MemoryError):
+                raise
+            except Exception as err:
+                logger.warning("%s: unforeseen %s from %s", what, type(err).__name__,
+                               reader.__name__, exc_info=True)
+                raise error(f"{what} could not be read: {type(err).__name__}: "
+                            f"{_first_line(err)}") from None
+        return guarded
+    return decorate
 
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -152,7 +180,7 @@ def _check_safetensors_entry(name: str, entry: object, error: type[GifError]) ->
         raise error(f"safetensors tensor {name!r}: entry must have exactly dtype, shape, "
                     f"data_offsets")
     dtype_name, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if dtype_name not in SAFETENSORS_DTYPES:
+    if not isinstance(dtype_name, str) or dtype_name not in SAFETENSORS_DTYPES:
         raise error(f"tensor {name!r} has unsupported dtype {dtype_name!r} "
                     f"(supported: {', '.join(SAFETENSORS_DTYPES)})")
     if not isinstance(shape, list) or not all(
@@ -297,7 +325,7 @@ def _check_torch_zip(path: str | os.PathLike) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as err:
+    except ZIP_ERRORS as err:
         raise InvalidCheckpoint(f"corrupt or truncated PyTorch checkpoint (zip): {err}") from None
     declared = 0
     for info in members:
@@ -439,6 +467,7 @@ def _checked_kind(path: str | os.PathLike) -> str:
     )
 
 
+@refuse_unreadable(InvalidCheckpoint, "the checkpoint")
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The state dict in a safetensors or PyTorch (zip) file, safely (see module docstring)."""
     if _checked_kind(path) == "safetensors":
@@ -447,6 +476,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return validate_state_dict(_torch_load(path), max_viewed_bytes=limit)
 
 
+@refuse_unreadable(InvalidCheckpoint, "the checkpoint")
 def read_layout(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors as meta tensors (names, shapes, dtypes), without reading or
     allocating any tensor data: a safetensors header, or a torch file loaded onto the meta
@@ -551,6 +581,7 @@ class CheckedCheckpoint:
     state_dict: dict[str, torch.Tensor] | None
 
 
+@refuse_unreadable(InvalidCheckpoint, "the checkpoint")
 def check_checkpoint(spec: ModelSpec, path: str | os.PathLike) -> CheckedCheckpoint:
     """Check an uploaded checkpoint against ``spec`` without allocating the network: the model
     is built on the meta device, compared with the file's layout (:func:`read_layout`: names,

@@ -48,9 +48,11 @@ import torch
 
 from gif.checkpoint import (
     SAFETENSORS_DTYPES,
+    ZIP_ERRORS,
     check_safetensors,
     iter_chunks,
     read_safetensors,
+    refuse_unreadable,
     sniff_format,
 )
 from gif.errors import InvalidDataset, InvalidRequest
@@ -197,7 +199,7 @@ def _check_zip_members(path: Path, max_bytes: int) -> dict[str, zipfile.ZipInfo]
     try:
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as err:
+    except ZIP_ERRORS as err:
         raise InvalidDataset(f"corrupt or truncated .npz file: {err}") from None
     total = 0
     for info in members:
@@ -224,7 +226,7 @@ def _read_npy_header(f, info: zipfile.ZipInfo, key: str) -> tuple[np.dtype, tupl
             shape, _, dtype = np.lib.format.read_array_header_1_0(f, _NPY_MAX_HEADER)
         else:
             shape, _, dtype = np.lib.format.read_array_header_2_0(f, _NPY_MAX_HEADER)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+    except ZIP_ERRORS as err:
         raise InvalidDataset(f".npz array {key!r} has a malformed .npy header: {err}") from None
     header_bytes = f.tell() if f.seekable() else None
     if dtype.hasobject:
@@ -268,7 +270,7 @@ def _read_npz(path: Path, name: str, max_bytes: int) -> ArrayDataset:
                 arrays[key] = npz[key]
     except ValueError as err:  # e.g. "Object arrays cannot be loaded when allow_pickle=False"
         raise InvalidDataset(f"{name}: {err}") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as err:
+    except ZIP_ERRORS as err:
         raise InvalidDataset(f"{name}: corrupt .npz: {err}") from None
     x, y = arrays["x"], arrays["y"]
     _check_x(name, _numpy_x_dtype(x.dtype), x.shape)
@@ -303,6 +305,7 @@ def _dataset_kind(path: Path, name: str, max_bytes: int) -> str:
     return kind
 
 
+@refuse_unreadable(InvalidDataset, "the dataset")
 def read_dataset(path: str | os.PathLike, name: str | None = None, *,
                  max_bytes: int = MAX_DATASET_BYTES) -> ArrayDataset:
     """An uploaded dataset (``.npz`` or safetensors, by content); ``InvalidDataset`` if it is
@@ -419,6 +422,7 @@ def _scan_safetensors(path: Path, name: str) -> dict:
         return _scan_arrays(name, f, x_dtype, x["shape"], open_labels, y_dtype, y["shape"])
 
 
+@refuse_unreadable(InvalidDataset, "the dataset")
 def scan_dataset(path: str | os.PathLike, name: str | None = None, *,
                  max_bytes: int = MAX_DATASET_BYTES) -> dict:
     """Check an uploaded dataset file by every rule :func:`read_dataset` applies and return
@@ -430,7 +434,7 @@ def scan_dataset(path: str | os.PathLike, name: str | None = None, *,
         if _dataset_kind(path, name, max_bytes) == "zip":
             return _scan_npz(path, name, max_bytes)
         return _scan_safetensors(path, name)
-    except (zipfile.BadZipFile, OSError, ValueError) as err:
+    except ZIP_ERRORS as err:
         raise InvalidDataset(f"{name}: corrupt file: {err}") from None
 
 

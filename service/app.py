@@ -194,9 +194,11 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None) -> Fast
         dispatcher = NoneDispatcher()
     app.state.dispatcher = dispatcher
     install_problem_handlers(app)
-    # Added last runs first: authenticate, then bound the body, then the routes.
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=MAX_JSON_BODY_BYTES)
+    # Added last runs first: the body bound, then authentication, then the routes. The app
+    # reads through authentication's receive, so a request without a key is refused (401)
+    # before the bound is even consulted.
     app.add_middleware(AuthenticationMiddleware, session_factory=app.state.session_factory)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=MAX_JSON_BODY_BYTES)
     for router in ROUTERS:
         app.include_router(router)
     install_observability(app, app.state.session_factory)  # request ids, access log, /metrics
