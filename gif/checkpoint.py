@@ -57,7 +57,7 @@ INT64_MAX = 2**63 - 1
 # bytes than the file holds, but not more than this many times as much: more is an expansion.
 MAX_VIEWED_BYTES_PER_FILE_BYTE = 4
 # Values are scanned (NaN/Inf) in chunks of this many bytes, never a whole file at once.
-SCAN_CHUNK_BYTES = 4 * 1024 * 1024
+SCAN_CHUNK_BYTES = 1024 * 1024
 # What Python's zip reader raises for a damaged archive (an unknown version is not implemented).
 ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError,
               NotImplementedError)
@@ -295,6 +295,17 @@ def count_non_finite(chunks, dtype: torch.dtype) -> int:
     return bad
 
 
+def non_finite_count(tensor: torch.Tensor) -> int:
+    """NaN/Inf values in a floating ``tensor``, counted a chunk at a time (``torch.isfinite``
+    of a whole tensor makes float temporaries of its size)."""
+    if not tensor.is_floating_point():
+        return 0
+    flat = tensor.detach().reshape(-1)
+    step = max(SCAN_CHUNK_BYTES // flat.element_size(), 1)
+    return sum(int((~torch.isfinite(flat[i : i + step])).sum())
+               for i in range(0, flat.numel(), step))
+
+
 def check_safetensors_values(
     path: str | os.PathLike, error: type[GifError] = InvalidCheckpoint
 ) -> None:
@@ -436,11 +447,10 @@ def validate_state_dict(
                                 f"{MAX_VIEWED_BYTES_PER_FILE_BYTE}x the file: refused")
     out: dict[str, torch.Tensor] = {}
     for key, value in tensors.items():
-        if value.is_floating_point():
-            bad = int((~torch.isfinite(value)).sum())
-            if bad:
-                raise InvalidCheckpoint(f"tensor {key!r} has {bad} NaN/Inf value(s) "
-                                        f"out of {value.numel()}")
+        bad = non_finite_count(value)
+        if bad:
+            raise InvalidCheckpoint(f"tensor {key!r} has {bad} NaN/Inf value(s) "
+                                    f"out of {value.numel()}")
         out[key] = value.contiguous()
     return out
 

@@ -51,6 +51,7 @@ from gif.checkpoint import (
     ZIP_ERRORS,
     check_safetensors,
     iter_chunks,
+    non_finite_count,
     read_safetensors,
     refuse_unreadable,
     sniff_format,
@@ -176,8 +177,7 @@ def _validate_arrays(x: object, y: object, name: str) -> None:
                              f"of shape {list(y.shape)}")
     _check_y(name, "int64", True, y.shape, x.shape[0])
     _check_label_range(name, int(y.min()), int(y.max()), int((y < 0).sum()))
-    if x.is_floating_point():
-        _check_finite(name, int((~torch.isfinite(x)).sum()))
+    _check_finite(name, non_finite_count(x))
 
 
 def _dtype_name(dtype: torch.dtype | np.dtype) -> str:

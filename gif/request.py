@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
+from gif.spec import refuse_field_flood, refuse_long
+
 # Phases of an edit job, in order (API.md ``progress.phase``). GIF goes through ``select``,
 # ``solve`` and ``step_search``; the training methods of MATH.md E10 through ``train`` (and
 # ``select`` for salun's saliency mask) instead: each job reports only the phases it runs.
@@ -33,8 +35,15 @@ Label = Annotated[int, Field(ge=0, le=MAX_LABEL)]
 
 
 class _Strict(BaseModel):
-    # allow_inf_nan=False: NaN, Infinity and 1e999 are a 422, never stored (API.md).
+    # allow_inf_nan=False: NaN, Infinity and 1e999 are a 422, never stored (API.md). Lists are
+    # validated fail_fast and unknown-field floods refused at once: errors stay few, however
+    # many bad entries a body holds (gif.spec).
     model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _few_unknown(cls, data: Any) -> Any:
+        return refuse_field_flood(cls, data)
 
 
 class RemoveClass(_Strict):
@@ -48,7 +57,7 @@ class RemoveSamples(_Strict):
     """Forget the listed training points (indices into the train dataset)."""
 
     kind: Literal["remove_samples"]
-    indices: list[Index] = Field(min_length=1, max_length=MAX_EDIT_POINTS)
+    indices: list[Index] = Field(min_length=1, max_length=MAX_EDIT_POINTS, fail_fast=True)
 
     @model_validator(mode="after")
     def _unique(self) -> RemoveSamples:
@@ -61,8 +70,8 @@ class Relabel(_Strict):
     """Change the labels of the listed points to ``labels`` (e.g. undo a backdoor)."""
 
     kind: Literal["relabel"]
-    indices: list[Index] = Field(min_length=1, max_length=MAX_EDIT_POINTS)
-    labels: list[Label] = Field(min_length=1, max_length=MAX_EDIT_POINTS)
+    indices: list[Index] = Field(min_length=1, max_length=MAX_EDIT_POINTS, fail_fast=True)
+    labels: list[Label] = Field(min_length=1, max_length=MAX_EDIT_POINTS, fail_fast=True)
 
     @model_validator(mode="after")
     def _same_length(self) -> Relabel:
@@ -167,6 +176,11 @@ class Eval(_Strict):
     retain_samples: int = Field(
         2048, ge=1, le=MAX_POINTS, description="Size of the retained-data sample evaluated."
     )
+
+    @field_validator("datasets", mode="before")
+    @classmethod
+    def _few_datasets(cls, value: Any) -> Any:
+        return refuse_long(value, MAX_EVAL_DATASETS, "eval.datasets")
 
 
 # The edit methods: the influence-function family (MATH.md E2–E5) and the training methods of

@@ -2,7 +2,11 @@
 
 Numbers are finite (API.md): ``NaN``, ``Infinity`` and overflowing literals (``1e999``) are
 refused in every field, the free-form ``arch_kwargs`` included, and every list and map has a
-cap, so nothing a spec holds can overflow or grow without bound further down."""
+cap, so nothing a spec holds can overflow or grow without bound further down.
+
+Errors are bounded too, not only the values: a list stops at its first bad item
+(``fail_fast``) and a flood of unknown fields is one error (:func:`refuse_field_flood`), so a
+body of a million bad entries costs one error, not a million (pydantic collects every one)."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ MAX_ARCH_KWARGS = 32  # keys of arch_kwargs
 MAX_JSON_ITEMS = 1024  # items of any list or map nested inside arch_kwargs
 MAX_JSON_DEPTH = 8  # nesting of lists/maps inside arch_kwargs
 INT64_MAX = 2**63 - 1
+MAX_UNKNOWN_FIELDS = 20  # past this many unknown fields of one object: one error for them all
 
 
 def check_json_value(value: Any, where: str = "", depth: int = 0) -> None:
@@ -42,6 +47,27 @@ def check_json_value(value: Any, where: str = "", depth: int = 0) -> None:
         check_json_value(item, f"{where}.{key}" if where else str(key), depth + 1)
 
 
+def refuse_field_flood(model: type[BaseModel], data: Any) -> Any:
+    """A ``mode="before"`` check for strict models: more than ``MAX_UNKNOWN_FIELDS`` unknown
+    fields are refused with one error, before pydantic would report each one."""
+    if isinstance(data, dict) and len(data) > len(model.model_fields) + MAX_UNKNOWN_FIELDS:
+        known = {info.alias or name for name, info in model.model_fields.items()}
+        unknown = [key for key in data if key not in known and key not in model.model_fields]
+        if len(unknown) > MAX_UNKNOWN_FIELDS:
+            shown = ", ".join(repr(str(key)[:40]) for key in unknown[:3])
+            raise ValueError(f"{len(unknown)} unknown fields ({shown}, ...); the fields are: "
+                             f"{', '.join(sorted(known))}")
+    return data
+
+
+def refuse_long(data: Any, limit: int, what: str) -> Any:
+    """A ``mode="before"`` check of a map's or list's length, before its items are validated
+    (pydantic checks ``max_length`` of a dict only after validating every item)."""
+    if isinstance(data, dict | list) and len(data) > limit:
+        raise ValueError(f"{what} has {len(data)} entries; at most {limit} are allowed")
+    return data
+
+
 def _short(value: int) -> str:
     digits = str(abs(value)) if value.bit_length() < 4000 else None
     if digits is None or len(digits) > 24:
@@ -56,8 +82,13 @@ class InputSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     scale: float = 1.0
-    mean: list[float] | None = Field(None, max_length=MAX_CHANNELS)
-    std: list[float] | None = Field(None, max_length=MAX_CHANNELS)
+    mean: list[float] | None = Field(None, max_length=MAX_CHANNELS, fail_fast=True)
+    std: list[float] | None = Field(None, max_length=MAX_CHANNELS, fail_fast=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _few_unknown(cls, data: Any) -> Any:
+        return refuse_field_flood(cls, data)
 
     @model_validator(mode="after")
     def _consistent(self) -> InputSpec:
@@ -78,6 +109,16 @@ class ModelSpec(BaseModel):
     input: InputSpec = Field(default_factory=InputSpec)
     task: Literal["classification"] = "classification"
     name: str | None = Field(None, max_length=200)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _few_unknown(cls, data: Any) -> Any:
+        return refuse_field_flood(cls, data)
+
+    @field_validator("arch_kwargs", mode="before")
+    @classmethod
+    def _few_kwargs(cls, value: Any) -> Any:
+        return refuse_long(value, MAX_ARCH_KWARGS, "arch_kwargs")
 
     @field_validator("arch_kwargs")
     @classmethod

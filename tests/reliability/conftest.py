@@ -183,7 +183,7 @@ def embedded(tmp_path_factory) -> Iterator[LiveServer]:
 @pytest.fixture(scope="session")
 def uploaded(embedded, upload_files) -> dict:
     """The digits model and dataset uploaded once to the embedded server."""
-    client = embedded.client()
+    client = embedded.client(timeout=300)  # the first upload imports torch on a loaded machine
     return {
         "model": upload_model(client, upload_files.model),
         "dataset": upload_dataset(client, upload_files.data),
