@@ -5,11 +5,14 @@ does the same in-process against the ASGI app.)"""
 
 from __future__ import annotations
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error, response_schema_conformance
+
+from tests.reliability.hostile_numbers import add_hostile_numbers
 
 EXAMPLES = {GenerationMode.POSITIVE: 6, GenerationMode.NEGATIVE: 4}
 
@@ -34,8 +37,13 @@ def _fuzz(operation, mode: GenerationMode, base_url: str, headers: dict[str, str
     run()
 
 
-def test_fuzzing_the_live_server_finds_no_500_and_no_schema_violation(embedded, uploaded):
+@pytest.mark.parametrize("numbers", ["generated", "hostile"])
+def test_fuzzing_the_live_server_finds_no_500_and_no_schema_violation(
+    embedded, uploaded, numbers
+):
     schema = schemathesis.openapi.from_url(embedded.url + "/openapi.json")
+    assert schema.config.generation.allow_x00  # NUL bytes in strings too
+    carried = add_hostile_numbers(schema) if numbers == "hostile" else []
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 15
     for operation in operations:
@@ -48,3 +56,7 @@ def test_fuzzing_the_live_server_finds_no_500_and_no_schema_violation(embedded, 
                 err.add_note(f"fuzzing {operation.method.upper()} {operation.path} ({mode})")
                 raise
     assert embedded.running
+    if numbers == "hostile":  # the hostile numbers did reach the routes that take bodies
+        refused = [operation for operation, status in carried if status == 422]
+        assert {"POST /v1/jobs", "POST /v1/models"} <= set(refused), carried
+        assert all(400 <= status < 500 for _, status in carried), carried

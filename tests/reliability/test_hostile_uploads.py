@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from tests.reliability.conftest import UPLOAD_CAP
+from tests.reliability.helpers import files_under, server_cost
 from tests.worker import digits
 
 PROBLEM = "application/problem+json"
@@ -35,17 +36,6 @@ class RunsCode:
         import os
 
         return os.system, (f"touch {self.marker}",)
-
-
-def _files_under(directory: Path) -> set[Path]:
-    return {p for p in directory.rglob("*") if p.is_file()} if directory.exists() else set()
-
-
-def _peak_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM in /proc status")
 
 
 def _post_model(client, data: bytes, filename: str = "model.safetensors", spec=None):
@@ -151,32 +141,31 @@ def test_each_hostile_upload_is_a_precise_4xx_leaving_nothing(
     artifacts = embedded.data_dir / "artifacts"
     # Warm the upload path with one good upload so the peak below measures only the attacks.
     assert _post_model(client, good_weights).status_code == 201
-    before = _files_under(artifacts)
+    before = files_under(artifacts)
     models_before = client.get("/v1/models", params={"limit": 100}).json()["data"]
-    peak_before = _peak_rss(embedded.process.pid)
 
     failures = []
-    for name, route, data, filename, status, word in _cases(
-        good_weights, upload_files.state_dict, marker
-    ):
-        post = _post_model if route == "models" else _post_dataset
-        response = post(client, data, filename)
-        body = response.json() if response.headers.get("content-type", "").startswith(
-            PROBLEM
-        ) else {}
-        if (
-            response.status_code != status
-            or body.get("status") != status
-            or word not in body.get("detail", "") + json.dumps(body.get("errors", []))
-        ):
-            failures.append(f"{name}: {response.status_code} {response.text[:300]}")
+    cases = _cases(good_weights, upload_files.state_dict, marker)
+    with server_cost(embedded) as cost:
+        for name, route, data, filename, status, word in cases:
+            post = _post_model if route == "models" else _post_dataset
+            response = post(client, data, filename)
+            body = response.json() if response.headers.get("content-type", "").startswith(
+                PROBLEM
+            ) else {}
+            if (
+                response.status_code != status
+                or body.get("status") != status
+                or word not in body.get("detail", "") + json.dumps(body.get("errors", []))
+            ):
+                failures.append(f"{name}: {response.status_code} {response.text[:300]}")
+    print(f"{len(cases)} hostile uploads: {cost}")
     assert not failures, "\n".join(failures)
 
     assert not marker.exists(), "a pickle in an upload ran code"
-    assert _files_under(artifacts) == before, "a refused upload left a file behind"
+    assert files_under(artifacts) == before, "a refused upload left a file behind"
     assert client.get("/v1/models", params={"limit": 100}).json()["data"] == models_before
-    growth = _peak_rss(embedded.process.pid) - peak_before
-    assert growth < MEMORY_BUDGET_BYTES, f"peak RSS grew {growth / 1024**2:.0f} MiB"
+    assert cost.rss_growth < MEMORY_BUDGET_BYTES, str(cost)
 
 
 def test_path_traversal_filename_is_only_a_label(embedded, good_weights):
@@ -189,9 +178,9 @@ def test_path_traversal_filename_is_only_a_label(embedded, good_weights):
     assert response.status_code == 201, response.text
     sha = response.json()["sha256"]
     assert not target.exists()
-    stored = [p for p in _files_under(embedded.data_dir) if "escaped" in p.name]
+    stored = [p for p in files_under(embedded.data_dir) if "escaped" in p.name]
     assert stored == []
-    assert any(p.name.startswith(sha) or sha in str(p) for p in _files_under(embedded.data_dir))
+    assert any(p.name.startswith(sha) or sha in str(p) for p in files_under(embedded.data_dir))
     # The download's Content-Disposition does not carry the traversal either.
     download = client.get(f"/v1/models/{response.json()['id']}/content")
     assert download.status_code == 200 and ".." not in download.headers["content-disposition"]
