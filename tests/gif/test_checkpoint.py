@@ -6,15 +6,20 @@ import json
 import pickle
 import struct
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from gif.checkpoint import (
+    check_checkpoint,
     load_model,
     load_state_dict_strict,
+    non_finite_count,
+    read_layout,
     read_state_dict,
+    representable,
     write_safetensors,
 )
 from gif.errors import InvalidCheckpoint
@@ -323,3 +328,144 @@ def test_load_model_reproduces_the_clients_network(tmp_path):
     wrong = ModelSpec(arch="mlp", arch_kwargs={"in_features": 3, "hidden": [5], "num_classes": 2})
     with pytest.raises(InvalidCheckpoint, match="shape mismatch"):
         load_model(wrong, tmp_path / "client.pt")
+
+
+# --- checked against the architecture without allocating it (issue 12) ----------------------
+
+
+def _peak_growth(work) -> int:
+    """Peak RSS growth of this process while ``work()`` runs (VmHWM reset via clear_refs)."""
+    def status(field: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError(field)
+
+    Path("/proc/self/clear_refs").write_text("5")
+    before = status("VmRSS")
+    work()
+    return status("VmHWM") - before
+
+
+def _mlp_state() -> dict[str, torch.Tensor]:
+    return build_model(MLP).state_dict()
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "torch"])
+def test_a_huge_spec_is_refused_without_allocating_its_network(tmp_path, kind):
+    """A 285 M-parameter spec against a tiny file: refused from the meta model and the file's
+    layout; building it would take over 1 GB."""
+    path = tmp_path / "m"
+    if kind == "safetensors":
+        write_safetensors(_mlp_state(), path)
+    else:
+        torch.save(_mlp_state(), path)
+    huge = ModelSpec(arch="mlp", arch_kwargs={"in_features": 16384, "hidden": [16384],
+                                              "num_classes": 1000})
+    check_checkpoint(MLP, path)  # warm
+    raised = []
+
+    def attempt() -> None:
+        with pytest.raises(InvalidCheckpoint, match="shape mismatch") as info:
+            check_checkpoint(huge, path)
+        raised.append(info.value)
+
+    assert _peak_growth(attempt) < 50 * 1024**2
+    assert raised[0].details["mismatched"][0]["model_shape"] == [16384, 16384]
+
+
+def test_check_checkpoint_keeps_safetensors_and_converts_torch_files(tmp_path):
+    spec = MLP
+    state = _mlp_state()
+    write_safetensors(state, tmp_path / "m.safetensors")
+    torch.save({"state_dict": state}, tmp_path / "m.pt")
+    kept = check_checkpoint(spec, tmp_path / "m.safetensors")
+    converted = check_checkpoint(spec, tmp_path / "m.pt")
+    assert kept.state_dict is None and kept.num_parameters == 3 * 4 + 4 + 4 * 2 + 2
+    _assert_equal_dicts(converted.state_dict, state)
+    assert converted.num_parameters == kept.num_parameters
+
+
+@pytest.mark.parametrize("shape", [[0, 2**40, 2**40], [2**63, 0], [0, 2**62, 4],
+                                   [2**64 - 1, 0], [0] + [2**16] * 5])
+def test_shapes_that_overflow_64_bits_are_refused(tmp_path, shape):
+    """Zero-sized, so the byte count checks out; torch cannot hold the strides (issue 12)."""
+    assert not representable(shape, 4)
+    _raw_safetensors(tmp_path / "m", {"0.weight": {"dtype": "F32", "shape": shape,
+                                                   "data_offsets": [0, 0]}}, b"")
+    for read in (read_state_dict, read_layout,
+                 lambda p: check_checkpoint(MLP, p)):
+        with pytest.raises(InvalidCheckpoint, match="too large to represent"):
+            read(tmp_path / "m")
+
+
+def test_representable_counts_zero_dimensions_as_one():
+    assert representable([0, 2**31, 2**31], 1) and representable([], 8)
+    assert not representable([0, 2**61, 4], 4) and not representable([-1], 4)
+
+
+def test_meta_tensors_hold_no_data_and_are_refused(tmp_path):
+    state = _mlp_state()
+    torch.save({**state, "2.bias": state["2.bias"].to("meta")}, tmp_path / "m.pt")
+    with pytest.raises(InvalidCheckpoint, match="meta device"):
+        read_state_dict(tmp_path / "m.pt")
+    with pytest.raises(InvalidCheckpoint, match="meta device"):
+        check_checkpoint(MLP, tmp_path / "m.pt")
+
+
+def test_expanded_views_are_refused_before_anything_is_computed_from_them(tmp_path):
+    state = _mlp_state()
+    torch.save({**state, "0.weight": torch.zeros(1).expand(4, 3)}, tmp_path / "small.pt")
+    with pytest.raises(InvalidCheckpoint, match="views 48 bytes of a 4-byte storage"):
+        check_checkpoint(MLP, tmp_path / "small.pt")
+    # 4 TiB claimed by one number: refused without allocating (isfinite would allocate 1 TiB).
+    torch.save({"w": torch.zeros(1).expand(2**20, 2**20)}, tmp_path / "huge.pt")
+    assert _peak_growth(lambda: pytest.raises(InvalidCheckpoint, read_state_dict,
+                                              tmp_path / "huge.pt")) < 50 * 1024**2
+
+
+def test_many_views_of_one_storage_are_refused(tmp_path):
+    shared = torch.zeros(2**16)
+    torch.save({f"v{i}": shared for i in range(200)}, tmp_path / "m.pt")
+    with pytest.raises(InvalidCheckpoint, match="more than 4x the file"):
+        read_state_dict(tmp_path / "m.pt")
+    torch.save({"a": shared, "tied": shared}, tmp_path / "tied.pt")  # tied weights still load
+    assert set(read_state_dict(tmp_path / "tied.pt")) == {"a", "tied"}
+
+
+def test_non_finite_values_are_found_across_chunk_boundaries(tmp_path, monkeypatch):
+    import gif.checkpoint as checkpoint
+
+    monkeypatch.setattr(checkpoint, "SCAN_CHUNK_BYTES", 64)  # 16 float32 per chunk
+    values = torch.zeros(100)
+    values[[0, 15, 16, 99]] = torch.tensor([float("nan"), float("inf"), -float("inf"),
+                                            float("nan")])
+    assert non_finite_count(values) == 4
+    assert non_finite_count(values.to(torch.float16)) == 4
+    assert non_finite_count(torch.arange(10)) == 0
+    write_safetensors({"w": values}, tmp_path / "m.safetensors")
+    with pytest.raises(InvalidCheckpoint, match="4 NaN/Inf"):
+        checkpoint.check_safetensors_values(tmp_path / "m.safetensors")
+
+
+def test_a_failure_no_check_foresaw_is_still_a_clear_refusal(tmp_path):
+    """Python's zip reader raises NotImplementedError for an unknown zip version (found by the
+    fuzz in tests/reliability/test_hostile_files.py); every reader refuses, never crashes."""
+    state = _mlp_state()
+    torch.save(state, tmp_path / "m.pt")
+    data = bytearray((tmp_path / "m.pt").read_bytes())
+    central = data.rfind(b"PK\x01\x02")
+    data[central + 6] = 160  # "version needed to extract": 16.0
+    (tmp_path / "m.pt").write_bytes(bytes(data))
+    for read in (read_state_dict, read_layout,
+                 lambda p: check_checkpoint(MLP, p)):
+        with pytest.raises(InvalidCheckpoint, match="zip|could not be read"):
+            read(tmp_path / "m.pt")
+
+
+def test_write_safetensors_copies_only_tensors_that_share_storage(tmp_path):
+    big = torch.randn(256, 1024)  # 1 MiB
+    assert _peak_growth(lambda: write_safetensors({"a": big, "b": big.clone()},
+                                                  tmp_path / "m.safetensors")) < 2 * 1024**2
+    back = read_state_dict(tmp_path / "m.safetensors")
+    assert torch.equal(back["a"], big)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import struct
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -23,6 +25,7 @@ from gif.data import (
     load_dataset,
     prepare_inputs,
     read_dataset,
+    scan_dataset,
 )
 from gif.errors import InvalidDataset, InvalidRequest
 from gif.spec import InputSpec, ModelSpec
@@ -38,6 +41,17 @@ def _images(n=6, c=1, h=4, w=4, seed=0) -> np.ndarray:
 
 def _labels(n=6, k=3) -> np.ndarray:
     return (np.arange(n) % k).astype(np.int64)
+
+
+def _scan(path, **kwargs) -> SimpleNamespace:
+    return SimpleNamespace(**scan_dataset(path, **kwargs))
+
+
+@pytest.fixture(params=["read_dataset", "scan_dataset"])
+def reader(request):
+    """Each refusal holds for the loading reader (the worker's) and the streaming one (the
+    upload route's): one set of rules."""
+    return read_dataset if request.param == "read_dataset" else _scan
 
 
 # --- uploads that load ----------------------------------------------------------------------
@@ -107,24 +121,24 @@ def test_load_dataset_reads_paths_and_subset_keeps_pairs(tmp_path):
         ({"x": _images()}, "missing array 'y'"),
     ],
 )
-def test_bad_npz_contents(tmp_path, arrays, fragment):
+def test_bad_npz_contents(tmp_path, arrays, fragment, reader):
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(InvalidDataset) as info:
-        read_dataset(tmp_path / "bad.npz")
+        reader(tmp_path / "bad.npz")
     assert fragment in str(info.value)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_non_finite_features_are_refused(tmp_path, bad):
+def test_non_finite_features_are_refused(tmp_path, bad, reader):
     x = np.ones((4, 3), np.float32)
     x[1, 2] = bad
     x[3, 0] = bad
     np.savez(tmp_path / "nan.npz", x=x, y=_labels(4))
     with pytest.raises(InvalidDataset, match=r"x has 2 NaN/Inf value\(s\)"):
-        read_dataset(tmp_path / "nan.npz")
+        reader(tmp_path / "nan.npz")
 
 
-def test_object_arrays_are_refused_without_unpickling(tmp_path):
+def test_object_arrays_are_refused_without_unpickling(tmp_path, reader):
     marker = tmp_path / "pwned"
 
     class Payload:
@@ -135,11 +149,11 @@ def test_object_arrays_are_refused_without_unpickling(tmp_path):
     x[0], x[1] = Payload(), Payload()
     np.savez(tmp_path / "obj.npz", x=x, y=_labels(2))
     with pytest.raises(InvalidDataset, match="object array: refused"):
-        read_dataset(tmp_path / "obj.npz")
+        reader(tmp_path / "obj.npz")
     assert not marker.exists()
 
 
-def test_zip_bomb_is_refused_before_inflating(tmp_path):
+def test_zip_bomb_is_refused_before_inflating(tmp_path, reader):
     # 64 MiB of zeros deflate to ~64 KiB: a ratio of ~1000.
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
@@ -152,18 +166,18 @@ def test_zip_bomb_is_refused_before_inflating(tmp_path):
                 f.write(chunk)
         archive.writestr("y.npy", b"")
     with pytest.raises(InvalidDataset, match="inflates .* refused as a likely zip bomb"):
-        read_dataset(tmp_path / "bomb.npz")
+        reader(tmp_path / "bomb.npz")
 
 
-def test_members_larger_than_the_cap_are_refused(tmp_path):
+def test_members_larger_than_the_cap_are_refused(tmp_path, reader):
     np.savez_compressed(tmp_path / "d.npz", x=np.zeros((100, 1, 4, 4), np.uint8), y=_labels(100))
     assert (tmp_path / "d.npz").stat().st_size < 1000  # the file is small, its member is not
     with pytest.raises(InvalidDataset, match="declares 1,728 bytes, more than the limit 1,000"):
-        read_dataset(tmp_path / "d.npz", max_bytes=1000)
-    assert read_dataset(tmp_path / "d.npz", max_bytes=10**6).num_samples == 100
+        reader(tmp_path / "d.npz", max_bytes=1000)
+    assert reader(tmp_path / "d.npz", max_bytes=10**6).num_samples == 100
 
 
-def test_npy_header_claiming_more_than_its_member_holds(tmp_path):
+def test_npy_header_claiming_more_than_its_member_holds(tmp_path, reader):
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
                                                   "shape": (10**9, 10)})
@@ -173,37 +187,101 @@ def test_npy_header_claiming_more_than_its_member_holds(tmp_path):
         archive.writestr("x.npy", header.getvalue() + bytes(16))
         archive.writestr("y.npy", y.getvalue())
     with pytest.raises(InvalidDataset, match=r"claims shape \[1000000000, 10\] .* holds 16"):
-        read_dataset(tmp_path / "liar.npz")
+        reader(tmp_path / "liar.npz")
 
 
-def test_truncated_and_unrecognised_files(tmp_path):
+def test_truncated_and_unrecognised_files(tmp_path, reader):
     np.savez_compressed(tmp_path / "d.npz", x=_images(), y=_labels())
     data = (tmp_path / "d.npz").read_bytes()
     (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
     with pytest.raises(InvalidDataset, match="corrupt or truncated .npz"):
-        read_dataset(tmp_path / "cut.npz")
+        reader(tmp_path / "cut.npz")
     (tmp_path / "x.csv").write_text("1,2,3\n")
     with pytest.raises(InvalidDataset, match="unrecognised dataset format"):
-        read_dataset(tmp_path / "x.csv")
+        reader(tmp_path / "x.csv")
     with pytest.raises(InvalidDataset, match="does not exist"):
-        read_dataset(tmp_path / "missing.npz")
+        reader(tmp_path / "missing.npz")
 
 
-def test_bad_safetensors_datasets(tmp_path):
+def test_bad_safetensors_datasets(tmp_path, reader):
     write_safetensors({"x": torch.ones(3, 2, dtype=torch.float64), "y": torch.zeros(3).long()},
                       tmp_path / "f64.safetensors")
     with pytest.raises(InvalidDataset, match="x has dtype float64"):
-        read_dataset(tmp_path / "f64.safetensors")
+        reader(tmp_path / "f64.safetensors")
     write_safetensors({"x": torch.ones(3, 2)}, tmp_path / "noy.safetensors")
     with pytest.raises(InvalidDataset, match="missing tensor 'y'"):
-        read_dataset(tmp_path / "noy.safetensors")
+        reader(tmp_path / "noy.safetensors")
     write_safetensors({"x": torch.ones(3, 2), "y": torch.zeros(3)}, tmp_path / "fy.safetensors")
     with pytest.raises(InvalidDataset, match="y has dtype float32; labels must be integers"):
-        read_dataset(tmp_path / "fy.safetensors")
+        reader(tmp_path / "fy.safetensors")
     raw = (tmp_path / "f64.safetensors").read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(raw[:-8])
     with pytest.raises(InvalidDataset, match="truncated"):
-        read_dataset(tmp_path / "cut.safetensors")
+        reader(tmp_path / "cut.safetensors")
+
+
+def _peak_growth(work) -> int:
+    """Peak RSS growth of this process while ``work()`` runs (VmHWM reset via clear_refs)."""
+    def status(field: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError(field)
+
+    Path("/proc/self/clear_refs").write_text("5")
+    before = status("VmRSS")
+    work()
+    return status("VmHWM") - before
+
+
+def test_scan_reports_what_loading_reports(tmp_path):
+    rng = np.random.default_rng(0)
+    files = {
+        "u8.npz": lambda p: np.savez(p, x=_images(50), y=_labels(50, 7)),
+        "z.npz": lambda p: np.savez_compressed(p, x=_images(50)[:, 0], y=_labels(50).astype(
+            np.uint8)),
+        "be.npz": lambda p: np.savez(p, x=rng.standard_normal((9, 5)).astype(">f4"),
+                                     y=_labels(9, 4).astype(">i2")),
+        "f.safetensors": lambda p: write_safetensors(
+            {"x": torch.randn(12, 3, 2, 2), "y": torch.arange(12) % 5}, p),
+        "i8y.safetensors": lambda p: write_safetensors(
+            {"x": torch.zeros(4, 6, dtype=torch.uint8), "y": torch.tensor([0, 9, 2, 9],
+                                                                          dtype=torch.int8)}, p),
+    }
+    for name, write in files.items():
+        write(tmp_path / name)
+        assert scan_dataset(tmp_path / name) == read_dataset(tmp_path / name).summary(), name
+
+
+def test_scanning_an_upload_holds_a_chunk_not_the_file(tmp_path):
+    """64 MB of samples: loading them takes at least that; the upload route's scan, a few MB
+    (issue 12: an upload held ~3x its size)."""
+    x = np.random.default_rng(0).standard_normal((2**20, 16), dtype=np.float32)
+    np.savez(tmp_path / "big.npz", x=x, y=(np.arange(2**20) % 10).astype(np.uint8))
+    write_safetensors({"x": torch.from_numpy(x), "y": torch.arange(2**20) % 10},
+                      tmp_path / "big.safetensors")
+    del x
+    for name in ("big.npz", "big.safetensors"):
+        summary: dict = {}
+        scanned = _peak_growth(lambda n=name, out=summary: out.update(scan_dataset(tmp_path / n)))
+        assert summary["num_samples"] == 2**20 and summary["class_counts"][3] == 104858
+        assert scanned < 16 * 1024**2, (name, scanned)
+    assert _peak_growth(lambda: read_dataset(tmp_path / "big.npz")) > 64 * 1024**2  # control
+
+
+@pytest.mark.parametrize("shape", [[0, 2**40, 2**40], [2**63, 0], [0, 2**62, 4]])
+@pytest.mark.parametrize("key", ["x", "y"])
+def test_dataset_shapes_that_overflow_64_bits_are_refused(tmp_path, reader, key, shape):
+    entries = {"x": {"dtype": "U8", "shape": [1, 4], "data_offsets": [0, 4]},
+               "y": {"dtype": "I64", "shape": [1], "data_offsets": [4, 12]}}
+    entries[key] = {"dtype": entries[key]["dtype"], "shape": shape, "data_offsets": [0, 0]}
+    other = "y" if key == "x" else "x"
+    size = entries[other]["data_offsets"][1] - entries[other]["data_offsets"][0]
+    entries[other]["data_offsets"] = [0, size]
+    raw = json.dumps(entries).encode()
+    (tmp_path / "d").write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(size))
+    with pytest.raises(InvalidDataset, match="too large to represent"):
+        reader(tmp_path / "d")
 
 
 def test_array_dataset_validates_directly():
