@@ -6,7 +6,6 @@ import json
 import pickle
 import struct
 import zipfile
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,6 +24,7 @@ from gif.checkpoint import (
 from gif.errors import InvalidCheckpoint
 from gif.registry import build_model
 from gif.spec import ModelSpec
+from tests.reliability.helpers import peak_rss_growth
 
 torch.set_num_threads(1)
 
@@ -333,20 +333,6 @@ def test_load_model_reproduces_the_clients_network(tmp_path):
 # --- checked against the architecture without allocating it (issue 12) ----------------------
 
 
-def _peak_growth(work) -> int:
-    """Peak RSS growth of this process while ``work()`` runs (VmHWM reset via clear_refs)."""
-    def status(field: str) -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-        raise AssertionError(field)
-
-    Path("/proc/self/clear_refs").write_text("5")
-    before = status("VmRSS")
-    work()
-    return status("VmHWM") - before
-
-
 def _mlp_state() -> dict[str, torch.Tensor]:
     return build_model(MLP).state_dict()
 
@@ -370,7 +356,7 @@ def test_a_huge_spec_is_refused_without_allocating_its_network(tmp_path, kind):
             check_checkpoint(huge, path)
         raised.append(info.value)
 
-    assert _peak_growth(attempt) < 50 * 1024**2
+    assert peak_rss_growth(attempt) < 50 * 1024**2
     assert raised[0].details["mismatched"][0]["model_shape"] == [16384, 16384]
 
 
@@ -420,7 +406,7 @@ def test_expanded_views_are_refused_before_anything_is_computed_from_them(tmp_pa
         check_checkpoint(MLP, tmp_path / "small.pt")
     # 4 TiB claimed by one number: refused without allocating (isfinite would allocate 1 TiB).
     torch.save({"w": torch.zeros(1).expand(2**20, 2**20)}, tmp_path / "huge.pt")
-    assert _peak_growth(lambda: pytest.raises(InvalidCheckpoint, read_state_dict,
+    assert peak_rss_growth(lambda: pytest.raises(InvalidCheckpoint, read_state_dict,
                                               tmp_path / "huge.pt")) < 50 * 1024**2
 
 
@@ -465,7 +451,7 @@ def test_a_failure_no_check_foresaw_is_still_a_clear_refusal(tmp_path):
 
 def test_write_safetensors_copies_only_tensors_that_share_storage(tmp_path):
     big = torch.randn(256, 1024)  # 1 MiB
-    assert _peak_growth(lambda: write_safetensors({"a": big, "b": big.clone()},
+    assert peak_rss_growth(lambda: write_safetensors({"a": big, "b": big.clone()},
                                                   tmp_path / "m.safetensors")) < 2 * 1024**2
     back = read_state_dict(tmp_path / "m.safetensors")
     assert torch.equal(back["a"], big)

@@ -29,6 +29,7 @@ from gif.data import (
 )
 from gif.errors import InvalidDataset, InvalidRequest
 from gif.spec import InputSpec, ModelSpec
+from tests.reliability.helpers import peak_rss_growth
 
 torch.set_num_threads(1)
 
@@ -220,20 +221,6 @@ def test_bad_safetensors_datasets(tmp_path, reader):
         reader(tmp_path / "cut.safetensors")
 
 
-def _peak_growth(work) -> int:
-    """Peak RSS growth of this process while ``work()`` runs (VmHWM reset via clear_refs)."""
-    def status(field: str) -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-        raise AssertionError(field)
-
-    Path("/proc/self/clear_refs").write_text("5")
-    before = status("VmRSS")
-    work()
-    return status("VmHWM") - before
-
-
 def test_scan_reports_what_loading_reports(tmp_path):
     rng = np.random.default_rng(0)
     files = {
@@ -263,10 +250,11 @@ def test_scanning_an_upload_holds_a_chunk_not_the_file(tmp_path):
     del x
     for name in ("big.npz", "big.safetensors"):
         summary: dict = {}
-        scanned = _peak_growth(lambda n=name, out=summary: out.update(scan_dataset(tmp_path / n)))
+        scanned = peak_rss_growth(
+            lambda n=name, out=summary: out.update(scan_dataset(tmp_path / n)))
         assert summary["num_samples"] == 2**20 and summary["class_counts"][3] == 104858
         assert scanned < 16 * 1024**2, (name, scanned)
-    assert _peak_growth(lambda: read_dataset(tmp_path / "big.npz")) > 64 * 1024**2  # control
+    assert peak_rss_growth(lambda: read_dataset(tmp_path / "big.npz")) > 64 * 1024**2  # control
 
 
 @pytest.mark.parametrize("shape", [[0, 2**40, 2**40], [2**63, 0], [0, 2**62, 4]])

@@ -259,6 +259,14 @@ class PeakMemory:
         )
 
 
+def peak_rss_growth(work: Callable[[], object], pid: int | None = None) -> int:
+    """Peak RSS growth (bytes) of ``pid``'s tree (default: this process) while ``work()`` runs."""
+    memory = PeakMemory(pid or os.getpid())
+    memory.reset()
+    work()
+    return memory.growth()
+
+
 @dataclass
 class Cost:
     """What one stretch of requests cost the server: peak RSS growth (bytes), CPU and wall
