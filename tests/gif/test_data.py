@@ -254,7 +254,10 @@ def test_scanning_an_upload_holds_a_chunk_not_the_file(tmp_path):
             lambda n=name, out=summary: out.update(scan_dataset(tmp_path / n)))
         assert summary["num_samples"] == 2**20 and summary["class_counts"][3] == 104858
         assert scanned < 16 * 1024**2, (name, scanned)
-    assert peak_rss_growth(lambda: read_dataset(tmp_path / "big.npz")) > 64 * 1024**2  # control
+    # Control: loading holds the whole 64 MiB array. Peak RSS counts resident pages, which can
+    # come in a page or so under the array's size (CI measured 63.98 MiB), so require 3/4 of it:
+    # still four times the scan's bound.
+    assert peak_rss_growth(lambda: read_dataset(tmp_path / "big.npz")) > 48 * 1024**2
 
 
 @pytest.mark.parametrize("shape", [[0, 2**40, 2**40], [2**63, 0], [0, 2**62, 4]])
