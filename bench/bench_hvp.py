@@ -1,10 +1,10 @@
-"""Cost of one Hessian-vector product (MATH.md E6) relative to one gradient, per HVP mode.
+"""Cost of one Hessian-vector product (method.md E6) relative to one gradient, per HVP mode.
 
     .venv/bin/python bench/bench_hvp.py [--samples 64] [--batch-size 32] [--repeats 3]
                                         [--models tinynet,resnet18] [--threads 2]
                                         [--peak-memory 8,24]
 
-For each model (TinyNet and ResNet-18 ``small_input`` with 1 channel on 28×28, MODELS.md) and the
+For each model (TinyNet and ResNet-18 ``small_input`` with 1 channel on 28×28, models.md) and the
 same random batch, it times
 
 - ``gradient``: ``gif.hvp.mean_loss_grad`` (the baseline, ratio 1.0);

@@ -1,4 +1,4 @@
-"""HVPs and CPU seconds each solver needs to reach a normal-equation residual (MATH.md E7, E8).
+"""HVPs and CPU seconds each solver needs to reach a normal-equation residual (method.md E7, E8).
 
     .venv/bin/python bench/bench_solvers.py [--method gif] [--train-size 10000]
         [--hessian-samples 64] [--edit-samples 64] [--ratio 0.1] [--targets 1e-2,1e-3]

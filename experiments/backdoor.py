@@ -1,5 +1,5 @@
 """Table 3 of the paper: backdoor recovery. TinyNet trained on Fashion-MNIST where 10% of the
-training images carry the checkerboard trigger and the label 4 (MODELS.md); the edit relabels
+training images carry the checkerboard trigger and the label 4 (models.md); the edit relabels
 the poisoned points to their true classes with GIF / FIF / PIF / IF at modification ratios 5%
 and 10%; the reference is TinyNet retrained on the corrected data (same images, true labels).
 

@@ -3,7 +3,7 @@ training with an on-disk cache, the edit call (always ``gif.edit.run_edit``, the
 service uses), evaluation of the retraining reference, and the table / JSON writers.
 
 Nothing here tunes on an evaluation set: the edit's step scale is chosen by ``run_edit`` on a
-validation split of the training data it is given (MATH.md E9); evaluation sets are only
+validation split of the training data it is given (method.md E9); evaluation sets are only
 evaluated.
 """
 
@@ -36,7 +36,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = REPO_ROOT / ".cache" / "experiments"
 DEFAULT_OUT = REPO_ROOT / "docs" / "results"
 
-# Fashion-MNIST's pixel mean and std on the 0..1 scale (the training set's), as in API.md's example.
+# Fashion-MNIST's pixel mean and std on the 0..1 scale (the training set's), as in api.md's example.
 FASHION_INPUT = InputSpec(scale=1.0 / 255.0, mean=[0.2860], std=[0.3530])
 EVAL_BATCH = 256
 
@@ -91,7 +91,7 @@ def split_by_class(dataset: ArrayDataset, label: int) -> tuple[ArrayDataset, Arr
 
 
 def checkerboard_trigger(x: torch.Tensor, amount: int = 16) -> torch.Tensor:
-    """MODELS.md's backdoor trigger on raw uint8 pixels: ``+amount`` on every pixel whose row
+    """models.md's backdoor trigger on raw uint8 pixels: ``+amount`` on every pixel whose row
     and column have different parity, clipped at 255."""
     rows = torch.arange(x.shape[-2])[:, None]
     cols = torch.arange(x.shape[-1])[None, :]
@@ -112,7 +112,7 @@ class Poisoned:
 def poison(
     dataset: ArrayDataset, *, fraction: float = 0.1, target: int = 4, seed: int = 0
 ) -> Poisoned:
-    """MODELS.md: a seeded ``fraction`` of the images get the checkerboard and label ``target``."""
+    """models.md: a seeded ``fraction`` of the images get the checkerboard and label ``target``."""
     generator = torch.Generator().manual_seed(seed)
     count = int(round(fraction * len(dataset.y)))
     indices = torch.sort(torch.randperm(len(dataset.y), generator=generator)[:count]).values
@@ -270,7 +270,7 @@ def evaluate_state(
 
 
 def harmonic(a: float, b: float) -> float:
-    """Harmonic mean of two numbers in [0, 1] (MATH.md E9's score); 0 when either is 0."""
+    """Harmonic mean of two numbers in [0, 1] (method.md E9's score); 0 when either is 0."""
     return 0.0 if a <= 0 or b <= 0 else 2 * a * b / (a + b)
 
 

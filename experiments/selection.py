@@ -39,7 +39,7 @@ from experiments.removal import (
 CRITERIA = ("topk_outputs", "topk_gradients", "threshold", "random")
 # τ for the threshold criterion: |mean output| of a unit on the forgotten points. Units of
 # BatchNorm'd convolutions have outputs of order 0.1–1; layers where too few units pass get a
-# lower τ (MATH.md, Parameter selection), so τ only has to be a sensible starting point.
+# lower τ (method.md, Parameter selection), so τ only has to be a sensible starting point.
 THRESHOLD = 0.1
 
 FULL_RATIOS = (0.1, 0.05, 0.3, 0.5)  # run in this order: 10% first

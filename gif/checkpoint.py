@@ -1,4 +1,4 @@
-"""Safe checkpoint IO (API.md ``POST /v1/models``).
+"""Safe checkpoint IO (api.md ``POST /v1/models``).
 
 An uploaded file is untrusted. It is read as
 

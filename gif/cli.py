@@ -4,7 +4,7 @@
              --out EDITED.safetensors [--eval NAME=DATA ...] [--plots DIR]
 
 ``DATA`` is a dataset file (``.npz`` / safetensors) or a built-in id such as
-``builtin:fashion-mnist:train``. The result JSON (API.md job ``result``) goes to stdout,
+``builtin:fashion-mnist:train``. The result JSON (api.md job ``result``) goes to stdout,
 the progress bar and errors to stderr, so ``gif edit ... > result.json`` works.
 """
 
@@ -97,13 +97,13 @@ def main() -> None:
               help="Checkpoint: safetensors, or a PyTorch state dict (loaded with weights_only).")
 @click.option("--spec", "spec_path", required=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Model spec JSON: arch, arch_kwargs, input preprocessing (API.md).")
+              help="Model spec JSON: arch, arch_kwargs, input preprocessing (api.md).")
 @click.option("--train", "train", required=True, metavar="DATA",
               help="Training data the model was fitted on: a .npz/safetensors file or a "
                    "built-in id (builtin:fashion-mnist:train).")
 @click.option("--request", "request_path", required=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Edit request JSON: the job body of API.md without model_id/train_dataset_id.")
+              help="Edit request JSON: the job body of api.md without model_id/train_dataset_id.")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write the edited checkpoint (safetensors).")
 @click.option("--eval", "evals", multiple=True, callback=_parse_eval, metavar="NAME=DATA",

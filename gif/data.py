@@ -1,4 +1,4 @@
-"""Datasets: upload formats, built-ins, preprocessing (API.md ``POST /v1/datasets``, MODELS.md).
+"""Datasets: upload formats, built-ins, preprocessing (api.md ``POST /v1/datasets``, models.md).
 
 Uploads hold arrays ``x`` (``N×C×H×W``, ``N×H×W`` — read as ``N×1×H×W`` — or ``N×F``; uint8 or
 float32) and ``y`` (``N`` integer labels) in
@@ -119,7 +119,7 @@ class ArrayDataset:
         return ArrayDataset(self.x[idx], self.y[idx], name or self.name)
 
     def summary(self) -> dict:
-        """JSON-able description (the fields of API.md's dataset object)."""
+        """JSON-able description (the fields of api.md's dataset object)."""
         return {"num_samples": self.num_samples, "sample_shape": list(self.sample_shape),
                 "dtype": self.dtype, "num_classes": self.num_classes,
                 "class_counts": self.class_counts}

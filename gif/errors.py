@@ -1,5 +1,5 @@
 """Errors the engine raises. Each carries a stable ``code`` that the service puts in a failed
-job's ``error.code`` (API.md) or maps to a 4xx, so no caller has to parse messages."""
+job's ``error.code`` (api.md) or maps to a 4xx, so no caller has to parse messages."""
 
 from __future__ import annotations
 

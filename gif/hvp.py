@@ -1,4 +1,4 @@
-"""Losses, mean-loss gradients and Hessian-vector products with ``torch.func`` (MATH.md E1, E6).
+"""Losses, mean-loss gradients and Hessian-vector products with ``torch.func`` (method.md E1, E6).
 
 ``H = ∇² mean_{(x,y)} L`` is never formed: ``make_hvp`` returns a callable ``v -> H v`` over the
 flat parameter vector θ (``gif.params.ParamSpace``). The model is always evaluated in eval mode
@@ -40,7 +40,7 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def cross_entropy_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of logits against integer labels (classification, MATH.md Notation)."""
+    """Mean cross-entropy of logits against integer labels (classification, method.md Notation)."""
     return F.cross_entropy(outputs, targets.long())
 
 
@@ -195,7 +195,7 @@ def _as_flat(
 
 
 class HVP:
-    """``v -> H v`` for ``H = ∇² mean loss`` at fixed θ (MATH.md E6); ``calls`` counts products."""
+    """``v -> H v`` for ``H = ∇² mean loss`` at fixed θ (method.md E6); ``calls`` counts HVPs."""
 
     def __init__(
         self,

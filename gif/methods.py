@@ -1,4 +1,4 @@
-"""The edit methods (MATH.md E1–E5) as right-hand sides and linear operators built from HVPs.
+"""The edit methods (method.md E1–E5) as right-hand sides and linear operators built from HVPs.
 
 Every method solves a (least-squares) linear system with a solver of ``gif.solvers``:
 
@@ -149,7 +149,7 @@ def check_solver(method: str, solver_cfg: Solver) -> None:
     if method == "gif":
         raise InvalidRequest(
             f"solver.algorithm {solver_cfg.algorithm!r} needs a symmetric system, and GIF's "
-            f"operator H[:,S] is rectangular (MATH.md E3, E6): use lsqr (or cg, neumann) for "
+            f"operator H[:,S] is rectangular (method.md E3, E6): use lsqr (or cg, neumann) for "
             f"gif, or {solver_cfg.algorithm} with method fif, pif or if",
             loc=("solver", "algorithm"),
         )

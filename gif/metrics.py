@@ -1,4 +1,4 @@
-"""Evaluation of a classifier before and after an edit (API.md, Metrics).
+"""Evaluation of a classifier before and after an edit (api.md, Metrics).
 
 Every function here is pure: it takes a model and tensors that are already preprocessed
 (``gif.data.prepare_inputs``), puts the model in eval mode for the duration of the call, and
@@ -68,7 +68,7 @@ def evaluate(
     accuracy of an empty set is undefined, not 0). With ``removed_class`` the result also has
     ``accuracy_removed_class`` (on the examples of that class) and
     ``accuracy_remaining_classes`` (on all the others), the two halves of class removal's
-    score (MATH.md E9); either is ``None`` when its half is empty.
+    score (method.md E9); either is ``None`` when its half is empty.
     """
     y = y.long().cpu()
     count = int(len(y))
@@ -104,7 +104,7 @@ def harmonic_mean(a: float, b: float) -> float:
 
 
 def score(edit_kind: str, edited_accuracy: float, other_accuracy: float) -> float:
-    """MATH.md E9's harmonic objective, the one number an edit is judged (and tuned) by.
+    """method.md E9's harmonic objective, the one number an edit is judged (and tuned) by.
 
     - removal (``remove_class``, ``remove_samples``): ``edited_accuracy`` is the accuracy on
       the forgotten points (original labels), so the score is
@@ -176,7 +176,7 @@ def membership_inference(
 def retained_grad_norm(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int
 ) -> float:
-    """‖∇R_retained(θ)‖₂ over ``(x, y)``, the retained (or corrected) sample (MATH.md E1).
+    """‖∇R_retained(θ)‖₂ over ``(x, y)``, the retained (or corrected) sample (method.md E1).
 
     The edit aims at ``∇R_new(θ̂ + Δ) = 0``, so this norm before and after the edit says how
     close to a stationary point of the new objective the edited model is. The gradient is

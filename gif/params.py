@@ -1,4 +1,4 @@
-"""The flat parameter space θ ∈ R^p (MATH.md, Notation).
+"""The flat parameter space θ ∈ R^p (method.md, Notation).
 
 Every method (E1–E5) works on one flat vector: the trainable parameters of
 ``model.named_parameters()`` in that order. ``ParamSpace`` records where each named tensor lives
@@ -107,7 +107,7 @@ class ParamSpace:
 
 
 def scatter(values: torch.Tensor, indices: torch.Tensor, size: int) -> torch.Tensor:
-    """``pad_S(v)`` of MATH.md E6: length ``size``, ``values`` at ``indices``, zero elsewhere."""
+    """``pad_S(v)`` of method.md E6: length ``size``, ``values`` at ``indices``, zero elsewhere."""
     out = torch.zeros(size, dtype=values.dtype, device=values.device)
     out[indices.to(values.device)] = values
     return out
@@ -120,7 +120,7 @@ def apply_update(
     delta: torch.Tensor,
     alpha: float = 1.0,
 ) -> dict[str, torch.Tensor]:
-    """θ_S ← θ_S + α Δ_S (MATH.md E9), returned as a new state dict; the input is not mutated.
+    """θ_S ← θ_S + α Δ_S (method.md E9), returned as a new state dict; the input is not mutated.
 
     Every tensor of the result is a fresh copy (buffers too), so callers may edit it in place.
     ``indices`` and ``delta`` are what ``methods.solve_edit`` returns; entries of θ outside

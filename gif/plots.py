@@ -1,4 +1,4 @@
-"""PNG figures drawn from an edit's ``result`` dict (API.md job ``result``), and their registry.
+"""PNG figures drawn from an edit's ``result`` dict (api.md job ``result``), and their registry.
 
 ``PLOTS`` maps a figure's name to a :class:`Plot`: its caption, a ``has_data`` predicate (does
 this result hold what the figure draws?) and the draw function. The service's report page and
@@ -107,7 +107,7 @@ def _category_ticks(axes, labels: Sequence[str]) -> None:
 @register_plot(
     "convergence",
     "Solver convergence: relative residual and normal-equation residual per iteration "
-    "(MATH.md E7/E8).",
+    "(method.md E7/E8).",
     _non_empty_list("solver", "history"),
 )
 def plot_convergence(result: dict) -> bytes:
@@ -135,7 +135,7 @@ def plot_convergence(result: dict) -> bytes:
 @register_plot(
     "scale",
     "Step-size search on the held-out validation split: objective against the step scale α "
-    "(MATH.md E9).",
+    "(method.md E9).",
     _non_empty_list("step", "curve"),
 )
 def plot_scale_curve(result: dict) -> bytes:
@@ -228,7 +228,7 @@ def plot_per_class(result: dict) -> bytes:
 def plot_per_layer(result: dict) -> bytes:
     """Parameters changed (of the layer's total) and update norm per layer (paper §4).
 
-    The share changed is the same in every selected layer by design (MATH.md, parameter
+    The share changed is the same in every selected layer by design (method.md, parameter
     selection), so it goes in the title; the bars show counts, which differ."""
     layers = result["selection"]["per_layer"]
     names = [layer.get("name") or "(model)" for layer in layers]  # "": a one-layer model
@@ -276,7 +276,7 @@ def _loss_points(result: dict) -> list[tuple[float, float]]:
 @register_plot(
     "training",
     "Training loss per step of the method's training loop (means over windows of steps on "
-    "long runs; MATH.md E10).",
+    "long runs; method.md E10).",
     lambda result: bool(_loss_points(result)),
 )
 def plot_training(result: dict) -> bytes:

@@ -1,8 +1,8 @@
-"""Architectures a checkpoint can be loaded into, by name plus arguments (MODELS.md).
+"""Architectures a checkpoint can be loaded into, by name plus arguments (models.md).
 
 A checkpoint is only weights, so the names and shapes of every parameter below are a contract
 with clients who train these definitions themselves: a state dict written by plain PyTorch code
-following MODELS.md loads strictly (``tests/gif/test_registry.py`` checks this).
+following models.md loads strictly (``tests/gif/test_registry.py`` checks this).
 
 Built-ins: ``linear``, ``mlp``, ``tinynet``, ``resnet18``, ``vgg11``.
 
@@ -236,7 +236,7 @@ def _after_stride2_convs(size: int, count: int) -> int:
 
 
 class TinyNet(nn.Module):
-    """The paper's backdoor CNN (MODELS.md): four stride-2 3×3 convs with ReLU, then ``fc``."""
+    """The paper's backdoor CNN (models.md): four stride-2 3×3 convs with ReLU, then ``fc``."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, input_size: int = 28):
         super().__init__()

@@ -1,4 +1,4 @@
-"""The edit request: the JSON body of ``POST /v1/jobs`` (API.md) without ``model_id`` and
+"""The edit request: the JSON body of ``POST /v1/jobs`` (api.md) without ``model_id`` and
 ``train_dataset_id``. Defined once here, used by the CLI (``gif edit --request``), by the
 service (which adds the two ids) and by the worker. Unknown fields are rejected so a typo
 (``"mehtod"``) is an error naming the field, not a silently ignored option."""
@@ -12,8 +12,8 @@ from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 from gif.spec import refuse_field_flood, refuse_long
 
-# Phases of an edit job, in order (API.md ``progress.phase``). GIF goes through ``select``,
-# ``solve`` and ``step_search``; the training methods of MATH.md E10 through ``train`` (and
+# Phases of an edit job, in order (api.md ``progress.phase``). GIF goes through ``select``,
+# ``solve`` and ``step_search``; the training methods of method.md E10 through ``train`` (and
 # ``select`` for salun's saliency mask) instead: each job reports only the phases it runs.
 PHASES = ("load", "select", "train", "solve", "step_search", "evaluate", "save")
 REMOVAL_KINDS = ("remove_class", "remove_samples")
@@ -21,7 +21,7 @@ EDIT_KINDS = (*REMOVAL_KINDS, "relabel")
 # Keys of ``metrics.before/after`` that the edit fills itself; eval sets may not take them.
 RESERVED_SET_NAMES = ("forget", "relabeled", "retain", "score", "retained_grad_norm", "mia")
 
-# Caps of the request (API.md Limits: every list and map has one; numbers are finite and
+# Caps of the request (api.md Limits: every list and map has one; numbers are finite and
 # every integer bounded, so nothing overflows further down).
 MAX_LABEL = 1_000_000  # the largest class label (datasets and edits)
 MAX_POINTS = 2**32 - 1  # the largest index into, or count of points of, a dataset
@@ -35,7 +35,7 @@ Label = Annotated[int, Field(ge=0, le=MAX_LABEL)]
 
 
 class _Strict(BaseModel):
-    # allow_inf_nan=False: NaN, Infinity and 1e999 are a 422, never stored (API.md). Lists are
+    # allow_inf_nan=False: NaN, Infinity and 1e999 are a 422, never stored (api.md). Lists are
     # validated fail_fast and unknown-field floods refused at once: errors stay few, however
     # many bad entries a body holds (gif.spec).
     model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
@@ -89,7 +89,7 @@ Edit = Annotated[RemoveClass | RemoveSamples | Relabel, Field(discriminator="kin
 
 
 class Selection(_Strict):
-    """Which parameters move (MATH.md, Parameter selection)."""
+    """Which parameters move (method.md, Parameter selection)."""
 
     criterion: Literal["topk_outputs", "topk_gradients", "threshold", "random"] = "topk_outputs"
     ratio: float = Field(
@@ -107,7 +107,7 @@ class Selection(_Strict):
 
 
 class Solver(_Strict):
-    """The inverse-HVP solve (MATH.md E7, E8)."""
+    """The inverse-HVP solve (method.md E7, E8)."""
 
     algorithm: Literal["lsqr", "neumann", "cg", "minres"] = Field(
         "lsqr",
@@ -122,7 +122,7 @@ class Solver(_Strict):
     )
     damping: float = Field(
         0.0, ge=0.0, le=1e6,
-        description="Tikhonov damping relative to the operator's scale (MATH.md E8): the solve "
+        description="Tikhonov damping relative to the operator's scale (method.md E8): the solve "
                     "minimises ||A d - r||^2 + lambda^2 ||d||^2 with lambda = damping * "
                     "||A^T r|| / ||r|| (A = H[:,S] for gif), which scales with the loss, so a "
                     "damped GIF stays invariant to scaling the loss (E3). The lambda used is "
@@ -149,7 +149,7 @@ class Solver(_Strict):
 
 
 class Step(_Strict):
-    """The step α of MATH.md E9."""
+    """The step α of method.md E9."""
 
     mode: Literal["auto", "fixed"] = "auto"
     scale: float = Field(1.0, gt=0.0, le=1e6, description="α for mode=fixed.")
@@ -157,7 +157,7 @@ class Step(_Strict):
     holdout_dataset_id: str | None = Field(
         None, min_length=1, max_length=MAX_DATASET_ID_LENGTH,
         description="Data the model never trained on (non-members), used only to tune a sample "
-                    "removal (MATH.md E9); never reported as an evaluation set. Without it the "
+                    "removal (method.md E9); never reported as an evaluation set. Without it the "
                     "sample-removal objective falls back to the retained validation split.",
     )
 
@@ -183,7 +183,7 @@ class Eval(_Strict):
         return refuse_long(value, MAX_EVAL_DATASETS, "eval.datasets")
 
 
-# The edit methods: the influence-function family (MATH.md E2–E5) and the training methods of
+# The edit methods: the influence-function family (method.md E2–E5) and the training methods of
 # E10, the alternatives users would pick instead, run under the same request and metrics.
 INFLUENCE_METHODS = ("gif", "fif", "pif", "if")
 TRAINING_METHODS = ("finetune", "gradient_ascent", "random_labels", "salun", "l1_sparse", "retrain")
@@ -339,7 +339,7 @@ class EditRequest(_Strict):
     edit: Edit
     method: Method = Field(
         "gif",
-        description="gif | fif | pif | if (influence functions, MATH.md E2–E5), or a training "
+        description="gif | fif | pif | if (influence functions, method.md E2–E5), or a training "
                     "method of E10: finetune | gradient_ascent | random_labels | salun | "
                     "l1_sparse | retrain, which run the training block and ignore selection, "
                     "solver and step. Removal edits take every method; relabel takes the "
@@ -371,7 +371,7 @@ class EditRequest(_Strict):
             fitting = [*INFLUENCE_METHODS,
                        *(m for m in TRAINING_METHODS if edit.kind in TRAINING_METHOD_KINDS[m])]
             raise ValueError(f"method {method!r} does not apply to a {edit.kind} edit "
-                             f"(MATH.md E10); {edit.kind} takes {', '.join(fitting)}")
+                             f"(method.md E10); {edit.kind} takes {', '.join(fitting)}")
         return method
 
     @field_validator("training")

@@ -1,4 +1,4 @@
-"""Parameter selection, paper §4 (MATH.md "Parameter selection"): which entries ``S`` of θ move.
+"""Parameter selection, paper §4 (method.md "Parameter selection"): which entries ``S`` of θ move.
 
 Eligible layers are ``Linear`` and ``Conv1d/2d/3d`` whose weight is trainable and their own
 (a weight tied to another module — e.g. an embedding — stays with its first owner). Normalisation
@@ -112,7 +112,7 @@ class Selection:
     seed: int
 
     def to_dict(self) -> dict:
-        """JSON-able summary (no tensors), the shape of API.md's ``result.selection``."""
+        """JSON-able summary (no tensors), the shape of api.md's ``result.selection``."""
         return {
             "criterion": self.criterion, "ratio": self.ratio, "seed": self.seed,
             "num_selected": self.num_selected, "num_eligible": self.num_eligible,
@@ -316,7 +316,7 @@ def select_parameters(
     batch_size: int,
     loss: str = "cross_entropy",
 ) -> Selection:
-    """Paper §4 selection (MATH.md "Parameter selection") on the edited points ``U``.
+    """Paper §4 selection (method.md "Parameter selection") on the edited points ``U``.
 
     ``x``: the preprocessed float inputs of ``U``; ``y``: their targets (for ``topk_gradients``).
     Returns masks for every trainable parameter; non-eligible ones are all False."""

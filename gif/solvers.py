@@ -1,4 +1,4 @@
-"""Least-squares solvers for ``min_x ‖A x − r‖² + λ²‖x‖²`` (MATH.md E7, E8).
+"""Least-squares solvers for ``min_x ‖A x − r‖² + λ²‖x‖²`` (method.md E7, E8).
 
 Nothing here knows about networks: ``A`` is a ``LinearOperator`` (a matvec, a transposed matvec,
 and how many HVPs each costs). Four algorithms:
@@ -15,7 +15,7 @@ relative normal-equation residual ``‖Aᵀ(Ax − r) + λ²x‖/‖Aᵀr‖`` (
 damped objective, which vanishes at its minimiser), counted HVPs (all of them, Neumann's power
 iterations included) and wall time.
 
-**Stopping** (MATH.md E8, the rules of ``scipy.sparse.linalg.lsqr``, written for float32 too).
+**Stopping** (method.md E8, the rules of ``scipy.sparse.linalg.lsqr``, written for float32 too).
 Every result names the rule that ended it in ``stop_reason``:
 
 - ``tol_normal_residual`` / ``tol_residual``: that relative residual is ``≤ tol`` (converged;
@@ -26,7 +26,7 @@ Every result names the rule that ended it in ``stop_reason``:
   precision allows (``PRECISION_ULPS · eps`` of the dtype, relative: ≈ 1e-6 in float32,
   ≈ 2e-15 in float64) without the residual rising. Past that point more iterations buy
   nothing, and in float32 a Krylov solver loses orthogonality and its iterate drifts along the
-  near-null directions of ``A`` while the residuals stay flat (MATH.md E8, check 6), so the
+  near-null directions of ``A`` while the residuals stay flat (method.md E8, check 6), so the
   solve returns the last iterate that made progress (``extra["returned_iteration"]``), not the
   drifted last one;
 - ``condition_limit``: LSQR's (MINRES's) running estimate of ``cond(A)`` passed ``conlim``
@@ -45,7 +45,7 @@ Every result names the rule that ended it in ``stop_reason``:
 (``relative_damp = d``: ``λ = d · ‖Aᵀr‖/‖r‖``, the gain of ``A`` on the right-hand side, which
 every solver gets from its first product, so it costs nothing and is reproducible). Scaling
 ``A`` and ``r`` by ``c`` scales that gain by ``c``, so the relative form keeps the solution
-unchanged (MATH.md E3, Prop. 1 i); the result reports the ``λ`` used (``extra["damp"]``).
+unchanged (method.md E3, Prop. 1 i); the result reports the ``λ`` used (``extra["damp"]``).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ ShouldStop = Callable[[], bool]
 
 PRECISION_ULPS = 8
 """A relative residual that falls by less than ``PRECISION_ULPS · eps`` is rounding, not progress
-(float32: 9.5e-7, MATH.md E8's "about 1e-6"; float64: 1.8e-15)."""
+(float32: 9.5e-7, method.md E8's "about 1e-6"; float64: 1.8e-15)."""
 STAGNATION_WINDOW = 5
 """Iterations without progress beyond the working precision before ``stagnation`` (0: never)."""
 STAGNATION_FRACTION = 0.1
@@ -157,7 +157,7 @@ class SolveResult:
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        """JSON-able summary (no ``x``): API.md's ``result.solver`` plus the history."""
+        """JSON-able summary (no ``x``): api.md's ``result.solver`` plus the history."""
         return {
             "algorithm": self.algorithm,
             "iterations": self.iterations,
@@ -387,7 +387,7 @@ def lsqr(
     callback: Callback | None = None,
     should_stop: ShouldStop | None = None,
 ) -> SolveResult:
-    """LSQR (Paige & Saunders 1982) for ``min ‖A x − r‖² + λ²‖x‖²`` (MATH.md E8).
+    """LSQR (Paige & Saunders 1982) for ``min ‖A x − r‖² + λ²‖x‖²`` (method.md E8).
 
     Two HVPs per iteration (one ``matvec``, one ``rmatvec``) plus one ``rmatvec`` to start. The
     residual vectors ``A x`` and ``AᵀA x`` are carried along exactly from the Golub–Kahan
@@ -493,7 +493,7 @@ def cgls(
     callback: Callback | None = None,
     should_stop: ShouldStop | None = None,
 ) -> SolveResult:
-    """CG on the normal equations ``(AᵀA + λ² I) x = Aᵀ r`` (CGLS; MATH.md E8).
+    """CG on the normal equations ``(AᵀA + λ² I) x = Aᵀ r`` (CGLS; method.md E8).
 
     Two HVPs per iteration plus one to start. ``A x − r`` is updated recursively and
     ``Aᵀ(r − Ax) − λ² x`` is recomputed from it each iteration. No condition estimate.
@@ -553,7 +553,7 @@ def minres(
     callback: Callback | None = None,
     should_stop: ShouldStop | None = None,
 ) -> SolveResult:
-    """MINRES (Paige & Saunders 1975) for ``min ‖A x − r‖`` with a symmetric ``A`` (MATH.md E8).
+    """MINRES (Paige & Saunders 1975) for ``min ‖A x − r‖`` with a symmetric ``A`` (method.md E8).
 
     ``A`` may be indefinite and singular (the Hessian of a network): the iterates minimise the
     residual over the Krylov space ``K_k(A, r)``. One product per iteration plus one to start:
@@ -707,7 +707,7 @@ def neumann(
     callback: Callback | None = None,
     should_stop: ShouldStop | None = None,
 ) -> SolveResult:
-    """The paper's scale-invariant series (MATH.md E7) on the normal equations of ``A``.
+    """The paper's scale-invariant series (method.md E7) on the normal equations of ``A``.
 
     With ``N = AᵀA + λ² I``: ``x₀ = Aᵀr/σ²``, ``x_{t+1} = Aᵀr/σ² + (I − N/σ²) x_t``, which
     converges when every eigenvalue of ``N/σ²`` lies in (0, 2), i.e. ``σ² > λ_max(N)/2``. Unless

@@ -1,6 +1,6 @@
-"""The model spec uploaded beside a checkpoint (API.md ``POST /v1/models``, form field ``spec``).
+"""The model spec uploaded beside a checkpoint (api.md ``POST /v1/models``, form field ``spec``).
 
-Numbers are finite (API.md): ``NaN``, ``Infinity`` and overflowing literals (``1e999``) are
+Numbers are finite (api.md): ``NaN``, ``Infinity`` and overflowing literals (``1e999``) are
 refused in every field, the free-form ``arch_kwargs`` included, and every list and map has a
 cap, so nothing a spec holds can overflow or grow without bound further down.
 

@@ -1,4 +1,4 @@
-"""MATH.md E9: the step ``θ_S ← θ_S + α Δ_S`` and the honest choice of ``α``.
+"""method.md E9: the step ``θ_S ← θ_S + α Δ_S`` and the honest choice of ``α``.
 
 Deep networks are far from quadratic, so the Newton step ``α = 1`` is rarely the best one.
 ``α`` is chosen on a validation split held out from the training data the edit was given

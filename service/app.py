@@ -1,4 +1,4 @@
-"""``create_app(settings) -> FastAPI``: the HTTP API of API.md.
+"""``create_app(settings) -> FastAPI``: the HTTP API of api.md.
 
 The app holds (on ``app.state``) the settings, one engine and session factory, the artifact
 store, the built-in dataset catalogue and the dispatcher. The dispatcher is created at startup
@@ -36,7 +36,7 @@ logger = logging.getLogger("service.app")
 # Every request body is bounded before it is read: 16 MiB holds a million relabel indices.
 # Only a route that streams its body to disk under its own cap (uploads) raises it, for itself.
 MAX_JSON_BODY_BYTES = 16 * 1024 * 1024
-# Served without a key (API.md): health, metrics and the API's own description.
+# Served without a key (api.md): health, metrics and the API's own description.
 PUBLIC_PATHS = frozenset(
     {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 )

@@ -1,4 +1,4 @@
-"""Python client of the gif-service HTTP API (``/work/shared/docs/API.md``).
+"""Python client of the gif-service HTTP API (``docs/api.md``).
 
 Two clients with the same methods: :class:`GifClient` (blocking) and :class:`AsyncGifClient`
 (``async``/``await``). Neither holds any per-method logic of its own: every call is described
@@ -130,7 +130,7 @@ class WaitTimeoutError(GifClientError, TimeoutError):
 
 
 class GifAPIError(GifClientError):
-    """An error response; the fields are the RFC 9457 problem body's (API.md, Conventions)."""
+    """An error response; the fields are the RFC 9457 problem body's (api.md, Conventions)."""
 
     def __init__(self, status: int, body: Mapping[str, Any], *, headers: Mapping[str, str] = {}):
         self.status = status
@@ -220,7 +220,7 @@ def api_error(response: httpx.Response) -> GifAPIError:
 
 
 # --------------------------------------------------------------------------------------------
-# Resources (API.md). Unknown fields are kept, so a newer server never breaks an older client.
+# Resources (api.md). Unknown fields are kept, so a newer server never breaks an older client.
 
 
 class _Resource(BaseModel):
@@ -334,7 +334,7 @@ class Job(_Resource):
 
     @property
     def is_terminal(self) -> bool:
-        """Terminal states never change (API.md, Jobs)."""
+        """Terminal states never change (api.md, Jobs)."""
         return self.status in TERMINAL_STATUSES
 
 
@@ -415,7 +415,7 @@ def _json_body(value: Mapping[str, Any] | BaseModel) -> dict[str, Any]:
 
 
 class _Calls:
-    """Every endpoint of API.md as a :class:`_Call` (shared by both clients)."""
+    """Every endpoint of api.md as a :class:`_Call` (shared by both clients)."""
 
     @staticmethod
     def upload_model(path: Path, spec: Mapping[str, Any] | BaseModel) -> _Call[Model]:
@@ -476,7 +476,7 @@ class _Calls:
 
     @staticmethod
     def cancel_job(job_id: str) -> _Call[Job]:
-        # Cancelling is idempotent on the server (API.md), so retrying it is safe.
+        # Cancelling is idempotent on the server (api.md), so retrying it is safe.
         return _Call("POST", f"/v1/jobs/{_segment(job_id)}/cancel", _parse_json(Job))
 
     @staticmethod
@@ -640,7 +640,7 @@ def _etag_digest(response: httpx.Response) -> str | None:
 
 class _Download:
     """A download into a temporary file next to ``dest`` that becomes ``dest`` only if its
-    sha256 matches; after a broken connection it resumes with ``Range`` (API.md, Downloads)."""
+    sha256 matches; after a broken connection it resumes with ``Range`` (api.md, Downloads)."""
 
     def __init__(self, dest: Path, expected_sha256: str | None):
         self.dest = dest
@@ -851,7 +851,7 @@ class GifClient(_ClientBase):
 
     def upload_model(self, path: str | os.PathLike[str],
                      spec: Mapping[str, Any] | BaseModel) -> Model:
-        """Upload a checkpoint with its spec (API.md ``POST /v1/models``)."""
+        """Upload a checkpoint with its spec (api.md ``POST /v1/models``)."""
         return self._execute(_Calls.upload_model(Path(path), spec))
 
     def list_models(self, *, page_size: int | None = None) -> list[Model]:
@@ -915,7 +915,7 @@ class GifClient(_ClientBase):
 
     def submit_job(self, body: Mapping[str, Any] | BaseModel,
                    idempotency_key: str | None = None) -> Job:
-        """Submit an edit job (API.md body). A fresh ``Idempotency-Key`` is generated unless one
+        """Submit an edit job (api.md body). A fresh ``Idempotency-Key`` is generated unless one
         is given, so a retried submission never creates a second job."""
         return self._execute(_Calls.submit_job(body, idempotency_key or str(uuid.uuid4())))
 

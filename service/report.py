@@ -12,7 +12,7 @@ This module builds the page's data (plain dicts and strings, numbers already for
 templates only lay it out. A succeeded job shows, from the top: the warnings of its result
 (a solve that did not converge, a step search that found nothing better), the numbers that
 judge its edit's kind at a glance, the summary, the metrics before/after per set, the figures
-that have data (``gif.plots.PLOTS``), the training block of a training method (MATH.md E10),
+that have data (``gif.plots.PLOTS``), the training block of a training method (method.md E10),
 the solver, step search, selection, timings and the request. Every section is optional: a
 result without ``solver`` (a training method) or with keys this code does not know still
 renders, the unknown keys shown as JSON. Any other job shows its status, progress and error.
@@ -73,7 +73,7 @@ METRIC_DIRECTIONS: dict[str, dict[str, str | None]] = {
 }
 SET_ROLES = ("forget", "relabeled", "retain")  # any other set is an evaluation set
 # Edit kinds whose every metric is judged by closeness to retraining when a retrain reference
-# exists: a sample removal is as good as the retrained model it imitates (MATH.md E9, E10),
+# exists: a sample removal is as good as the retrained model it imitates (method.md E9, E10),
 # whichever way that moves a number.
 JUDGED_BY_RETRAINING = ("remove_samples",)
 
@@ -345,7 +345,7 @@ def metric_tables(kind: str | None, before: Mapping[str, Any], after: Mapping[st
 
 def glance_rows(kind: str | None, before: Mapping[str, Any], after: Mapping[str, Any],
                 reference: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-    """The few numbers that judge an edit of ``kind`` (API.md metrics), first eval set."""
+    """The few numbers that judge an edit of ``kind`` (api.md metrics), first eval set."""
     reference = reference or {}
     evals = [n for n in _set_names(before, after) if n not in SET_ROLES]
     rows = []

@@ -1,4 +1,4 @@
-"""Pydantic request and response bodies of the HTTP API (API.md), and the OpenAPI document's
+"""Pydantic request and response bodies of the HTTP API (api.md), and the OpenAPI document's
 shapes. The edit request itself is :class:`gif.request.EditRequest`, reused, not redefined."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ class Page(BaseModel, Generic[T]):
 
 
 class ModelOut(BaseModel):
-    """A stored model (API.md ``POST /v1/models`` response)."""
+    """A stored model (api.md ``POST /v1/models`` response)."""
 
     model_config = ConfigDict(from_attributes=True)
 
@@ -104,7 +104,7 @@ class JobError(BaseModel):
 
 
 class JobOut(BaseModel):
-    """The job object (API.md)."""
+    """The job object (api.md)."""
 
     id: str = Field(examples=["job_0123456789abcdef01234567"])
     status: JobStatus

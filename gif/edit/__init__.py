@@ -1,7 +1,7 @@
 """THE edit function: the CLI, the worker and the experiments all call ``run_edit``.
 
 One call edits one model: validate the request against the data, sample the edited points
-``U`` and the Hessian data (MATH.md E1), select the parameters that move (paper §4), build the
+``U`` and the Hessian data (method.md E1), select the parameters that move (paper §4), build the
 right-hand side (E1), solve for ``Δ_S`` (E2–E8), choose the step ``α`` on a validation split
 held out of the training data (E9), and measure everything before and after. The input state
 dict is never mutated; the output is a fresh full state dict with the same keys and dtypes.

@@ -49,7 +49,7 @@ class EditHooks:
 
 @dataclass(frozen=True)
 class EditOutcome:
-    """The edited full state dict (CPU) and the JSON-able result (API.md job ``result``)."""
+    """The edited full state dict (CPU) and the JSON-able result (api.md job ``result``)."""
 
     state_dict: dict[str, torch.Tensor]
     result: dict[str, Any]

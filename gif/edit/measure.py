@@ -1,5 +1,5 @@
-"""Measuring a model: the step objectives of MATH.md E9 on the validation split, and the
-metrics of API.md (Metrics) on every named set."""
+"""Measuring a model: the step objectives of method.md E9 on the validation split, and the
+metrics of api.md (Metrics) on every named set."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def step_objective(kind: str, data: EditData, num_classes: int):
 
 
 class Measurer:
-    """Metrics of one model on every named set (API.md, Metrics), plus score, MIA, ‖∇R‖."""
+    """Metrics of one model on every named set (api.md, Metrics), plus score, MIA, ‖∇R‖."""
 
     def __init__(self, request: EditRequest, data: EditData, num_classes: int):
         self.request = request

@@ -1,4 +1,4 @@
-"""The alternatives users would pick instead of GIF (MATH.md E10), as edit methods.
+"""The alternatives users would pick instead of GIF (method.md E10), as edit methods.
 
 ``finetune``, ``gradient_ascent``, ``random_labels``, ``salun``, ``l1_sparse`` and ``retrain``
 are short training loops on the training data the edit is given. They run under the same

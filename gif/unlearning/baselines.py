@@ -1,4 +1,4 @@
-"""The six methods of MATH.md E10, one small function each, over the shared loop.
+"""The six methods of method.md E10, one small function each, over the shared loop.
 
 Each takes the model to start from (a working copy, trained in place), the training points, the
 loop and the model spec, and returns the trained model, what the loop did and the method's own

@@ -1,4 +1,4 @@
-"""The seeded training loop every MATH.md E10 method runs, and the batches it draws.
+"""The seeded training loop every method.md E10 method runs, and the batches it draws.
 
 One loop for all six methods, so they differ only in what they train on and what they minimise:
 the optimizer is built from the request's ``training`` block, the batch order (and the random
@@ -262,7 +262,7 @@ def shuffled_epochs(points: TrainingPoints, idx: np.ndarray, labels: torch.Tenso
 
 def random_wrong_labels(labels: torch.Tensor, num_classes: int,
                         generator: torch.Generator) -> torch.Tensor:
-    """A label drawn uniformly among the *other* classes for each point (MATH.md E10: random
+    """A label drawn uniformly among the *other* classes for each point (method.md E10: random
     wrong labels; the SalUn code draws among all classes, so 1/C of its labels are right)."""
     shift = torch.randint(1, num_classes, labels.shape, generator=generator)
     return (labels + shift) % num_classes

@@ -50,7 +50,7 @@ def _code_version() -> str:
 
 
 def job_as_dict(job: Job) -> dict[str, Any]:
-    """The API job object (API.md) of ``job``, JSON-ready."""
+    """The API job object (api.md) of ``job``, JSON-ready."""
 
     def iso(value):
         return value.isoformat() if value is not None else None

@@ -145,7 +145,7 @@ class Artifact(Base):
 
 
 class Model(Base):
-    """An uploaded or edited checkpoint with its architecture spec (API.md model object)."""
+    """An uploaded or edited checkpoint with its architecture spec (api.md model object)."""
 
     __tablename__ = "models"
 
@@ -169,7 +169,7 @@ class Model(Base):
 
 
 class Dataset(Base):
-    """An uploaded dataset (API.md dataset object); built-ins have no row."""
+    """An uploaded dataset (api.md dataset object); built-ins have no row."""
 
     __tablename__ = "datasets"
 

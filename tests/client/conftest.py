@@ -32,7 +32,7 @@ MODEL_SPEC = {
 
 
 def train_digits_mlp(epochs: int = 150, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A state dict of MODELS.md's ``mlp`` (keys ``0.weight``, ``0.bias``, ``2.weight``, ...)
+    """A state dict of models.md's ``mlp`` (keys ``0.weight``, ``0.bias``, ``2.weight``, ...)
     trained full-batch on digits with the spec's preprocessing (x / 16, flattened)."""
     torch.manual_seed(seed)
     digits = load_digits()
@@ -163,7 +163,7 @@ def cli_env(server: LiveServer) -> dict[str, str]:
 
 
 def edit_body(model_id: str, **overrides) -> dict:
-    """A small, quick ``remove_class`` job on digits (API.md body)."""
+    """A small, quick ``remove_class`` job on digits (api.md body)."""
     body = {
         "model_id": model_id,
         "train_dataset_id": "builtin:digits:train",

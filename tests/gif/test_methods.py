@@ -1,6 +1,6 @@
 """E1–E5 through the real HVPs of tiny float64 networks, against dense closed forms.
 
-MATH.md checks 1 (each method equals its closed form, with LSQR and, for the symmetric systems,
+method.md checks 1 (each method equals its closed form, with LSQR and, for the symmetric systems,
 MINRES), 2 (LSQR and the Neumann series agree, LSQR with several times fewer HVPs), 3 (GIF with
 S = all is IF; GIF is scale invariant, damped or not) and 6 (float32, a singular Hessian: the
 minimum-norm solution from a tolerance that cannot be reached; no false divergence).
@@ -334,7 +334,7 @@ def test_the_seed_reaches_the_power_iteration():
 
 
 def _linear_softmax_problem(seed: int = 0):
-    """MATH.md check 6: a linear softmax classifier (``linear`` arch, cross-entropy), trained in
+    """method.md check 6: a linear softmax classifier (``linear`` arch, cross-entropy), trained in
     float64. Its Hessian is singular: shifting every class's weights and bias alike changes no
     prediction. Returns the float64 model, retained data, removal rhs and dense Hessian."""
     torch.manual_seed(seed)
@@ -358,7 +358,7 @@ def _linear_softmax_problem(seed: int = 0):
      ("pif", "lsqr", True), ("if", "minres", False), ("fif", "minres", True)],
 )
 def test_float32_on_a_singular_hessian_gives_the_minimum_norm_solution(method, algorithm, half):
-    """MATH.md check 6: asked for a tolerance float32 cannot reach (1e-12, 1000 iterations), the
+    """method.md check 6: asked for a tolerance float32 cannot reach (1e-12, 1000 iterations), the
     solve still returns the minimum-norm solution (float64 pseudo-inverse) and says why it
     stopped. Before the E8 stopping rules, LSQR ran all 1000 iterations here and drifted along
     the null space to a solution ~18x too far off."""
@@ -380,7 +380,7 @@ def test_float32_on_a_singular_hessian_gives_the_minimum_norm_solution(method, a
 
 
 def test_float32_neumann_on_a_singular_hessian_never_reports_false_divergence():
-    """MATH.md check 6, second half, through the real HVPs: thousands of float32 iterations at
+    """method.md check 6, second half, through the real HVPs: thousands of float32 iterations at
     the engine's σ stay at the solution; rounding noise is no divergence."""
     model, x, y, b, hessian = _linear_softmax_problem(seed=1)
     selected = torch.arange(b.numel())

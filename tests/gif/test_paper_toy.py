@@ -1,4 +1,4 @@
-"""MATH.md check 5: the paper's toy, where the loss is exactly quadratic.
+"""method.md check 5: the paper's toy, where the loss is exactly quadratic.
 
 A linear regression ``y ≈ w·x + c`` (5 weights and a bias, squared loss) is fitted exactly; then a
 block of heterogeneous points is removed and only the first two weights may move. Because the

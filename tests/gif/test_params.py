@@ -1,4 +1,4 @@
-"""ParamSpace: the flat θ of MATH.md's notation, its selections and updates."""
+"""ParamSpace: the flat θ of method.md's notation, its selections and updates."""
 
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ RESULT = {
     },
 }
 
-# A training method's result (MATH.md E10): metrics and a training block, nothing of GIF's.
+# A training method's result (method.md E10): metrics and a training block, nothing of GIF's.
 TRAINING_RESULT = {
     "method": "salun",
     "training": {"recipe": {"optimizer": "sgd", "lr": 0.013}, "steps": 29, "epochs_done": 1.0,

@@ -1,4 +1,4 @@
-"""The architectures of MODELS.md: names and shapes are a contract with clients' own code."""
+"""The architectures of models.md: names and shapes are a contract with clients' own code."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _assert_same_function(ours: nn.Module, theirs: nn.Module, x: torch.Tensor) -
         torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
 
 
-# --- plain PyTorch written from MODELS.md, independently of gif/registry.py -----------------
+# --- plain PyTorch written from models.md, independently of gif/registry.py -----------------
 
 
 class ClientTinyNet(nn.Module):

@@ -1,4 +1,4 @@
-"""Paper §4 parameter selection: MATH.md check 4 and each criterion on cases with known answers."""
+"""Paper §4 parameter selection: method.md check 4 and each criterion on known answers."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def _select(model, x, y, criterion, ratio, seed=0, **kw):
                              seed=seed, batch_size=kw.pop("batch_size", 4), **kw)
 
 
-# --- MATH.md check 4 ------------------------------------------------------------------------
+# --- method.md check 4 ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("model_name", ["mlp", "cnn"])

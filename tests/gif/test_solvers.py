@@ -1,5 +1,5 @@
 """E7, E8: LSQR, CGLS, MINRES and the Neumann series on dense problems with closed-form answers,
-and the stopping rules (E8 "Stopping", MATH.md check 6 on dense float32 problems)."""
+and the stopping rules (E8 "Stopping", method.md check 6 on dense float32 problems)."""
 
 from __future__ import annotations
 
@@ -532,7 +532,7 @@ def test_the_power_iteration_checks_for_cancel_every_iteration():
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_neumann_never_calls_float32_rounding_noise_divergence(seed):
-    """MATH.md check 6 (second half). Before, σ² = 1.1 λ̂ and "3 rises in a row" raised
+    """method.md check 6 (second half). Before, σ² = 1.1 λ̂ and "3 rises in a row" raised
     SolverDiverged after 6,000–8,000 iterations on exactly these problems; the series had
     converged to its float32 floor long before."""
     matrix, rhs, expected = _float32_problem(condition=30.0, seed=seed)

@@ -20,7 +20,7 @@ from tests.live_server import create_api_key, run_cli
 from tests.reliability.helpers import submit
 from tests.worker import digits
 
-# Probes and the Prometheus scrape need no key (API.md; /metrics holds only counters).
+# Probes and the Prometheus scrape need no key (api.md; /metrics holds only counters).
 PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
 
 

@@ -78,7 +78,7 @@ def samples_result() -> dict:
 
 @pytest.fixture(scope="module")
 def finetune_result() -> dict:
-    """A training method's result (MATH.md E10): no solver, selection, scale or step; a
+    """A training method's result (method.md E10): no solver, selection, scale or step; a
     ``training`` block with the recipe and the loss history."""
     return run_tiny_edit({"kind": "remove_class", "class": 3}, method="finetune",
                          training={"epochs": 2, "batch_size": 128})

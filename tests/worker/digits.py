@@ -1,5 +1,5 @@
 """A tiny model and dataset for worker and integration tests: scikit-learn's digits (8×8 grey
-images, 10 classes, shipped with the package) and an ``mlp`` (MODELS.md) trained on them in a
+images, 10 classes, shipped with the package) and an ``mlp`` (models.md) trained on them in a
 second, so edits run in seconds on a loaded 2-core machine."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def digits_arrays(num_samples: int = 900, seed: int = 0) -> tuple[np.ndarray, np
 
 
 def mlp_module() -> nn.Module:
-    """The ``mlp`` of MODELS.md, written with plain PyTorch (keys ``0.*``, ``2.*``)."""
+    """The ``mlp`` of models.md, written with plain PyTorch (keys ``0.*``, ``2.*``)."""
     return nn.Sequential(nn.Linear(64, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, NUM_CLASSES))
 
 
