@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Set up everything gif-service needs on a fresh Debian machine: system packages (the
-# Fashion-MNIST files, Chromium for the report test), a virtual environment in .venv with
-# PyTorch pinned (pip takes it from the local disk where the machine carries it) and the
-# project installed editable with its service and dev extras. Safe to run again, and fast
-# then: the pip steps are skipped while a stamp in .venv still matches what they depend on
-# (pyproject.toml, this script, the Python, the installed torch, where the editable install
-# points). Delete .venv/.gif-setup-stamp to force them.
+# Fashion-MNIST files, curl and jq for the README's examples, Chromium for the report test),
+# a virtual environment in .venv with PyTorch pinned (pip takes it from the local disk where
+# the machine carries it) and the project installed editable with its service and dev
+# extras. Safe to run again, and fast then: the pip steps are skipped while a stamp in .venv
+# still matches what they depend on (pyproject.toml, this script, the Python, the installed
+# torch, where the editable install points). Delete .venv/.gif-setup-stamp to force them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +14,8 @@ command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 
 need_apt=()
 [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || need_apt+=(dataset-fashion-mnist)
+# The README's examples (and tests/test_readme.py, which runs them) use curl and jq.
+for tool in curl jq; do command -v "$tool" >/dev/null 2>&1 || need_apt+=("$tool"); done
 if [ "${GIF_SETUP_CHROMIUM:-1}" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
   need_apt+=(chromium)
 fi
