@@ -194,3 +194,23 @@ def test_nothing_points_at_specs_outside_the_repository():
             if outside.search(line):
                 offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()[:80]}")
     assert offenders == []
+
+
+def test_api_doc_lists_every_job_error_code_and_problem_slug():
+    """The failed job's ``error.code`` values (the engine's ``GifError`` codes and the worker's
+    own) and every problem ``type`` slug the service raises are named in docs/api.md."""
+    import gif.errors
+
+    text = API_DOC.read_text()
+    engine = {cls.code for cls in vars(gif.errors).values()
+              if isinstance(cls, type) and issubclass(cls, gif.errors.GifError)
+              and cls is not gif.errors.GifError}
+    worker_source = "\n".join(p.read_text() for p in (REPO / "worker").glob("*.py"))
+    worker = set(re.findall(r'"code":\s*"(\w+)"|code="(\w+)"', worker_source))
+    codes = engine | {code for pair in worker for code in pair if code}
+    assert {"timeout", "worker_lost", "out_of_memory", "internal_error"} <= codes
+    assert sorted(c for c in codes if f"`{c}`" not in text) == []
+    service_source = "\n".join(p.read_text() for p in (REPO / "service").rglob("*.py"))
+    slugs = set(re.findall(r'slug="([a-z-]+)"', service_source))
+    assert {"validation-error", "not-found", "unauthorized"} <= slugs
+    assert sorted(s for s in slugs if f"`{s}`" not in text) == []
