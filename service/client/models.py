@@ -1,0 +1,139 @@
+"""The API's resources as the client reads them (API.md). Unknown fields are kept, so a newer
+server never breaks an older client; ``tests/client/test_contract.py`` holds every field against
+the served ``/openapi.json``, so the two cannot drift apart."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+
+class _Resource(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class ModelInput(_Resource):
+    """Preprocessing the model was trained with: ``x * scale``, then per-channel mean/std."""
+
+    scale: float = 1.0
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+
+class Model(_Resource):
+    id: str
+    name: str | None = None
+    arch: str
+    arch_kwargs: dict[str, Any] = Field(default_factory=dict)
+    input: ModelInput = Field(default_factory=ModelInput)
+    task: str = "classification"
+    num_parameters: int | None = None
+    size_bytes: int | None = None
+    sha256: str | None = None
+    created_at: datetime | None = None
+    source_job_id: str | None = None
+
+
+class Dataset(_Resource):
+    id: str
+    name: str | None = None
+    num_samples: int | None = None
+    sample_shape: list[int] | None = None
+    dtype: str | None = None
+    num_classes: int | None = None
+    class_counts: Any = None
+    sha256: str | None = None
+    size_bytes: int | None = None
+    created_at: datetime | None = None
+    builtin: bool = False
+
+
+class ArchitectureArgument(_Resource):
+    name: str
+    type: str | None = None
+    required: bool = False
+    default: Any = None
+    description: str | None = None
+
+
+class Architecture(_Resource):
+    name: str
+    description: str | None = None
+    arguments: list[ArchitectureArgument] = Field(default_factory=list)
+    flat_input: bool | None = None
+
+
+class JobProgress(_Resource):
+    phase: str | None = None
+    iteration: int | None = None
+    max_iter: int | None = None
+    residual: float | None = None
+
+
+class JobError(_Resource):
+    code: str
+    message: str = ""
+
+
+class JobMetrics(_Resource):
+    """Metrics per named set (``forget``, ``retain``, eval sets) plus ``score``, before/after."""
+
+    before: dict[str, Any] = Field(default_factory=dict)
+    after: dict[str, Any] = Field(default_factory=dict)
+
+    def set_names(self) -> list[str]:
+        """The evaluated sets (entries that are per-set dicts; ``_``-names are summaries)."""
+        names = dict.fromkeys([*self.before, *self.after])
+        return [n for n in names if not n.startswith("_")
+                and isinstance(self.before.get(n, self.after.get(n)), dict)]
+
+    def score(self, stage: Literal["before", "after"]) -> float | None:
+        """E9's score of one stage."""
+        values = self.before if stage == "before" else self.after
+        return values.get("score")
+
+
+class JobResult(_Resource):
+    edited_model_id: str | None = None
+    scale: float | None = None
+    selection: dict[str, Any] = Field(default_factory=dict)
+    solver: dict[str, Any] = Field(default_factory=dict)
+    metrics: JobMetrics = Field(default_factory=JobMetrics)
+    timings: dict[str, float] = Field(default_factory=dict)
+
+
+class Job(_Resource):
+    id: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    request: dict[str, Any] = Field(default_factory=dict)
+    progress: JobProgress | None = None
+    error: JobError | None = None
+    result: JobResult | None = None
+    model_id: str | None = None
+    train_dataset_id: str | None = None
+    edited_model_id: str | None = None
+    cancel_requested: bool = False
+
+    @property
+    def is_terminal(self) -> bool:
+        """Terminal states never change (API.md, Jobs)."""
+        return self.status in TERMINAL_STATUSES
+
+
+class JobEvent(_Resource):
+    seq: int
+    at: datetime | None = None
+    level: str = "info"
+    phase: str | None = None
+    message: str = ""
+    data: Any = None
+
+
