@@ -46,7 +46,7 @@ class Dataset(_Resource):
     sample_shape: list[int] | None = None
     dtype: str | None = None
     num_classes: int | None = None
-    class_counts: Any = None
+    class_counts: list[int] | None = None
     sha256: str | None = None
     size_bytes: int | None = None
     created_at: datetime | None = None
@@ -59,6 +59,9 @@ class ArchitectureArgument(_Resource):
     required: bool = False
     default: Any = None
     description: str | None = None
+    minimum: int | None = None
+    maximum: int | None = None
+    max_items: int | None = None
 
 
 class Architecture(_Resource):
@@ -83,6 +86,7 @@ class JobError(_Resource):
 class JobMetrics(_Resource):
     """Metrics per named set (``forget``, ``retain``, eval sets) plus ``score``, before/after."""
 
+    job_id: str | None = None
     before: dict[str, Any] = Field(default_factory=dict)
     after: dict[str, Any] = Field(default_factory=dict)
 
@@ -134,6 +138,6 @@ class JobEvent(_Resource):
     level: str = "info"
     phase: str | None = None
     message: str = ""
-    data: Any = None
+    data: dict[str, Any] | None = None
 
 
