@@ -49,6 +49,7 @@ from service.client.models import (
     JobMetrics,
     JobProgress,
     JobResult,
+    JobWarning,
     Model,
 )
 from service.client.sse import _EventStreamReader
@@ -74,6 +75,7 @@ __all__ = [
     "JobMetrics",
     "JobProgress",
     "JobResult",
+    "JobWarning",
     "Model",
     "NotFoundError",
     "PayloadTooLargeError",

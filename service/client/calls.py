@@ -134,10 +134,13 @@ class _Calls:
         return _Call("GET", f"/v1/jobs/{_segment(job_id)}", _parse_json(Job))
 
     @staticmethod
-    def list_jobs(status: str | None, limit: int | None, after: str | None) -> _Call[_Page[Job]]:
+    def list_jobs(status: str | None, limit: int | None, after: str | None,
+                  filters: Mapping[str, str | None] | None = None) -> _Call[_Page[Job]]:
+        """``filters``: API.md's list filters (``model_id``, ``method``); None values are not
+        sent."""
         params = _page_params(limit, after)
-        if status is not None:
-            params["status"] = status
+        extra = {"status": status, **(filters or {})}
+        params.update({name: value for name, value in extra.items() if value is not None})
         return _Call("GET", "/v1/jobs", _parse_page(Job), params=params)
 
     @staticmethod

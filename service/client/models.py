@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gif.result_warnings import result_warnings
+
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 
 
@@ -72,13 +74,38 @@ class Architecture(_Resource):
 
 
 class JobProgress(_Resource):
+    """Where a running job is: the phase and, in a phase that iterates (the solve), the
+    iteration out of ``max_iter`` and the residual."""
+
     phase: str | None = None
     iteration: int | None = None
     max_iter: int | None = None
     residual: float | None = None
 
+    @property
+    def iterates(self) -> bool:
+        """Whether the phase counts iterations (a ``0/0`` count means it does not)."""
+        return bool(self.max_iter)
+
+    def describe(self) -> str:
+        """``solve 37/100 residual 0.012``, or the phase alone when it does not iterate."""
+        text = self.phase or "queued"
+        if self.iterates:
+            text += f" {self.iteration if self.iteration is not None else 0}/{self.max_iter}"
+        if self.residual is not None:
+            text += f" residual {self.residual:.4g}"
+        return text
+
 
 class JobError(_Resource):
+    code: str
+    message: str = ""
+
+
+class JobWarning(_Resource):
+    """Something a succeeded job's reader must not miss (``gif/result_warnings.py``): a solve
+    that stopped unconverged, a step search that found nothing better than no edit."""
+
     code: str
     message: str = ""
 
@@ -130,6 +157,15 @@ class Job(_Resource):
     def is_terminal(self) -> bool:
         """Terminal states never change (API.md, Jobs)."""
         return self.status in TERMINAL_STATUSES
+
+    @property
+    def warnings(self) -> list[JobWarning]:
+        """The warnings of a succeeded job's result: those it records, else those its solver
+        and step diagnostics imply (one rule, shared with the report: ``result_warnings``)."""
+        if self.status != "succeeded" or self.result is None:
+            return []
+        found = result_warnings(self.result.model_dump(mode="json"))
+        return [JobWarning.model_validate(w) for w in found]
 
 
 class JobEvent(_Resource):

@@ -164,9 +164,13 @@ class GifClient(_ClientBase):
     def get_job(self, job_id: str) -> Job:
         return self._execute(_Calls.get_job(job_id))
 
-    def list_jobs(self, status: str | None = None, *, page_size: int | None = None) -> list[Job]:
-        """All jobs (optionally of one ``status``), newest first, over every page."""
-        return self._run(_paginate(lambda after: _Calls.list_jobs(status, page_size, after)))
+    def list_jobs(self, status: str | None = None, *, model_id: str | None = None,
+                  method: str | None = None, page_size: int | None = None) -> list[Job]:
+        """All jobs (optionally of one ``status``, model or method), newest first, over every
+        page."""
+        filters = {"model_id": model_id, "method": method}
+        return self._run(_paginate(lambda after: _Calls.list_jobs(status, page_size, after,
+                                                                  filters)))
 
     def wait_for_job(self, job_id: str, on_progress: Callable[[JobProgress], Any] | None = None,
                      poll_interval: float = 0.5, timeout: float | None = None) -> Job:
