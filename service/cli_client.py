@@ -299,7 +299,7 @@ def retrain_reference(client: GifClient, job: Job) -> Job | None:
     for other in candidates[:REFERENCE_CANDIDATES]:
         if (other.id == job.id or other.model_id != job.model_id
                 or other.train_dataset_id != job.train_dataset_id
-                or other.request.get("method") not in (None, "retrain")):
+                or other.request_field("method") not in (None, "retrain")):
             continue
         full = other if "edit" in other.request else client.get_job(other.id)
         if (full.request.get("method") == "retrain" and full.request.get("edit") == request["edit"]
@@ -448,7 +448,7 @@ def jobs_list(client: GifClient, as_json: bool, status: str | None) -> None:
         return echo_json(items)
     click.echo(format_table(
         ["ID", "STATUS", "EDIT", "MODEL", "CREATED", "PHASE"],
-        [[j.id, j.status, (j.request.get("edit") or {}).get("kind"), j.request.get("model_id"),
+        [[j.id, j.status, (j.request_field("edit") or {}).get("kind"), j.model_id,
           j.created_at, j.progress.phase if j.progress else None] for j in items],
     ))
 

@@ -58,6 +58,7 @@ def _parse_nothing(response: httpx.Response) -> None:
 class _Page(Generic[T]):
     items: list[T]
     has_more: bool
+    next_cursor: str | None = None  # the server's cursor for the next page, when it sends one
 
 
 def _parse_page(model: type[BaseModel]) -> Callable[[httpx.Response], _Page[Any]]:
@@ -65,7 +66,9 @@ def _parse_page(model: type[BaseModel]) -> Callable[[httpx.Response], _Page[Any]
         body = response.json()
         items = body["data"] if isinstance(body, dict) else body
         has_more = bool(body.get("has_more")) if isinstance(body, dict) else False
-        return _Page([model.model_validate(item) for item in items], has_more)
+        cursor = body.get("next_cursor") if isinstance(body, dict) else None
+        return _Page([model.model_validate(item) for item in items], has_more,
+                     cursor if isinstance(cursor, str) and cursor else None)
 
     return parse
 

@@ -158,6 +158,14 @@ class Job(_Resource):
         """Terminal states never change (API.md, Jobs)."""
         return self.status in TERMINAL_STATUSES
 
+    def request_field(self, name: str) -> Any:
+        """A field of the job's request (``edit``, ``method``, ...): from the full ``request``
+        of ``GET /v1/jobs/{id}``, else from the top level of a list's job summary, which
+        carries a bounded copy instead (API.md Limits)."""
+        if name in self.request:
+            return self.request[name]
+        return (self.model_extra or {}).get(name)
+
     @property
     def warnings(self) -> list[JobWarning]:
         """The warnings of a succeeded job's result: those it records, else those its solver

@@ -16,7 +16,9 @@ T = TypeVar("T")
 
 
 def _paginate(page_call: Callable[[str | None], _Call[_Page[T]]]) -> _Operation[list[T]]:
-    """Every item over all pages, following the cursor (``after`` = the last id seen)."""
+    """Every item over all pages, following the cursor: the page's ``next_cursor`` (it stays
+    valid when the item it names is deleted or leaves a filter, API.md Limits), else the last
+    id seen."""
     items: list[T] = []
     after: str | None = None
     while True:
@@ -24,7 +26,7 @@ def _paginate(page_call: Callable[[str | None], _Call[_Page[T]]]) -> _Operation[
         items.extend(page.items)
         if not page.has_more or not page.items:
             return items
-        after = page.items[-1].id  # type: ignore[attr-defined]
+        after = page.next_cursor or page.items[-1].id  # type: ignore[attr-defined]
 
 
 def _wait_for_job(
