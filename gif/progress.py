@@ -8,16 +8,17 @@ What it takes care of (issue 13.6):
 - attaching to a phase already under way starts the bar at the current iteration (tqdm's
   ``initial``), so the iterations done before are not counted as speed (no absurd it/s, no
   ETA 00:00);
-- a poller can miss an iterating phase's last iterations (the job moved on between two polls),
-  so that bar stays open, one line above the next phase's, until :meth:`finish` gives the true
-  final count (a job's ``result.solver.iterations``) — it never ends on a stale 99/100;
+- a poller can miss an iterating phase's last iterations (the job moved on between two polls):
+  when the phase ends, ``final_count(phase)`` (if given) supplies the true final count, and the
+  bar is closed at it, never on a stale 99/100 (:meth:`finish` does the same for the phase a
+  job ended in);
 - a phase's first report may come before its count is known: the bar switches then.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import IO, Any, Protocol
 
 
@@ -29,18 +30,21 @@ class ProgressLike(Protocol):
 
 
 class PhaseProgress:
-    """Callable with each new progress value; ``label`` prefixes every bar (e.g. a job id)."""
+    """Callable with each new progress value; ``label`` prefixes every bar (e.g. a job id);
+    ``final_count(phase)``: the true final iteration of an iterating phase that just ended, or
+    None when unknown."""
 
     PHASE_FORMAT = "{desc} [{elapsed}]"  # phases without iterations: name and time only
 
-    def __init__(self, label: str = "", file: IO[str] | None = None, enabled: bool = True):
+    def __init__(self, label: str = "", file: IO[str] | None = None, enabled: bool = True,
+                 final_count: Callable[[str | None], int | None] | None = None):
         self.label = label
         self.enabled = enabled
         self._file = file
+        self._final_count = final_count
         self._bar: Any = None  # the current phase's tqdm bar
         self._phase: str | None = None
         self._iterates = False
-        self._ended: tuple[str | None, Any] | None = None  # an iterating bar awaiting its count
 
     def __call__(self, progress: ProgressLike) -> None:
         if not self.enabled:
@@ -66,10 +70,11 @@ class PhaseProgress:
     def _new_bar(self, progress: ProgressLike, iterates: bool) -> None:
         from tqdm import tqdm  # only when drawing: importing this module stays cheap
 
-        if self._bar is not None and self._iterates and self._ended is None:
-            self._ended = (self._phase, self._bar)  # its true final count comes with finish()
-        elif self._bar is not None:
-            self._bar.close()
+        bar = self._bar
+        if (bar is not None and self._iterates and self._final_count is not None
+                and bar.n < (bar.total or 0)):  # ended short of max_iter: its true count?
+            self._end_at(self._final_count(self._phase))
+        self.close()
         self._phase, self._iterates = progress.phase, iterates
         self._bar = tqdm(
             total=progress.max_iter if iterates else None,
@@ -90,20 +95,20 @@ class PhaseProgress:
         tqdm.write(line, file=self._file if self._file is not None else sys.stderr)
 
     def finish(self, final_iterations: Mapping[str, int] | None = None) -> None:
-        """Close every bar; an iterating phase named in ``final_iterations`` ends at that
+        """Close the bar; if it is an iterating phase named in ``final_iterations``, at that
         count (the true one, which the last report may have missed)."""
-        for phase, bar in ((self._ended or (None, None)), (self._phase, self._bar)):
-            if bar is None:
-                continue
-            final = (final_iterations or {}).get(phase or "")
-            if isinstance(final, int) and final >= 0 and bar.total:
-                bar.total = max(bar.total, final)
-                bar.n = final
-                bar.refresh()
+        if self._bar is not None and self._iterates:
+            self._end_at((final_iterations or {}).get(self._phase or ""))
         self.close()
 
+    def _end_at(self, final: int | None) -> None:
+        bar = self._bar
+        if isinstance(final, int) and not isinstance(final, bool) and final >= 0 and bar.total:
+            bar.total = max(bar.total, final)
+            bar.n = final
+            bar.refresh()
+
     def close(self) -> None:
-        for bar in (self._ended[1] if self._ended else None, self._bar):
-            if bar is not None:
-                bar.close()
-        self._ended, self._bar, self._phase, self._iterates = None, None, None, False
+        if self._bar is not None:
+            self._bar.close()
+        self._bar, self._phase, self._iterates = None, None, False

@@ -375,6 +375,27 @@ def report_job(client: GifClient, job: Job, as_json: bool) -> None:
         sys.exit(EXIT_JOB_UNSUCCESSFUL)
 
 
+def solve_count(client: GifClient, job_id: str) -> Callable[[str | None], int | None]:
+    """The true final iteration of a job's solve, read when the bar sees the solve end: the
+    engine's "solver stopped" event carries it (``data.iterations``), and is written before
+    the next phase starts. None when unknown (the bar then ends at the last count seen)."""
+
+    def count(phase: str | None) -> int | None:
+        if phase != "solve":
+            return None
+        try:
+            events = client.list_events(job_id)
+        except GifClientError:
+            return None  # the display must never break the wait
+        for event in reversed(events):
+            iterations = (event.data or {}).get("iterations")
+            if event.phase == "solve" and isinstance(iterations, int):
+                return iterations
+        return None
+
+    return count
+
+
 def final_iterations(job: Job) -> dict[str, int]:
     """The true final count of each iterating phase, from the result (the last poll may have
     missed the solve's last iterations)."""
@@ -384,7 +405,7 @@ def final_iterations(job: Job) -> dict[str, int]:
 
 def wait_and_report(client: GifClient, job_id: str, as_json: bool, poll_interval: float,
                     timeout: float | None, show_progress: bool) -> None:
-    bar = PhaseProgress(job_id) if show_progress else None
+    bar = PhaseProgress(job_id, final_count=solve_count(client, job_id)) if show_progress else None
     try:
         job = client.wait_for_job(job_id, on_progress=bar, poll_interval=poll_interval,
                                   timeout=timeout)

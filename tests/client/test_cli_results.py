@@ -214,20 +214,50 @@ def test_attaching_mid_solve_counts_no_speed_for_the_iterations_done_before():
     assert _rates(out.getvalue()) and max(_rates(out.getvalue())) < 200  # ~50 it/s, not 1e6
 
 
+def render(text: str) -> list[str]:
+    """The terminal lines ``text`` leaves (carriage returns overwrite, cursor-up moves up)."""
+    rows, row, col = [""], 0, 0
+    for token in re.findall(r"\x1b\[A|\r|\n|[^\r\n\x1b]", text):
+        if token == "\x1b[A":
+            row -= 1
+        elif token == "\r":
+            col = 0
+        elif token == "\n":
+            row, col = row + 1, 0
+            rows += [""] * (row + 1 - len(rows))
+        else:
+            line = rows[row].ljust(col)
+            rows[row], col = line[:col] + token + line[col + 1:], col + 1
+    return [line.rstrip() for line in rows if line.strip()]
+
+
 def test_the_solve_bar_ends_at_the_true_final_iteration():
-    """The poller saw 30 of 100, then the job moved on: the bar ends at the result's count."""
+    """The poller saw 30 of 100, then the job moved on: the bar ends at the true count."""
     out = io.StringIO()
-    bar = PhaseProgress("job_x", file=out)
-    for progress in (JobProgress(phase="solve", iteration=0, max_iter=100),
-                     JobProgress(phase="solve", iteration=30, max_iter=100),
+    asked: list[str | None] = []
+    bar = PhaseProgress("job_x", file=out, final_count=lambda phase: asked.append(phase) or 37)
+    for progress in (JobProgress(phase="load"),
+                     JobProgress(phase="solve", iteration=0, max_iter=100),
+                     JobProgress(phase="solve", iteration=30, max_iter=100, residual=0.1),
                      JobProgress(phase="step_search"), JobProgress(phase="save")):
         bar(progress)
-
     bar.finish({"solve": 37})
 
-    counts = re.findall(r"solve:.*?(\d+)/100", out.getvalue())
-    assert counts[-1] == "37", out.getvalue()
-    assert "job_x save" in out.getvalue()
+    lines = render(out.getvalue())
+    assert asked == ["solve"]
+    assert [line.split()[1].rstrip(":") for line in lines] == ["load", "solve", "step_search",
+                                                               "save"], lines
+    assert "37/100" in lines[1] and "residual=0.1" in lines[1], lines
+
+
+def test_finish_ends_the_phase_a_job_stopped_in_at_its_count():
+    out = io.StringIO()
+    bar = PhaseProgress("job_x", file=out)
+    bar(JobProgress(phase="solve", iteration=12, max_iter=100))
+
+    bar.finish({"solve": 14})
+
+    assert render(out.getvalue())[-1].split("|")[-1].lstrip().startswith("14/100")
 
 
 def test_the_live_cli_bar_ends_at_the_jobs_final_iteration(finished_job: FinishedJob):
