@@ -52,7 +52,6 @@ from service.client.models import (
     JobWarning,
     Model,
 )
-from service.client.sse import _EventStreamReader
 from service.client.sync import GifClient
 
 __all__ = [
@@ -85,7 +84,6 @@ __all__ = [
     "ServiceUnavailableError",
     "ValidationError",
     "WaitTimeoutError",
-    "_EventStreamReader",
     "resolve_api_key",
     "resolve_url",
 ]

@@ -19,7 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from service.client import AsyncGifClient, GifClient, _EventStreamReader
+from service.client import AsyncGifClient, GifClient
+from service.client.sse import _EventStreamReader
 from tests.live_server import free_port
 
 # Characters str.splitlines() (and so httpx's iter_lines) treats as line ends, though SSE
