@@ -483,8 +483,8 @@ def jobs_show(client: GifClient, as_json: bool, job_id: str) -> None:
     if as_json:
         return echo_job_json(job)
     echo_fields(job, ("id", "status", "created_at", "started_at", "finished_at"))
-    if job.progress is not None and not job.is_terminal:  # a finished job's is stale
-        click.echo(f"progress     {job.progress.describe()}")
+    if job.reported_progress is not None and not job.is_terminal:  # a finished one's is stale
+        click.echo(f"progress     {job.reported_progress.describe()}")
     if job.error is not None:
         click.echo(f"error        {job.error.code}: {job.error.message}")
     if job.result is not None:

@@ -158,6 +158,21 @@ class Job(_Resource):
         """Terminal states never change (API.md, Jobs)."""
         return self.status in TERMINAL_STATUSES
 
+    @property
+    def reported_progress(self) -> JobProgress | None:
+        """The progress as a callback or a display shows it. The solve reports its start
+        before its first iteration (phase only); that counts as 0 of the request's
+        ``solver.max_iter``, so nothing ever shows ``solve None None None`` and a bar can size
+        itself from the start."""
+        progress = self.progress
+        if progress is None or progress.phase != "solve" or progress.iterates:
+            return progress
+        max_iter = (self.request.get("solver") or {}).get("max_iter")
+        if not isinstance(max_iter, int) or isinstance(max_iter, bool) or max_iter <= 0:
+            return progress
+        return progress.model_copy(update={"iteration": progress.iteration or 0,
+                                           "max_iter": max_iter})
+
     def request_field(self, name: str) -> Any:
         """A field of the job's request (``edit``, ``method``, ...): from the full ``request``
         of ``GET /v1/jobs/{id}``, else from the top level of a list's job summary, which

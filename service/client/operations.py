@@ -41,7 +41,7 @@ def _wait_for_job(
     last_progress: JobProgress | None = None
     while True:
         job: Job = yield _Calls.get_job(job_id)
-        progress = _reported_progress(job)
+        progress = job.reported_progress
         if on_progress is not None and progress is not None and progress != last_progress:
             last_progress = progress
             on_progress(progress)
@@ -53,20 +53,6 @@ def _wait_for_job(
             )
         pause = poll_interval if deadline is None else min(poll_interval, deadline - clock())
         yield _Sleep(max(pause, 0.0))
-
-
-def _reported_progress(job: Job) -> JobProgress | None:
-    """The job's progress as a callback sees it. The solve reports its start before its first
-    iteration (phase only); that counts as 0 of the request's ``solver.max_iter``, so no
-    callback ever gets ``solve None None None`` and a bar can size itself from the start."""
-    progress = job.progress
-    if progress is None or progress.phase != "solve" or progress.iterates:
-        return progress
-    max_iter = (job.request.get("solver") or {}).get("max_iter")
-    if not isinstance(max_iter, int) or isinstance(max_iter, bool) or max_iter <= 0:
-        return progress
-    return progress.model_copy(update={"iteration": progress.iteration or 0,
-                                       "max_iter": max_iter})
 
 
 def _poll_new_events(job_id: str, after_seq: int) -> _Operation[tuple[list[JobEvent], bool]]:

@@ -16,7 +16,6 @@ from click.testing import CliRunner
 from gif.progress import PhaseProgress
 from service.cli_client import glance_table, jobs
 from service.client import GifClient, Job, JobProgress, Model
-from service.client.operations import _reported_progress
 from tests.client.conftest import FinishedJob, edit_body
 from tests.live_server import LiveServer
 
@@ -190,10 +189,11 @@ def test_the_solve_start_counts_zero_of_the_requests_max_iter():
                               "request": {"solver": {"max_iter": 100}},
                               "progress": {"phase": "solve"}})
 
-    assert _reported_progress(job) == JobProgress(phase="solve", iteration=0, max_iter=100)
+    assert job.reported_progress == JobProgress(phase="solve", iteration=0, max_iter=100)
+    assert job.reported_progress.describe() == "solve 0/100"
     done = job.model_copy(update={"progress": JobProgress(phase="save", iteration=0,
                                                            max_iter=0)})
-    assert _reported_progress(done).describe() == "save"
+    assert done.reported_progress.describe() == "save"
 
 
 def _rates(text: str) -> list[float]:
@@ -265,3 +265,35 @@ def test_the_live_cli_bar_ends_at_the_jobs_final_iteration(finished_job: Finishe
 
     assert int(counts[-1]) == finished_job.job.result.solver["iterations"]
     assert max(_rates(finished_job.cli.stderr)) < 1e5, finished_job.cli.stderr
+
+
+def test_attaching_to_a_running_job_shows_its_count_and_a_sane_speed(run, server: LiveServer,
+                                                                    model: Model):
+    """``jobs show`` and ``jobs wait`` on a job already deep in its solve."""
+    long_solver = {"algorithm": "lsqr", "max_iter": 10_000, "tol": 1e-12,
+                   "hessian_samples": 256, "edit_samples": 64}
+    with GifClient(server.url, server.api_key, timeout=60.0) as gif:
+        job = gif.submit_job(edit_body(model.id, solver=long_solver))
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                seen = gif.get_job(job.id)
+                progress = seen.reported_progress
+                if progress is not None and progress.phase == "solve" and (
+                        progress.iteration or 0) >= 20:
+                    break
+                assert not seen.is_terminal and time.monotonic() < deadline, seen
+                time.sleep(0.1)
+            shown = run("show", job.id)
+            attached = run("wait", job.id, "--timeout", "2", "--poll-interval", "0.2")
+        finally:
+            gif.cancel_job(job.id)
+
+    assert re.search(r"^progress\s+solve \d+/10000 residual \S+$", shown.stdout, re.M), \
+        shown.stdout
+    assert attached.exit_code == 124  # still running when --timeout ran out
+    counts = [int(n) for n in re.findall(r"solve:.*?(\d+)/10000", attached.stderr)]
+    assert counts and counts[0] >= 20, attached.stderr  # the bar starts where the job is
+    # The iterations done before attaching are not counted as this bar's speed.
+    # (~100-200 it/s on the 2-core CI machine; counting them as speed gave ~1e6 it/s)
+    assert _rates(attached.stderr) and max(_rates(attached.stderr)) < 20_000, attached.stderr
