@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from gif.errors import GifError
+from gif.progress import PhaseProgress
 
 EXIT_GIF_ERROR = 1  # the edit could not run (bad input, solver failure): message on stderr
 
@@ -33,51 +34,7 @@ def _parse_eval(_ctx, _param, values: tuple[str, ...]) -> dict[str, str]:
     return evals
 
 
-class _ProgressBar:
-    """tqdm on stderr, one line per phase: the phase and its time; in ``solve`` the iteration
-    out of ``max_iter`` and the current residual."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.bar = None
-        self.phase = None
-
-    def __call__(self, progress) -> None:
-        if not self.enabled:
-            return
-        from tqdm import tqdm
-
-        if progress.phase != self.phase:
-            self.close()
-            self.phase = progress.phase
-            if progress.phase == "solve":
-                self.bar = tqdm(total=progress.max_iter, desc="solve", file=sys.stderr,
-                                dynamic_ncols=True)
-            else:
-                self.bar = tqdm(desc=progress.phase, file=sys.stderr,
-                                bar_format="{desc}: {elapsed}")
-        if progress.iteration is not None and self.bar is not None:
-            if progress.max_iter and self.bar.total != progress.max_iter:
-                self.bar.total = progress.max_iter
-            self.bar.n = progress.iteration
-            if progress.residual is not None:
-                self.bar.set_postfix(residual=f"{progress.residual:.3g}", refresh=False)
-            self.bar.refresh()
-
-    def write(self, line: str) -> None:
-        """A message that does not break the bar."""
-        if self.bar is not None:
-            self.bar.write(line, file=sys.stderr)
-        else:
-            click.echo(line, err=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-def _event_printer(bar: _ProgressBar, verbose: bool):
+def _event_printer(bar: PhaseProgress, verbose: bool):
     def event(level: str, phase: str, message: str, data: dict) -> None:
         if verbose or level in ("warning", "error"):
             bar.write(f"[{level}] {phase}: {message}")
@@ -120,7 +77,7 @@ def edit(model_path: Path, spec_path: Path, train: str, request_path: Path, out_
     from gif.checkpoint import write_safetensors
     from gif.edit import EditHooks, Progress, edit_from_files
 
-    bar = _ProgressBar(enabled=not quiet)
+    bar = PhaseProgress(enabled=not quiet)
     hooks = EditHooks(progress=bar, event=_event_printer(bar, verbose))
     try:
         outcome = edit_from_files(request_path, model_path, spec_path, train, evals, hooks)

@@ -20,13 +20,12 @@ from typing import Any, TypeVar
 
 import click
 from pydantic import BaseModel
-from tqdm import tqdm
 
+from gif.progress import PhaseProgress
 from service.client import (
     GifClient,
     GifClientError,
     Job,
-    JobProgress,
     WaitTimeoutError,
 )
 
@@ -267,56 +266,6 @@ def jobs() -> None:
     """Submit edit jobs, follow them, and read their results."""
 
 
-class ProgressBar:
-    """A tqdm bar on stderr that follows a job's progress: one bar per phase; in phases that
-    iterate (the solve) it counts ``iteration/max_iter`` with the residual alongside."""
-
-    PHASE_FORMAT = "{desc} [{elapsed}]"  # phases without iterations: name and time only
-
-    def __init__(self, job_id: str, file: Any = None):
-        self._job_id = job_id
-        self._file = file if file is not None else sys.stderr
-        self._bar: tqdm | None = None
-        self._phase: str | None = None
-        self._iterates = False
-
-    def __call__(self, progress: JobProgress) -> None:
-        iterates = bool(progress.max_iter)
-        # A phase's first report may come before its iteration count is known: switch then.
-        if self._bar is None or (progress.phase, iterates) != (self._phase, self._iterates):
-            self._new_bar(progress, iterates)
-        bar = self._bar
-        assert bar is not None
-        if iterates and bar.total != progress.max_iter:
-            bar.total = progress.max_iter
-        if progress.residual is not None:
-            bar.set_postfix(residual=f"{progress.residual:.3g}", refresh=False)
-        if iterates and progress.iteration is not None and progress.iteration < bar.n:
-            bar.reset(total=bar.total)  # the phase started over (e.g. a second solve)
-        if iterates and progress.iteration is not None and progress.iteration > bar.n:
-            bar.update(progress.iteration - bar.n)  # draws (mininterval=0)
-        else:
-            bar.refresh()
-
-    def _new_bar(self, progress: JobProgress, iterates: bool) -> None:
-        self.close()
-        self._phase, self._iterates = progress.phase, iterates
-        self._bar = tqdm(
-            total=progress.max_iter if iterates else None,
-            desc=f"{self._job_id} {progress.phase or 'queued'}",
-            unit="it",
-            file=self._file,
-            mininterval=0,  # every poll is a new value worth drawing
-            dynamic_ncols=True,
-            bar_format=None if iterates else self.PHASE_FORMAT,
-        )
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-
-
 def metrics_table(job: Job) -> str:
     """Before/after accuracy and loss of every evaluated set, then the score."""
     if job.result is None:
@@ -333,14 +282,90 @@ def metrics_table(job: Job) -> str:
     return f"{table}\nscore: {_cell(before)} -> {_cell(after)}"
 
 
-def report_job(job: Job, as_json: bool) -> None:
+# How many of the newest succeeded jobs on the same model are searched for a retrain, as the
+# report does (service/api/reports.py).
+REFERENCE_CANDIDATES = 50
+
+
+def retrain_reference(client: GifClient, job: Job) -> Job | None:
+    """The newest succeeded ``retrain`` job on the same model, training data and edit as
+    ``job`` (the report's reference), or None. The list filters narrow the search where the
+    server applies them; every condition is checked here again, on the full job (a list may
+    hold summaries without the request's edit)."""
+    request = job.request or {}
+    if request.get("method") == "retrain" or not request.get("edit"):
+        return None
+    candidates = client.list_jobs("succeeded", model_id=job.model_id, method="retrain")
+    for other in candidates[:REFERENCE_CANDIDATES]:
+        if (other.id == job.id or other.model_id != job.model_id
+                or other.train_dataset_id != job.train_dataset_id
+                or other.request_field("method") not in (None, "retrain")):
+            continue
+        full = other if "edit" in other.request else client.get_job(other.id)
+        if (full.request.get("method") == "retrain" and full.request.get("edit") == request["edit"]
+                and full.result is not None and full.result.metrics.after):
+            return full
+    return None
+
+
+def glance_table(job: Job, reference: Job | None) -> str:
+    """The numbers that judge the job's edit kind (the report's "at a glance" rows, one owner:
+    ``service.report.glance_rows``): for a class removal the removed and remaining classes'
+    accuracy, for a sample removal the forgotten, retained and test sets, for a relabel the
+    corrected labels and the original ones (a backdoor's attack success) — before → after, with
+    a RETRAIN column when a retrain job on the same request exists."""
+    from service.report import glance_rows
+
+    if job.result is None:
+        return ""
+    kind = (job.request.get("edit") or {}).get("kind")
+    metrics = job.result.metrics
+    after_retrain = reference.result.metrics.after if reference and reference.result else None
+    rows = glance_rows(kind, metrics.before, metrics.after, after_retrain)
+    if not rows:
+        return ""
+    headers = ["AT A GLANCE", "BEFORE", "AFTER", "CHANGE"]
+    table = [[r["label"], r["before"]["text"], r["after"]["text"], r["change"]] for r in rows]
+    if reference is not None:
+        headers.append("RETRAIN")
+        for line, row in zip(table, rows, strict=True):
+            line.append(row["reference"]["text"])
+    text = format_table(headers, table)
+    if reference is not None:
+        text += f"\nRETRAIN: job {reference.id} (method retrain, same model, data and edit)"
+    return text
+
+
+def warning_lines(job: Job) -> list[str]:
+    """``warning [code]: message`` for each warning of the job's result."""
+    return [f"warning [{w.code}]: {w.message}" for w in job.warnings]
+
+
+def echo_job_json(job: Job) -> None:
+    """The job's JSON on stdout (parseable as is), its warnings on stderr."""
+    echo_json(job)
+    for line in warning_lines(job):
+        click.echo(line, err=True)
+
+
+def echo_result(client: GifClient, job: Job) -> None:
+    """A succeeded job's warnings, the numbers that judge its edit, then every set's metrics."""
+    for line in warning_lines(job):
+        click.echo(line)
+    glance = glance_table(job, retrain_reference(client, job))
+    if glance:
+        click.echo(glance)
+    click.echo(metrics_table(job))
+
+
+def report_job(client: GifClient, job: Job, as_json: bool) -> None:
     """Print a terminal job (summary or JSON) and exit non-zero unless it succeeded."""
     if as_json:
-        echo_json(job)
+        echo_job_json(job)
     elif job.status == "succeeded" and job.result is not None:
         click.echo(f"job {job.id} succeeded: edited model {job.result.edited_model_id}"
                    f" (scale {_cell(job.result.scale)})")
-        click.echo(metrics_table(job))
+        echo_result(client, job)
     else:
         click.echo(f"job {job.id} {job.status}")
     if job.status != "succeeded":
@@ -350,19 +375,52 @@ def report_job(job: Job, as_json: bool) -> None:
         sys.exit(EXIT_JOB_UNSUCCESSFUL)
 
 
+def solve_count(client: GifClient, job_id: str) -> Callable[[str | None], int | None]:
+    """The true final iteration of a job's solve, read when the bar sees the solve end: the
+    engine's "solver stopped" event carries it (``data.iterations``), and is written before
+    the next phase starts. None when unknown (the bar then ends at the last count seen)."""
+
+    def count(phase: str | None) -> int | None:
+        if phase != "solve":
+            return None
+        try:
+            events = client.list_events(job_id)
+        except GifClientError:
+            return None  # the display must never break the wait
+        for event in reversed(events):
+            iterations = (event.data or {}).get("iterations")
+            if event.phase == "solve" and isinstance(iterations, int):
+                return iterations
+        return None
+
+    return count
+
+
+def final_iterations(job: Job) -> dict[str, int]:
+    """The true final count of each iterating phase, from the result (the last poll may have
+    missed the solve's last iterations)."""
+    iterations = (job.result.solver if job.result is not None else {}).get("iterations")
+    return {"solve": iterations} if isinstance(iterations, int) else {}
+
+
 def wait_and_report(client: GifClient, job_id: str, as_json: bool, poll_interval: float,
                     timeout: float | None, show_progress: bool) -> None:
-    bar = ProgressBar(job_id) if show_progress else None
+    bar = PhaseProgress(job_id, final_count=solve_count(client, job_id)) if show_progress else None
     try:
         job = client.wait_for_job(job_id, on_progress=bar, poll_interval=poll_interval,
                                   timeout=timeout)
     except WaitTimeoutError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_WAIT_TIMEOUT)
-    finally:
         if bar is not None:
             bar.close()
-    report_job(job, as_json)
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_WAIT_TIMEOUT)
+    except BaseException:
+        if bar is not None:
+            bar.close()
+        raise
+    if bar is not None:
+        bar.finish(final_iterations(job))
+    report_job(client, job, as_json)
 
 
 def _wait_options(func: F) -> F:
@@ -411,7 +469,7 @@ def jobs_list(client: GifClient, as_json: bool, status: str | None) -> None:
         return echo_json(items)
     click.echo(format_table(
         ["ID", "STATUS", "EDIT", "MODEL", "CREATED", "PHASE"],
-        [[j.id, j.status, (j.request.get("edit") or {}).get("kind"), j.request.get("model_id"),
+        [[j.id, j.status, (j.request_field("edit") or {}).get("kind"), j.model_id,
           j.created_at, j.progress.phase if j.progress else None] for j in items],
     ))
 
@@ -423,17 +481,15 @@ def jobs_show(client: GifClient, as_json: bool, job_id: str) -> None:
     """Show one job: status, progress, error or result."""
     job = client.get_job(job_id)
     if as_json:
-        return echo_json(job)
+        return echo_job_json(job)
     echo_fields(job, ("id", "status", "created_at", "started_at", "finished_at"))
-    if job.progress is not None:
-        p = job.progress
-        click.echo(f"progress     {p.phase} {p.iteration}/{p.max_iter} "
-                   f"residual {_cell(p.residual)}")
+    if job.reported_progress is not None and not job.is_terminal:  # a finished one's is stale
+        click.echo(f"progress     {job.reported_progress.describe()}")
     if job.error is not None:
         click.echo(f"error        {job.error.code}: {job.error.message}")
     if job.result is not None:
         click.echo(f"edited model {job.result.edited_model_id}")
-        click.echo(metrics_table(job))
+        echo_result(client, job)
 
 
 @jobs.command("wait")

@@ -33,6 +33,8 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from gif.result_warnings import result_warnings
+
 logger = logging.getLogger(__name__)
 
 CONTENT_SECURITY_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -246,31 +248,6 @@ def figure_data(request: Mapping[str, Any] | None, result: Mapping[str, Any]) ->
         if names is not None:
             data["class_names"] = names
     return data
-
-
-def result_warnings(result: Mapping[str, Any]) -> list[dict[str, str]]:
-    """The result's ``warnings`` (``{code, message}``); for a result that has none recorded,
-    those its diagnostics imply: a solve that stopped unconverged, a step search that did not
-    beat the unedited model."""
-    if isinstance(result.get("warnings"), list):
-        return [{"code": str(w.get("code", "warning")), "message": str(w.get("message", ""))}
-                for w in result["warnings"] if isinstance(w, dict)]
-    found = []
-    solver = result.get("solver") if isinstance(result.get("solver"), dict) else {}
-    if solver.get("converged") is False:
-        found.append({"code": "solver_not_converged", "message": (
-            f"the {solver.get('algorithm') or 'solver'} stopped after "
-            f"{number(solver.get('iterations'))} iterations "
-            f"({solver.get('stop_reason') or 'no reason recorded'}) without converging: "
-            f"relative residual {number(solver.get('residual'), 3)}. The update is the best "
-            "the solver reached; more iterations (solver.max_iter) or damping may improve it.")})
-    step = result.get("step") if isinstance(result.get("step"), dict) else {}
-    if step.get("improved") is False:
-        found.append({"code": "step_not_improved", "message": (
-            "no step scale improved the validation objective over the unedited model: the "
-            "edit barely changes the model. Try a larger selection.ratio, more solver "
-            "iterations or another method.")})
-    return found
 
 
 def describe_edit(edit: Mapping[str, Any], class_names: list[str] | None) -> str:

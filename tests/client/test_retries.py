@@ -203,3 +203,29 @@ def test_a_success_that_is_not_the_api_json_is_a_clear_client_error():
     with faulty_server(handle) as (url, _), GifClient(url, "key") as gif, \
             pytest.raises(GifClientError, match=r"mdl_x: unexpected 200 .*text/html"):
         gif.get_model("mdl_x")
+
+
+def test_pagination_follows_the_servers_next_cursor_else_the_last_id():
+    """A page's ``next_cursor`` (valid when the item it names is gone) wins over the last id;
+    a server that sends none is paged by the last id."""
+    pages = {
+        "/v1/models?limit=1": {"data": [{**MODEL_JSON, "id": "mdl_a"}], "has_more": True,
+                               "next_cursor": "cur_1"},
+        "/v1/models?limit=1&after=cur_1": {"data": [{**MODEL_JSON, "id": "mdl_b"}],
+                                           "has_more": True},
+        "/v1/models?limit=1&after=mdl_b": {"data": [{**MODEL_JSON, "id": "mdl_c"}],
+                                           "has_more": False},
+    }
+
+    def handle(request, n):
+        body = pages.get(request.path)
+        if body is None:
+            return reply(request, 404, b"{}", {"Content-Type": "application/json"})
+        reply(request, 200, json.dumps(body).encode(), {"Content-Type": "application/json"})
+
+    with faulty_server(handle) as (url, seen), GifClient(url, "key") as gif:
+        models = gif.list_models(page_size=1)
+
+    assert [m.id for m in models] == ["mdl_a", "mdl_b", "mdl_c"]
+    assert seen == ["GET /v1/models?limit=1", "GET /v1/models?limit=1&after=cur_1",
+                    "GET /v1/models?limit=1&after=mdl_b"]
