@@ -157,8 +157,8 @@ class GifClient(_ClientBase):
 
     def submit_job(self, body: Mapping[str, Any] | BaseModel,
                    idempotency_key: str | None = None) -> Job:
-        """Submit an edit job (docs/api.md body). A fresh ``Idempotency-Key`` is generated unless one
-        is given, so a retried submission never creates a second job."""
+        """Submit an edit job (the body of docs/api.md). A fresh ``Idempotency-Key`` is
+        generated unless one is given, so a retried submission never creates a second job."""
         return self._execute(_Calls.submit_job(body, idempotency_key or str(uuid.uuid4())))
 
     def get_job(self, job_id: str) -> Job:
