@@ -26,7 +26,8 @@ Built-ins (ids ``builtin:<name>:<split>``, split ``train`` or ``test``):
   ``GIF_TORCHVISION_ROOT``, only when their files are there (uint8 ``N×1×28×28`` / ``N×3×32×32``).
 
 ``load_builtin`` caches per process (the arrays are shared: never modify them in place).
-``builtin_class_names(dataset_id)`` says what each built-in's labels mean (figures, reports).
+``gif.builtins.builtin_class_names(dataset_id)`` says what each built-in's labels mean
+(figures, reports).
 """
 
 from __future__ import annotations
@@ -46,6 +47,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gif.builtins import (
+    BUILTIN_NAMES,
+    SPLITS,
+    builtin_id,
+    is_builtin,
+    parse_builtin_id,
+)
 from gif.checkpoint import (
     SAFETENSORS_DTYPES,
     ZIP_ERRORS,
@@ -57,6 +65,7 @@ from gif.checkpoint import (
     sniff_format,
 )
 from gif.errors import InvalidDataset, InvalidRequest
+from gif.fit import ModelIO, check_channels, check_labels, check_sample_shape
 from gif.registry import build_meta_model, get_architecture
 from gif.request import MAX_LABEL
 from gif.spec import InputSpec, ModelSpec
@@ -70,7 +79,6 @@ _RATIO_EXEMPT_BYTES = 1024**2  # small members (e.g. all-zero labels) may compre
 _NPY_MAX_HEADER = 10_000
 
 DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-_SPLITS = ("train", "test")
 
 
 # --------------------------------------------------------------------------- ArrayDataset
@@ -516,32 +524,9 @@ def _available(name: str, split: str) -> bool:
     return False
 
 
-_BUILTIN_NAMES = ("fashion-mnist", "digits", "mnist", "cifar10")
-
-_DIGIT_NAMES = tuple(str(digit) for digit in range(10))
-# What each label of a built-in dataset means (label i is name i); uploads carry no names.
-BUILTIN_CLASS_NAMES: dict[str, tuple[str, ...]] = {
-    "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                      "Sneaker", "Bag", "Ankle boot"),
-    "digits": _DIGIT_NAMES,
-    "mnist": _DIGIT_NAMES,
-    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                "truck"),
-}
-
-
-def builtin_class_names(dataset_id: str) -> list[str] | None:
-    """The class names of a ``builtin:<name>:<split>`` id; None for anything else (uploads)."""
-    parts = dataset_id.split(":") if isinstance(dataset_id, str) else []
-    if len(parts) != 3 or parts[0] != "builtin":
-        return None
-    names = BUILTIN_CLASS_NAMES.get(parts[1])
-    return list(names) if names is not None else None
-
-
 def builtin_dataset_ids() -> list[str]:
     """Ids of the built-in datasets whose files are present on this machine."""
-    return [f"builtin:{name}:{split}" for name in _BUILTIN_NAMES for split in _SPLITS
+    return [builtin_id(name, split) for name in BUILTIN_NAMES for split in SPLITS
             if _available(name, split)]
 
 
@@ -596,13 +581,11 @@ def _load_torchvision(name: str, split: str, dataset_id: str) -> ArrayDataset:
 
 
 def _parse_builtin_id(dataset_id: str) -> tuple[str, str]:
-    parts = dataset_id.split(":")
-    if len(parts) != 3 or parts[0] != "builtin" or parts[1] not in _BUILTIN_NAMES or (
-        parts[2] not in _SPLITS
-    ):
-        known = ", ".join(f"builtin:{n}:{s}" for n in _BUILTIN_NAMES for s in _SPLITS)
+    parsed = parse_builtin_id(dataset_id)
+    if parsed is None:
+        known = ", ".join(builtin_id(n, s) for n in BUILTIN_NAMES for s in SPLITS)
         raise InvalidDataset(f"unknown built-in dataset {dataset_id!r} (known: {known})")
-    return parts[1], parts[2]
+    return parsed
 
 
 @functools.lru_cache(maxsize=8)
@@ -632,7 +615,7 @@ def load_builtin(dataset_id: str) -> ArrayDataset:
 
 def load_dataset(id_or_path: str | os.PathLike) -> ArrayDataset:
     """``builtin:…`` ids through :func:`load_builtin`, anything else as an uploaded file."""
-    if isinstance(id_or_path, str) and id_or_path.startswith("builtin:"):
+    if is_builtin(id_or_path):
         return load_builtin(id_or_path)
     return read_dataset(id_or_path)
 
@@ -668,26 +651,12 @@ def check_dataset_fits(spec: ModelSpec, ds: ArrayDataset, *,
     arch = get_architecture(spec.arch)
     kwargs = arch.resolve_kwargs(spec.arch_kwargs)
     expected = arch.shape_of(kwargs) if arch.shape_of is not None else None
+    io = ModelIO(arch.name, expected, arch.flat_input, None)
     sample = ds.sample_shape
-    if arch.flat_input:
-        features = math.prod(sample)
-        if expected is not None and expected[0] is not None and features != expected[0]:
-            raise InvalidRequest(f"{arch.name} takes {expected[0]} features; a sample of "
-                                 f"{ds.name} has shape {list(sample)} = {features}", loc=loc)
-    elif expected is not None and (len(sample) != len(expected) or any(
-            e is not None and e != s for e, s in zip(expected, sample, strict=False))):
-        shown = ["*" if e is None else e for e in expected]
-        raise InvalidRequest(f"{arch.name} takes samples of shape {shown}; {ds.name}'s are "
-                             f"{list(sample)}", loc=loc)
-    mean = spec.input.mean
-    channels = sample[0]
-    if mean is not None and len(mean) not in (1, channels):
-        raise InvalidRequest(f"the model's input normalisation has {len(mean)} channels; samples "
-                             f"of {ds.name} have {channels}", loc=loc)
+    check_sample_shape(io, sample, ds.name, loc)
+    check_channels(spec.input.mean, sample, ds.name, loc)
     outputs = _meta_num_outputs(spec, (math.prod(sample),) if arch.flat_input else sample, loc)
-    if outputs is not None and ds.num_classes > outputs:
-        raise InvalidRequest(f"{ds.name} has labels up to {ds.num_classes - 1}; the model has "
-                             f"{outputs} outputs", loc=loc)
+    check_labels(outputs, ds.num_classes, ds.name, loc)
 
 
 def _meta_num_outputs(spec: ModelSpec, shape: tuple[int, ...],

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from gif.errors import InvalidRequest, UnknownArchitecture
+from gif.fit import ModelIO
 from gif.spec import ModelSpec
 
 ENTRY_POINT_GROUP = "gif_service.architectures"
@@ -509,3 +510,30 @@ def build_model(spec: ModelSpec, *, max_parameters: int = MAX_PARAMETERS) -> nn.
     build_meta_model(spec, max_parameters=max_parameters)
     arch = get_architecture(spec.arch)
     return _build(arch, arch.resolve_kwargs(spec.arch_kwargs)).eval()
+
+
+PROBE_SIZE = 224  # a free dimension (``None`` in ``shape_of``) is probed at this size on meta
+
+
+def model_io(spec: ModelSpec) -> ModelIO:
+    """What ``spec``'s model takes and gives (:class:`gif.fit.ModelIO`), computed once at
+    upload so job submission needs no torch: the architecture's sample shape, and the output
+    count from one forward pass on the meta device (free dimensions probed at
+    ``PROBE_SIZE``); None where an architecture cannot say (the worker checks at load)."""
+    arch = get_architecture(spec.arch)
+    shape = arch.input_shape(spec.arch_kwargs)
+    expected = tuple(shape) if shape is not None else None
+    return ModelIO(arch.name, expected, arch.flat_input, _probe_outputs(spec, expected))
+
+
+def _probe_outputs(spec: ModelSpec, expected: tuple[int | None, ...] | None) -> int | None:
+    if expected is None:
+        return None
+    probe = tuple(PROBE_SIZE if e is None else e for e in expected)
+    try:
+        model = build_meta_model(spec).eval()
+        with torch.no_grad():
+            out = model(torch.empty((1, *probe), device="meta"))
+    except Exception:  # an op without a meta kernel, a shape the probe misses: unknown
+        return None
+    return int(out.shape[-1]) if isinstance(out, torch.Tensor) and out.ndim == 2 else None

@@ -25,11 +25,11 @@ from service.catalog import BuiltinCatalog
 from service.db.models import Owner
 from service.db.session import engine_from_settings, make_session_factory
 from service.dispatch import Dispatcher, NoneDispatcher, make_dispatcher
+from service.jobs.reaper import maybe_start_reaper
 from service.observability import install_observability
 from service.problems import BodyRefused, install_problem_handlers
 from service.settings import Settings
 from service.storage import ArtifactStore
-from worker.reaper import maybe_start_reaper
 
 logger = logging.getLogger("service.app")
 

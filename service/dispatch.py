@@ -1,19 +1,16 @@
 """How a queued job reaches a worker. The job row is the source of truth; a dispatcher only
 says "job X is waiting". Cancel goes through the database (``cancel_requested``), not here.
 
-Runners (``Settings.effective_runner``): ``local`` — :class:`worker.local.LocalRunner`, threads in
-the API process (the embedded default); ``celery`` — :class:`worker.celery_app.CeleryDispatcher`,
-a broker message per job; ``none`` — :class:`NoneDispatcher`, jobs stay queued (tests, or an API
-node whose workers poll elsewhere)."""
+Runners (``Settings.effective_runner``): ``local`` — :class:`service.runners.local.LocalRunner`,
+a thread in the API process and one job process (the embedded default); ``celery`` —
+:class:`service.runners.celery.CeleryDispatcher`, a broker message per job; ``none`` —
+:class:`NoneDispatcher`, jobs stay queued (tests, or an API node whose workers poll
+elsewhere)."""
 
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-import sqlalchemy as sa
-from sqlalchemy.orm import Session, sessionmaker
-
-from service.db.models import Job, utcnow
 from service.settings import Settings
 
 
@@ -47,21 +44,6 @@ class NoneDispatcher:
         return None
 
 
-def mark_enqueued(factory: sessionmaker[Session], job_id: str) -> bool:
-    """Record that ``job_id``'s message was handed to the runner (``enqueued_at``), so the
-    reaper does not send it again. Conditional: only a ``queued`` row not yet marked (the
-    reaper may have sent it first); True when this call marked it."""
-    with factory() as session:
-        rows = session.execute(
-            sa.update(Job)
-            .where(Job.id == job_id, Job.status == "queued", Job.enqueued_at.is_(None))
-            .values(enqueued_at=utcnow())
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        session.commit()
-    return rows == 1
-
-
 def make_dispatcher(settings: Settings) -> Dispatcher:
     """The dispatcher for ``settings.effective_runner`` (imported lazily: the API process
     of a Celery deployment never imports the local runner, and vice versa)."""
@@ -69,9 +51,9 @@ def make_dispatcher(settings: Settings) -> Dispatcher:
     if runner == "none":
         return NoneDispatcher()
     if runner == "local":
-        from worker.local import LocalRunner
+        from service.runners.local import LocalRunner
 
         return LocalRunner(settings)
-    from worker.celery_app import CeleryDispatcher
+    from service.runners.celery import CeleryDispatcher
 
     return CeleryDispatcher(settings)

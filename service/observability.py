@@ -39,6 +39,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from service.db.models import JOB_STATUSES, TERMINAL_STATUSES
+
 __all__ = [
     "CONTENT_TYPE_LATEST",
     "JOB_DURATION_BUCKETS",
@@ -55,8 +57,6 @@ __all__ = [
     "uvicorn_log_config",
 ]
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 # Edits take from seconds (tiny nets) to hours (the job time limit is 6 h by default).
 JOB_DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
                         7200.0, 21600.0)
@@ -435,10 +435,10 @@ def worker_answers_ping(timeout_s: float = 5.0) -> bool:
     The broadcast collects replies for the whole ``timeout_s``, so it takes that long."""
     import socket
 
+    from service.runners.celery import celery_app_for  # no task code: no import circle
     from service.settings import get_settings
-    from worker.celery_app import make_celery_app
 
-    replies = make_celery_app(get_settings()).control.ping(timeout=timeout_s)
+    replies = celery_app_for(get_settings()).control.ping(timeout=timeout_s)
     host = socket.gethostname()
     return any(host in node for reply in replies for node in reply)
 

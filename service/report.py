@@ -33,7 +33,9 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from gif.builtins import builtin_class_names
 from gif.result_warnings import result_warnings
+from service.db.models import ACTIVE_STATUSES
 
 logger = logging.getLogger(__name__)
 
@@ -228,8 +230,6 @@ def _kv(pairs: Iterable[tuple[str, Any]]) -> list[dict[str, Any]]:
 def class_names_for(request: Mapping[str, Any]) -> list[str] | None:
     """Names of the labels of a job's data: the train dataset's if it is a built-in, else those
     of its built-in evaluation sets when they agree; None for uploads (indices are shown)."""
-    from gif.data import builtin_class_names
-
     names = builtin_class_names(request.get("train_dataset_id") or "")
     if names is not None:
         return names
@@ -545,7 +545,7 @@ def render_report(job: Mapping[str, Any], plots: Mapping[str, bytes | None] | No
         "warnings": result_warnings(result) if succeeded else [],
         "error": job.get("error") if isinstance(job.get("error"), dict) else None,
         "progress": _kv((job.get("progress") or {}).items()) if not succeeded else None,
-        "pending": status in ("queued", "running"),
+        "pending": status in ACTIVE_STATUSES,
         "succeeded": succeeded,
         "reference": ({"job_id": reference.get("job_id")}
                       if succeeded and reference and reference.get("metrics") else None),

@@ -10,10 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gif.request import EditRequest
 from gif.spec import InputSpec
+from service.db.models import JobStatus
 
 T = TypeVar("T")
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 class Page(BaseModel, Generic[T]):

@@ -1,82 +1,27 @@
-"""The distributed runner: a Celery app on Redis whose one task, ``gif.run_job``, calls
-:func:`worker.jobs.execute_job`, and the API side's :class:`CeleryDispatcher`.
+"""The distributed runner's worker side: the Celery app whose one task, ``gif.run_job``, calls
+:func:`worker.jobs.execute_job` (configuration and the API's dispatcher:
+:mod:`service.runners.celery`).
 
-Delivery is at-least-once and the job row is the truth, so the options below make a redelivery
-rare and harmless:
-
-- ``task_acks_late`` + ``task_reject_on_worker_lost``: a job whose worker dies is delivered
-  again (``execute_job`` then re-runs it once, or fails it ``worker_lost``);
-- ``worker_prefetch_multiplier=1``, concurrency 1: one job per worker process (one worker per
-  GPU), and no second job waits behind a long one on a busy worker;
-- the hard time limit stays strictly below the broker's ``visibility_timeout``, so Redis never
-  hands a job that is still running to a second worker;
-- ``task_ignore_result``: the database, not a result backend, holds outcomes.
-
-This module imports neither torch nor the engine: the API process uses it to send tasks by name,
-and the worker's parent process never initialises CUDA before it forks its pool child
-(``worker_max_tasks_per_child=1`` gives every job a fresh child)."""
+The worker's parent process imports neither torch nor the engine's CUDA state before it forks
+its pool child (``gif-service worker`` preloads the engine's modules, touching no CUDA)."""
 
 from __future__ import annotations
 
 import logging
 
-import redis
 from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
+from service.jobs.state import fail_unfinished_job
+from service.runners.celery import (
+    DB_RETRY_COUNTDOWN_S,
+    DB_RETRY_MAX,
+    RUN_JOB_TASK,
+    celery_app_for,
+)
 from service.settings import Settings
 
-RUN_JOB_TASK = "gif.run_job"
-# A hard-limit kill comes this long after the soft limit (which fails the job cleanly), at most.
-HARD_LIMIT_GRACE_S = 60.0
-# A task that found the database down is retried this much later, up to DB_RETRY_MAX times.
-DB_RETRY_COUNTDOWN_S = 10
-DB_RETRY_MAX = 60
-
 logger = logging.getLogger(__name__)
-
-
-def time_limits(settings: Settings) -> tuple[float, float]:
-    """``(soft, hard)`` task time limits: the soft one is ``job_time_limit_s`` (the job fails
-    ``timeout``); the hard one a grace period later, strictly below the visibility timeout."""
-    soft = float(settings.job_time_limit_s)
-    visibility = float(settings.broker_visibility_timeout_s or soft + 3600.0)
-    grace = min(HARD_LIMIT_GRACE_S, (visibility - soft) / 2.0)
-    return soft, soft + grace
-
-
-def celery_config(settings: Settings) -> dict:
-    """The Celery configuration derived from the settings (see the module docstring)."""
-    soft, hard = time_limits(settings)
-    return {
-        "broker_url": settings.broker_url,
-        "broker_transport_options": {"visibility_timeout": settings.broker_visibility_timeout_s},
-        "broker_connection_retry_on_startup": True,
-        "task_default_queue": settings.job_queue,
-        "task_acks_late": True,
-        "task_reject_on_worker_lost": True,
-        "task_acks_on_failure_or_timeout": True,
-        "task_ignore_result": True,
-        "task_store_errors_even_if_ignored": False,
-        "task_soft_time_limit": soft,
-        "task_time_limit": hard,
-        "task_serializer": "json",
-        "accept_content": ["json"],
-        # A submit must not hang the API when Redis is down: fail fast, the job stays queued.
-        "task_publish_retry": True,
-        "task_publish_retry_policy": {
-            "max_retries": 2,
-            "interval_start": 0.2,
-            "interval_step": 0.5,
-            "interval_max": 1.0,
-        },
-        "worker_prefetch_multiplier": 1,
-        "worker_concurrency": 1,
-        "worker_max_tasks_per_child": 1,
-        "worker_hijack_root_logger": False,
-        "worker_send_task_events": False,
-        "enable_utc": True,
-    }
 
 
 class JobTask(Task):
@@ -87,8 +32,6 @@ class JobTask(Task):
 
     def on_failure(self, exc, task_id, args, kwargs, einfo):  # noqa: D401 - Celery hook
         if isinstance(exc, TimeLimitExceeded) and args and self.settings is not None:
-            from worker.state import fail_unfinished_job  # database only, no torch
-
             fail_unfinished_job(
                 args[0],
                 self.settings,
@@ -99,10 +42,7 @@ class JobTask(Task):
 
 def make_celery_app(settings: Settings) -> Celery:
     """The Celery app on ``settings.broker_url`` with the ``gif.run_job`` task registered."""
-    if not settings.broker_url:
-        raise ValueError("the Celery runner needs GIF_BROKER_URL (a Redis URL)")
-    app = Celery("gif_service", set_as_current=False)
-    app.conf.update(celery_config(settings))
+    app = celery_app_for(settings)
 
     @app.task(
         name=RUN_JOB_TASK, base=JobTask, bind=True, settings=settings, max_retries=DB_RETRY_MAX
@@ -121,30 +61,3 @@ def make_celery_app(settings: Settings) -> Celery:
             raise self.retry(exc=exc, countdown=DB_RETRY_COUNTDOWN_S) from exc
 
     return app
-
-
-class CeleryDispatcher:
-    """The API side of the distributed mode: sends ``gif.run_job`` by name (no torch import)."""
-
-    def __init__(self, settings: Settings):
-        self._app = make_celery_app(settings)
-        self._queue = settings.job_queue
-        self._redis = redis.Redis.from_url(
-            settings.broker_url, socket_connect_timeout=1.0, socket_timeout=1.0
-        )
-
-    def submit(self, job_id: str) -> None:
-        """Queue ``job_id``. The job row already exists; a lost message is recovered by
-        re-submitting (``execute_job`` ignores a job that is not queued)."""
-        self._app.send_task(RUN_JOB_TASK, args=[job_id], queue=self._queue)
-
-    def ready(self) -> bool:
-        """Whether the broker (Redis) answers a ping within a second."""
-        try:
-            return bool(self._redis.ping())
-        except redis.RedisError:
-            return False
-
-    def close(self) -> None:
-        self._redis.close()
-        self._app.close()

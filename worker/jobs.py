@@ -1,9 +1,9 @@
 """THE job body: :func:`execute_job` runs one edit job from its database row to a terminal state.
 
-Celery's ``gif.run_job`` task and the embedded :class:`worker.local.LocalRunner` both call it.
-The job row is the source of truth and the function is idempotent (see :mod:`worker.state` for
-the claim and fencing rules): a terminal job is left alone, a redelivered message for a job that
-runs elsewhere does nothing, and a job never succeeds twice.
+Celery's ``gif.run_job`` task and the embedded :class:`service.runners.local.LocalRunner` both
+call it. The job row is the source of truth and the function is idempotent (see
+:mod:`service.jobs.state` for the claim and fencing rules): a terminal job is left alone, a
+redelivered message for a job that runs elsewhere does nothing, and a job never succeeds twice.
 
 One run: claim → load the model and datasets from the artifact store (hashes verified) → call
 :func:`gif.edit.run_edit` with hooks that write throttled progress, events and heartbeats to the
@@ -35,6 +35,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from gif.builtins import is_builtin
 from gif.checkpoint import read_state_dict, write_safetensors
 from gif.data import ArrayDataset, load_builtin, read_dataset
 from gif.edit import EditHooks, EditOutcome, LoadedModel, Progress, run_edit
@@ -59,17 +60,17 @@ from service.db.models import (
     new_id,
 )
 from service.db.session import engine_from_settings, make_session_factory
+from service.jobs import state
+from service.jobs.events import append_event
+from service.jobs.state import Claim
 from service.observability import job_context
 from service.settings import Settings
 from service.storage import ArtifactStore, StorageError
-from worker import state
-from worker.state import Claim
 
 logger = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 0.5  # progress writes are throttled to ~2/s; a phase change always writes
 CANCEL_POLL_INTERVAL_S = 0.5  # a cancel is noticed within this (plus one solver iteration)
-BUILTIN_PREFIX = "builtin:"
 JOB_ID_FIELDS = ("model_id", "train_dataset_id")  # in the stored request, not in EditRequest
 DB_RETRIES = 6
 T = TypeVar("T")
@@ -225,10 +226,15 @@ def _finish(
     error: dict | None,
     message: str | None = None,
 ) -> None:
-    if with_db_retry(state.finish_job, factory, claim, status, error):
-        text = message or (error or {}).get("message", status)
-        level = "error" if status == "failed" else "info"
-        reporter.event(level, reporter.phase, text, {"status": status, **(error or {})})
+    """The run's own terminal write (fenced by its claim; the event is written with it)."""
+    text = message or (error or {}).get("message", status)
+
+    def write() -> bool:
+        return state.finish_job(
+            factory, claim, status, error, message=text, phase=reporter.phase
+        )
+
+    if with_db_retry(write):
         logger.info("job %s %s: %s", claim.job_id, status, text)
 
 
@@ -289,7 +295,7 @@ def load_dataset(
     factory: sessionmaker[Session], store: ArtifactStore, owner_id: str, dataset_id: str
 ) -> ArrayDataset:
     """A built-in (``builtin:…``) or the owner's uploaded dataset (hash verified)."""
-    if dataset_id.startswith(BUILTIN_PREFIX):
+    if is_builtin(dataset_id):
         return load_builtin(dataset_id)
     with factory() as session:
         row = session.get(Dataset, dataset_id)
@@ -420,6 +426,9 @@ def store_outcome(
                 input=source.input,
                 task=source.task,
                 num_parameters=source.num_parameters,
+                input_shape=source.input_shape,
+                flat_input=source.flat_input,
+                num_outputs=source.num_outputs,
                 size_bytes=size_bytes,
                 sha256=sha256,
                 artifact_id=artifact.id,
@@ -490,7 +499,7 @@ class JobReporter:
 
     def event(self, level: str, phase: str | None, message: str, data: dict | None = None) -> None:
         try:
-            state.append_event(
+            append_event(
                 self.factory, self.claim.job_id, level, phase, message, json_safe(data)
             )
         except SQLAlchemyError:  # the event log is best effort too

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from service.api.deps import PageParams
+from service.db.owned import find_owned
 from service.problems import PROBLEM_MEDIA_TYPE, Problem, not_found, validation_problem
 
 Row = TypeVar("Row")
@@ -55,11 +56,7 @@ def paginate(
 
 def get_owned(session: Session, entity: type[Row], kind: str, owner_id: str, row_id: str) -> Row:
     """The row ``row_id`` of ``entity`` if ``owner_id`` owns it and it is not deleted; else 404."""
-    row = session.get(entity, row_id)
-    if (
-        row is None
-        or row.owner_id != owner_id  # type: ignore[attr-defined]
-        or getattr(row, "deleted_at", None) is not None
-    ):
+    row = find_owned(session, entity, owner_id, row_id)
+    if row is None:
         raise not_found(kind, row_id)
     return row

@@ -9,6 +9,7 @@ from functools import partial
 import sqlalchemy as sa
 from fastapi import APIRouter, Request, Response
 
+from gif.builtins import BUILTIN_PREFIX, is_builtin
 from gif.errors import InvalidDataset
 from service.api.common import AUTH_PROBLEMS, get_owned, paginate, problem_responses
 from service.api.deps import (
@@ -22,16 +23,15 @@ from service.api.deps import (
 )
 from service.api.uploads import StoredFile, UploadKind, create_from_upload
 from service.catalog import BuiltinCatalog, DatasetSummary
-from service.db.models import DATASET_MEDIA_TYPE, Dataset, Job, utcnow
+from service.db.models import ACTIVE_STATUSES, DATASET_MEDIA_TYPE, Dataset, Job, utcnow
+from service.db.owned import owned_rows
 from service.problems import ProblemError, validation_problem
 from service.schemas import DatasetOut, Page
 from service.storage import ArtifactStore, StagedFile
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=AUTH_PROBLEMS)
 
-BUILTIN_PREFIX = "builtin:"
 MAX_NAME_LENGTH = 200
-ACTIVE_STATUSES = ("queued", "running")
 
 UPLOAD_BODY = {
     "requestBody": {
@@ -162,7 +162,7 @@ async def create_dataset(
 
 
 def _owned_datasets(owner_id: str) -> sa.Select:
-    return sa.select(Dataset).where(Dataset.owner_id == owner_id, Dataset.deleted_at.is_(None))
+    return owned_rows(Dataset, owner_id)
 
 
 def _builtin_page(
@@ -190,7 +190,7 @@ def _builtin_page(
 def list_datasets(
     owner: OwnerDep, session: SessionDep, catalog: CatalogDep, page: PageDep
 ) -> Page[DatasetOut]:
-    if page.after is not None and page.after.startswith(BUILTIN_PREFIX):
+    if page.after is not None and is_builtin(page.after):
         data, has_more = _builtin_page(catalog, page.after, page.limit)
         return Page[DatasetOut](data=data, has_more=has_more)
     rows, has_more = paginate(session, _owned_datasets(owner.id), Dataset, page)
@@ -212,7 +212,7 @@ def list_datasets(
 def get_dataset(
     dataset_id: str, owner: OwnerDep, session: SessionDep, catalog: CatalogDep
 ) -> DatasetOut:
-    if dataset_id.startswith(BUILTIN_PREFIX):
+    if is_builtin(dataset_id):
         summary = catalog.get(dataset_id)
         if summary is None:
             raise ProblemError(404, catalog.unknown(dataset_id), slug="not-found")
@@ -229,7 +229,7 @@ def get_dataset(
 def delete_dataset(
     dataset_id: str, owner: OwnerDep, session: SessionDep, catalog: CatalogDep
 ) -> Response:
-    if dataset_id.startswith(BUILTIN_PREFIX):
+    if is_builtin(dataset_id):
         if dataset_id not in catalog.ids():
             raise ProblemError(404, catalog.unknown(dataset_id), slug="not-found")
         raise ProblemError(409, "built-in datasets cannot be deleted", slug="builtin-dataset")

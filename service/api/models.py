@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from gif.errors import GifError, InvalidCheckpoint, InvalidRequest
+from gif.fit import ModelIO
 from gif.spec import ModelSpec
 from service.api.common import AUTH_PROBLEMS, get_owned, paginate, problem_responses
 from service.api.deps import (
@@ -26,7 +27,15 @@ from service.api.deps import (
     StoreDep,
 )
 from service.api.uploads import StoredFile, UploadKind, create_from_upload
-from service.db.models import CHECKPOINT_MEDIA_TYPE, Artifact, Job, Model, utcnow
+from service.db.models import (
+    ACTIVE_STATUSES,
+    CHECKPOINT_MEDIA_TYPE,
+    Artifact,
+    Job,
+    Model,
+    utcnow,
+)
+from service.db.owned import owned_rows
 from service.problems import (
     ProblemError,
     explain_validation_errors,
@@ -38,7 +47,6 @@ from service.storage import CHUNK_BYTES, ArtifactStore, StagedFile
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=AUTH_PROBLEMS)
 
-ACTIVE_STATUSES = ("queued", "running")
 
 UPLOAD_BODY = {
     "requestBody": {
@@ -106,6 +114,7 @@ class CheckedModel:
     spec: ModelSpec
     num_parameters: int
     stored: StoredFile
+    io: ModelIO
 
 
 def check_and_store_checkpoint(
@@ -116,6 +125,7 @@ def check_and_store_checkpoint(
     reading no pickle beyond ``weights_only``, and store it as safetensors: a safetensors
     upload as it is, a torch file converted. Raises 422 problems naming fields/keys."""
     from gif.checkpoint import check_checkpoint, write_safetensors
+    from gif.registry import model_io
 
     upload.close()
     try:
@@ -134,7 +144,9 @@ def check_and_store_checkpoint(
             stored = StoredFile(*store.adopt(staged.path))
         finally:
             staged.discard()
-    return CheckedModel(spec=spec, num_parameters=checked.num_parameters, stored=stored)
+    return CheckedModel(
+        spec=spec, num_parameters=checked.num_parameters, stored=stored, io=model_io(spec)
+    )
 
 
 def _check_upload(store: ArtifactStore, fields: dict[str, str], file: StagedFile) -> CheckedModel:
@@ -151,6 +163,9 @@ def _model_row(owner_id: str, artifact_id: str, checked: CheckedModel) -> Model:
         input=spec.input.model_dump(mode="json"),
         task=spec.task,
         num_parameters=checked.num_parameters,
+        input_shape=checked.io.to_json()["sample_shape"],
+        flat_input=checked.io.flat_input,
+        num_outputs=checked.io.num_outputs,
         size_bytes=checked.stored.size_bytes,
         sha256=checked.stored.sha256,
         artifact_id=artifact_id,
@@ -189,7 +204,7 @@ async def create_model(
 
 
 def _owned_models(owner_id: str) -> sa.Select:
-    return sa.select(Model).where(Model.owner_id == owner_id, Model.deleted_at.is_(None))
+    return owned_rows(Model, owner_id)
 
 
 @router.get("", response_model=Page[ModelOut], summary="List models, newest first")

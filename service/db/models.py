@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import secrets
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+# The job statuses, defined once (the schemas, the metrics and the state machine use these).
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
+TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")  # never change once reached
+ACTIVE_STATUSES = ("queued", "running")  # a job in these still needs its model and data
 EVENT_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -157,6 +160,11 @@ class Model(Base):
     input: Mapped[dict[str, Any]] = mapped_column()
     task: Mapped[str] = mapped_column(sa.String(32), default="classification")
     num_parameters: Mapped[int] = mapped_column(sa.BigInteger)
+    # What the model takes and gives (gif.fit.ModelIO), stored at upload so a job submission
+    # is validated without torch; NULL where the architecture cannot say.
+    input_shape: Mapped[list[Any] | None] = mapped_column()  # per sample; null entry: any size
+    flat_input: Mapped[bool | None] = mapped_column()
+    num_outputs: Mapped[int | None] = mapped_column()
     size_bytes: Mapped[int] = mapped_column(sa.BigInteger)
     sha256: Mapped[str] = mapped_column(sa.String(64))
     artifact_id: Mapped[str] = mapped_column(sa.ForeignKey("artifacts.id"))

@@ -11,7 +11,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from gif.data import BUILTIN_CLASS_NAMES, builtin_class_names
+from gif.builtins import BUILTIN_CLASS_NAMES, builtin_class_names
 from gif.plots import PLOTS, MissingPlotData, Plot, class_labels, register_plot
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

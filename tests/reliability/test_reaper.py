@@ -11,16 +11,17 @@ from datetime import timedelta
 import pytest
 
 from service.db.models import utcnow
-from service.dispatch import NoneDispatcher, mark_enqueued
-from tests.worker import digits
-from tests.worker.conftest import make_worker_db
-from worker.reaper import (
+from service.dispatch import NoneDispatcher
+from service.jobs.reaper import (
     Reaper,
     end_stale_job,
     send_unsent_job,
     stale_running_jobs,
     unsent_queued_jobs,
 )
+from service.jobs.state import mark_enqueued
+from tests.worker import digits
+from tests.worker.conftest import make_worker_db
 
 STALE_S = 3.0
 

@@ -12,10 +12,10 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
-from service.api.jobs import create_job_row
 from service.catalog import BuiltinCatalog
 from service.db.models import Job, Model, utcnow
 from service.db.session import make_engine, make_session_factory
+from service.jobs.submit import create_job_row
 from service.schemas import JobCreate
 from tests.reliability.helpers import upload_dataset, upload_model, wait_job
 from tests.worker import digits

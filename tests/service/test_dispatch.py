@@ -24,7 +24,7 @@ def test_runner_none_makes_the_none_dispatcher(tmp_path):
 
 
 def test_readyz_is_503_when_the_broker_is_down(settings):
-    from worker.celery_app import CeleryDispatcher
+    from service.runners.celery import CeleryDispatcher
 
     distributed = settings.model_copy(update={"broker_url": DEAD_BROKER, "runner": "celery"})
     dispatcher = CeleryDispatcher(distributed)
@@ -36,7 +36,7 @@ def test_readyz_is_503_when_the_broker_is_down(settings):
 
 @pytest.mark.services
 def test_readyz_is_ready_with_a_live_broker(settings, redis_url):
-    from worker.celery_app import CeleryDispatcher
+    from service.runners.celery import CeleryDispatcher
 
     distributed = settings.model_copy(update={"broker_url": redis_url, "runner": "celery"})
     with TestClient(create_app(distributed, dispatcher=CeleryDispatcher(distributed))) as client:
@@ -44,7 +44,7 @@ def test_readyz_is_ready_with_a_live_broker(settings, redis_url):
 
 
 def test_a_refused_submission_is_503_and_leaves_no_job(settings, uploaded, alice):
-    from worker.celery_app import CeleryDispatcher
+    from service.runners.celery import CeleryDispatcher
 
     distributed = settings.model_copy(update={"broker_url": DEAD_BROKER, "runner": "celery"})
     body = {"model_id": uploaded.model_id, "train_dataset_id": uploaded.dataset_id,

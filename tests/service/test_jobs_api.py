@@ -51,7 +51,7 @@ def test_submit_returns_202_location_and_normalised_request(client, alice, uploa
 def test_a_sent_job_is_marked_enqueued_so_the_reaper_leaves_it(
     client, alice, uploaded, session_factory
 ):
-    from worker.reaper import unsent_queued_jobs
+    from service.jobs.reaper import unsent_queued_jobs
 
     job_id = client.post("/v1/jobs", headers=alice, json=job_body(uploaded)).json()["id"]
     with session_scope(session_factory) as session:

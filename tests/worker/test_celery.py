@@ -13,11 +13,11 @@ import time
 
 import pytest
 
+from service.runners.celery import CeleryDispatcher, time_limits
 from service.settings import Settings
 from tests.live_server import REPO_ROOT, live_worker, service_env
 from tests.worker import digits
 from tests.worker.conftest import make_worker_db
-from worker.celery_app import CeleryDispatcher, time_limits
 
 pytestmark = pytest.mark.services
 TIME_LIMIT_S = 8.0

@@ -14,9 +14,9 @@ import pytest
 import sqlalchemy as sa
 
 from service.db.models import Model
+from service.runners.local import LocalRunner
 from tests.worker import digits
 from tests.worker.conftest import make_worker_db
-from worker.local import LocalRunner
 
 REMOVE_5 = {"kind": "remove_class", "class": 5}
 TIMEOUT_S = 180.0

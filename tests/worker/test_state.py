@@ -10,8 +10,9 @@ from datetime import timedelta
 import sqlalchemy as sa
 
 from service.db.models import JobEvent, Model, utcnow
+from service.jobs import state
+from service.jobs.events import append_event
 from tests.worker import digits
-from worker import state
 
 REQUEST = digits.quick_request({"kind": "remove_class", "class": 3})
 
@@ -239,7 +240,7 @@ def test_event_seq_increases_under_concurrent_writers(seeded):
     threads = [
         threading.Thread(
             target=lambda n=n: [
-                state.append_event(db.factory, job_id, "info", "solve", f"t{n}-{i}")
+                append_event(db.factory, job_id, "info", "solve", f"t{n}-{i}")
                 for i in range(10)
             ]
         )
@@ -251,3 +252,34 @@ def test_event_seq_increases_under_concurrent_writers(seeded):
         thread.join()
     seqs = [e.seq for e in _events(db, job_id)]
     assert seqs == list(range(1, 31))
+
+
+def test_one_cancel_function_ends_a_queued_job_for_the_api_and_the_claim_path(seeded):
+    """``cancel_job`` is the only cancel: the API's route calls it, and so does the claim path
+    when it finds a queued job already flagged. Same row values, same single event."""
+    db, model, dataset = seeded
+    by_api = db.add_job(model.id, dataset.id, REQUEST)
+    by_claim = db.add_job(model.id, dataset.id, REQUEST, cancel_requested=True)
+
+    assert state.cancel_job(db.factory, by_api)
+    assert not state.cancel_job(db.factory, by_api)  # idempotent: no second transition
+    assert _claim(db, by_claim) is None
+
+    for job_id in (by_api, by_claim):
+        job = db.job(job_id)
+        assert (job.status, job.cancel_requested, job.attempts) == ("cancelled", True, 0)
+        assert job.finished_at is not None and job.error is None
+        assert [e.message for e in _events(db, job_id)] == ["cancelled before it started"]
+
+
+def test_cancelling_a_running_job_only_flags_it_and_its_lost_run_ends_cancelled(seeded):
+    db, model, dataset = seeded
+    job_id = db.add_job(model.id, dataset.id, REQUEST)
+    assert _claim(db, job_id) is not None
+
+    assert not state.cancel_job(db.factory, job_id)
+    job = db.job(job_id)
+    assert (job.status, job.cancel_requested) == ("running", True)
+    assert _claim(db, job_id, "w2", orphaned=True) is None  # its worker is gone: end it
+    assert db.job(job_id).status == "cancelled"
+    assert [e.level for e in _events(db, job_id)] == ["info"]

@@ -12,7 +12,7 @@ stops moving. The reaper closes that gap:
   intervals has lost its worker (a live run refreshes it from a thread every interval);
 - cancel requested → ``cancelled``; ``attempts >= MAX_ATTEMPTS`` → ``failed`` ``worker_lost``;
   otherwise the job is sent to the dispatcher again: the worker that gets the message sees the
-  stale heartbeat and takes the job over (``worker.state.claim_job`` → attempt + 1), or fails
+  stale heartbeat and takes the job over (``service.jobs.state.claim_job`` → attempt + 1), or fails
   it ``timeout`` past the time limit. The late original message, when the broker restores it,
   finds a terminal (or live) job and does nothing.
 
@@ -35,6 +35,7 @@ needs none: it watches its child process itself and re-runs orphaned jobs when i
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -45,8 +46,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.models import Job, utcnow
 from service.dispatch import Dispatcher
+from service.jobs.state import MAX_ATTEMPTS, STALE_HEARTBEATS, end_job, lost_run_outcome
 from service.settings import Settings
-from worker.state import MAX_ATTEMPTS, STALE_HEARTBEATS, append_event
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class StaleJob:
     attempts: int
     heartbeat_at: datetime | None
     cancel_requested: bool
+    started_at: datetime | None = None
 
 
 @dataclass
@@ -77,14 +79,17 @@ def stale_running_jobs(session: Session, stale_after_s: float) -> list[StaleJob]
     """``running`` jobs whose heartbeat is older than ``stale_after_s`` (or missing)."""
     cutoff = utcnow() - timedelta(seconds=stale_after_s)
     rows = session.execute(
-        sa.select(Job.id, Job.attempts, Job.heartbeat_at, Job.cancel_requested)
+        sa.select(Job.id, Job.attempts, Job.heartbeat_at, Job.cancel_requested, Job.started_at)
         .where(
             Job.status == "running",
             sa.or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff),
         )
         .order_by(Job.created_at)
     ).all()
-    return [StaleJob(r.id, r.attempts, r.heartbeat_at, bool(r.cancel_requested)) for r in rows]
+    return [
+        StaleJob(r.id, r.attempts, r.heartbeat_at, bool(r.cancel_requested), r.started_at)
+        for r in rows
+    ]
 
 
 def unsent_queued_jobs(session: Session, older_than_s: float) -> list[str]:
@@ -136,33 +141,18 @@ def _fence(job: StaleJob) -> sa.ColumnElement[bool]:
     """The row is exactly as the reaper read it: nobody took it over or finished it since."""
     seen = job.heartbeat_at
     heartbeat = Job.heartbeat_at.is_(None) if seen is None else Job.heartbeat_at == seen
-    return sa.and_(
-        Job.id == job.job_id, Job.status == "running", Job.attempts == job.attempts, heartbeat
-    )
+    return sa.and_(Job.attempts == job.attempts, heartbeat)
 
 
 def end_stale_job(
     factory: sessionmaker[Session], job: StaleJob, status: str, error: dict | None
 ) -> bool:
     """Move a stale ``running`` job to ``status`` (fenced); True when this call did it."""
-    now = utcnow()
-    values: dict = {"status": status, "finished_at": now, "heartbeat_at": now}
-    if error is not None:
-        values["error"] = error
-    with factory() as session:
-        rows = session.execute(
-            sa.update(Job)
-            .where(_fence(job))
-            .values(values)
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        session.commit()
-    if rows != 1:
-        return False
     message = error["message"] if error else "cancelled (its worker was lost)"
-    append_event(factory, job.job_id, "error" if error else "info", None, message, error or {})
-    logger.warning("reaper: job %s %s: %s", job.job_id, status, message)
-    return True
+    ended = end_job(factory, job.job_id, _fence(job), status, error, message=message)
+    if ended:
+        logger.warning("reaper: job %s %s: %s", job.job_id, status, message)
+    return ended
 
 
 @dataclass
@@ -175,6 +165,7 @@ class Reaper:
     stale_after_s: float
     interval_s: float
     max_attempts: int = MAX_ATTEMPTS
+    time_limit_s: float = math.inf
     resend_after_s: float | None = None
     requeue_unsent_after_s: float = 30.0
     _sent: dict[tuple[str, int], float] = field(default_factory=dict)
@@ -192,6 +183,7 @@ class Reaper:
             dispatcher,
             STALE_HEARTBEATS * interval,
             interval,
+            time_limit_s=settings.job_time_limit_s,
             requeue_unsent_after_s=settings.requeue_unsent_after_s,
         )
 
@@ -222,18 +214,21 @@ class Reaper:
         live_keys = {(job.job_id, job.attempts) for job in stale}
         self._sent = {key: at for key, at in self._sent.items() if key in live_keys}
         for job in stale:
-            if job.cancel_requested:
-                if end_stale_job(self.factory, job, "cancelled", None):
-                    report.cancelled.append(job.job_id)
-            elif job.attempts >= self.max_attempts:
-                error = {
-                    "code": "worker_lost",
-                    "message": f"the worker running the job was lost {job.attempts} times "
-                    "(e.g. killed for memory or restarted); no heartbeat for "
-                    f"{self.stale_after_s:g} s",
-                }
-                if end_stale_job(self.factory, job, "failed", error):
-                    report.failed.append(job.job_id)
+            outcome = lost_run_outcome(
+                cancel_requested=job.cancel_requested,
+                attempts=job.attempts,
+                started_at=job.started_at,
+                now=utcnow(),
+                time_limit_s=self.time_limit_s,
+                max_attempts=self.max_attempts,
+                lost_for_s=self.stale_after_s,
+            )
+            if outcome is not None:
+                status, error = outcome
+                if end_stale_job(self.factory, job, status, error):
+                    (report.cancelled if status == "cancelled" else report.failed).append(
+                        job.job_id
+                    )
             else:
                 key = (job.job_id, job.attempts)
                 sent_at = self._sent.get(key)
