@@ -167,7 +167,7 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None) -> Fast
         removed = app.state.store.clean_tmp()
         if removed:
             logger.info("removed %d stale upload staging files", removed)
-        # Celery mode: requeue or fail jobs whose worker died (worker/reaper.py).
+        # Celery mode: requeue or fail jobs whose worker died (service/jobs/reaper.py).
         reaper = maybe_start_reaper(settings, app.state.session_factory, app.state.dispatcher)
         try:
             yield

@@ -205,7 +205,9 @@ def test_api_doc_lists_every_job_error_code_and_problem_slug():
     engine = {cls.code for cls in vars(gif.errors).values()
               if isinstance(cls, type) and issubclass(cls, gif.errors.GifError)
               and cls is not gif.errors.GifError}
-    worker_source = "\n".join(p.read_text() for p in (REPO / "worker").glob("*.py"))
+    # The worker's codes, and those the job-row owner and the runners write for a lost run.
+    sources = ("worker", "service/jobs", "service/runners")
+    worker_source = "\n".join(p.read_text() for d in sources for p in (REPO / d).glob("*.py"))
     worker = set(re.findall(r'"code":\s*"(\w+)"|code="(\w+)"', worker_source))
     codes = engine | {code for pair in worker for code in pair if code}
     assert {"timeout", "worker_lost", "out_of_memory", "internal_error"} <= codes

@@ -113,8 +113,8 @@ def _event_after_commit(
 
 
 def cancel_job(factory: sessionmaker[Session], job_id: str) -> bool:
-    """THE cancel (API.md ``POST /v1/jobs/{id}/cancel``; also the claim path's, for a queued job
-    already flagged): a ``queued`` job becomes ``cancelled`` at once (with an event); a
+    """THE cancel (docs/api.md ``POST /v1/jobs/{id}/cancel``; also the claim path's, for a
+    queued job already flagged): a ``queued`` job becomes ``cancelled`` at once (with an event); a
     ``running`` one gets ``cancel_requested`` and its run stops at its next check (or, if its
     worker is gone, the claim path or the reaper ends it ``cancelled``); a terminal job is left
     unchanged. Conditional UPDATEs make it safe against a worker racing to start the job.

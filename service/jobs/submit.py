@@ -1,4 +1,4 @@
-"""Submission (API.md ``POST /v1/jobs``): validate on metadata, insert idempotently, hand the
+"""Submission (docs/api.md ``POST /v1/jobs``): validate on metadata, insert idempotently, hand the
 job to the runner, mark it sent. The route only calls :func:`submit_job`.
 
 The job row is committed before the runner hears of it (transactional outbox): a runner that

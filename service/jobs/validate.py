@@ -1,4 +1,4 @@
-"""Submission-time validation (API.md ``POST /v1/jobs``, 422): every reason a job could not
+"""Submission-time validation (docs/api.md ``POST /v1/jobs``, 422): every reason a job could not
 run that is knowable from stored metadata — the rows and catalogue summaries — without loading
 an array or a checkpoint, so a submission stays cheap."""
 

@@ -4,7 +4,7 @@
   out again, the new run sees the stale heartbeat, takes the job over (attempt 2) and finishes
   it: one edited model.
 - Celery, whole worker killed (parent and child): the message stays unacknowledged for the
-  broker's visibility timeout (hours), so only the API's reaper (worker/reaper.py) can notice
+  broker's visibility timeout (hours), so only the API's reaper (service/jobs/reaper.py) can notice
   the stale heartbeat; it requeues the job to a new worker (attempt 2); when that worker is
   killed too, the reaper fails the job ``worker_lost``: the number of tries is bounded and the
   job never stays ``running``.

@@ -1,4 +1,4 @@
-"""The job-row state machine (worker/state.py) against a real migrated SQLite database:
+"""The job-row state machine (service/jobs/state.py) against a real migrated SQLite database:
 claims, redelivery, fencing of a run that lost its job, terminal states that never change."""
 
 from __future__ import annotations
