@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi.sse import EventSourceResponse, format_sse_event
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
@@ -30,11 +30,12 @@ from service.db.owned import owned_rows
 from service.jobs.events import events_after
 from service.jobs.state import cancel_job
 from service.jobs.submit import submit_job
-from service.problems import ProblemError
+from service.problems import ProblemError, validation_problem
 from service.schemas import JobCreate, JobEventOut, JobMetricsOut, JobOut, JobStatus, Page
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=AUTH_PROBLEMS)
 
+MAX_SEQ = 2**31 - 1  # event seqs are 32-bit integers in the database
 SSE_POLL_INTERVAL_S = 0.5
 SSE_KEEPALIVE_S = 15.0
 
@@ -137,22 +138,27 @@ async def _read_events(
     return [JobEventOut.model_validate(row) for row in rows], status
 
 
-def _sse(event: str, data: str, event_id: int | None = None) -> str:
-    lines = [f"event: {event}"]
-    if event_id is not None:
-        lines.append(f"id: {event_id}")
-    lines += [f"data: {line}" for line in data.splitlines() or [""]]
-    return "\n".join(lines) + "\n\n"
+def _sse(event: str, data: str, event_id: int | None = None) -> bytes:
+    """One SSE message, framed by FastAPI's own encoder: it splits ``data`` only on the
+    standard's line ends (CR, LF, CRLF), so a U+2028, U+2029 or U+0085 inside an event's JSON
+    stays in its line (``str.splitlines`` would split there and break the JSON)."""
+    return format_sse_event(
+        event=event, data_str=data, id=None if event_id is None else str(event_id)
+    )
+
+
+def _sse_comment(text: str) -> bytes:
+    return format_sse_event(comment=text)
 
 
 async def _event_stream(
     request: Request, factory: sessionmaker[Session], job_id: str, after_seq: int
-) -> AsyncIterator[str]:
+) -> AsyncIterator[bytes]:
     """Server-sent events: every new event as ``event: job_event``, then one ``event: end``
     with the final status when the job is terminal. Polls the database every 0.5 s (a sleep,
     not a busy loop) and sends a comment line as keep-alive."""
     last_sent = time.monotonic()
-    yield ": stream of job events\n\n"
+    yield _sse_comment("stream of job events")
     while True:
         events, status = await _read_events(factory, job_id, after_seq)
         for event in events:
@@ -170,9 +176,21 @@ async def _event_stream(
         if await request.is_disconnected():
             return
         if time.monotonic() - last_sent > SSE_KEEPALIVE_S:
-            yield ": keep-alive\n\n"
+            yield _sse_comment("keep-alive")
             last_sent = time.monotonic()
         await asyncio.sleep(SSE_POLL_INTERVAL_S)
+
+
+def _resume_after(last_event_id: str) -> int:
+    """The seq a reconnecting client saw last (the ``id:`` of our messages): a seq, or 422 —
+    never a number the database cannot compare (a 64-bit overflow would fail mid-stream)."""
+    value = last_event_id.strip()
+    if not value.isascii() or not value.isdigit() or len(value) > 10 or int(value) > MAX_SEQ:
+        raise validation_problem(
+            f"Last-Event-ID must be an event seq, an integer 0..{MAX_SEQ}",
+            [(("header", "Last-Event-ID"), "not an event seq")],
+        )
+    return int(value)
 
 
 @router.get(
@@ -195,7 +213,7 @@ async def job_events(
     accept: Annotated[str | None, Header()] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     after_seq: Annotated[
-        int, Query(ge=0, le=2**31 - 1, description="Only events with a larger seq.")
+        int, Query(ge=0, le=MAX_SEQ, description="Only events with a larger seq.")
     ] = 0,
 ) -> Any:
     def check_owned() -> None:
@@ -204,10 +222,9 @@ async def job_events(
 
     await run_in_threadpool(check_owned)
     if accept is not None and "text/event-stream" in accept:
-        start = int(last_event_id) if last_event_id and last_event_id.isdigit() else after_seq
-        return StreamingResponse(
+        start = after_seq if last_event_id is None else _resume_after(last_event_id)
+        return EventSourceResponse(
             _event_stream(request, factory, job_id, start),
-            media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     events, _ = await _read_events(factory, job_id, after_seq)

@@ -312,3 +312,14 @@ def test_oversized_json_body_is_413(client, alice, app):
     )
     assert_problem(streamed, 413)
     assert app.state.dispatcher.submitted == []
+
+
+def test_last_event_id_must_be_an_event_seq(client, alice, uploaded):
+    """A reconnecting client sends back an ``id:`` we wrote: a seq. Anything else (a number
+    past 64 bits, which the database could not compare, or text) is a 422 before the stream
+    starts, never a stream that breaks."""
+    job_id = client.post("/v1/jobs", headers=alice, json=job_body(uploaded)).json()["id"]
+    for bad in (str(2**64), str(2**31), "-1", "12a", "1" * 40):
+        response = client.get(f"/v1/jobs/{job_id}/events", headers={
+            **alice, "Accept": "text/event-stream", "Last-Event-ID": bad})
+        assert_problem(response, 422, loc=["header", "Last-Event-ID"])
