@@ -352,7 +352,12 @@ def echo_result(client: GifClient, job: Job) -> None:
     """A succeeded job's warnings, the numbers that judge its edit, then every set's metrics."""
     for line in warning_lines(job):
         click.echo(line)
-    glance = glance_table(job, retrain_reference(client, job))
+    try:
+        reference = retrain_reference(client, job)
+    except GifClientError as exc:  # the reference is extra: the result is shown without it
+        click.echo(f"warning: no retrain reference looked up: {exc}", err=True)
+        reference = None
+    glance = glance_table(job, reference)
     if glance:
         click.echo(glance)
     click.echo(metrics_table(job))
