@@ -28,6 +28,7 @@ from service.dispatch import Dispatcher, NoneDispatcher, make_dispatcher
 from service.jobs.reaper import maybe_start_reaper
 from service.observability import install_observability
 from service.problems import BodyRefused, install_problem_handlers
+from service.retention import maybe_start_retention
 from service.settings import Settings
 from service.storage import ArtifactStore
 
@@ -166,12 +167,16 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None) -> Fast
             app.state.dispatcher = make_dispatcher(settings)
         removed = app.state.store.clean_tmp()
         if removed:
-            logger.info("removed %d stale upload staging files", removed)
+            logger.info("removed %d staging files of dead uploads", removed)
         # Celery mode: requeue or fail jobs whose worker died (service/jobs/reaper.py).
         reaper = maybe_start_reaper(settings, app.state.session_factory, app.state.dispatcher)
+        # GIF_RETENTION_*: erase old jobs and unused uploads (service/retention.py).
+        retention = maybe_start_retention(settings, app.state.session_factory, app.state.store)
         try:
             yield
         finally:
+            if retention is not None:
+                retention.close()
             if reaper is not None:
                 reaper.close()
             app.state.dispatcher.close()
@@ -188,7 +193,7 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None) -> Fast
     app.state.settings = settings
     app.state.engine = engine
     app.state.session_factory = make_session_factory(engine)
-    app.state.store = ArtifactStore(settings.artifacts_dir)
+    app.state.store = ArtifactStore(settings.artifacts_dir, min_free_bytes=settings.min_free_bytes)
     app.state.catalog = BuiltinCatalog()
     if dispatcher is None and settings.effective_runner == "none":
         dispatcher = NoneDispatcher()

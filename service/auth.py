@@ -74,8 +74,8 @@ def revoke_key(session: Session, prefix_or_id: str) -> int:
     return len(keys)
 
 
-def authenticate(session: Session, key: str) -> Owner | None:
-    """The owner of a valid, unrevoked ``key``, or None."""
+def key_for(session: Session, key: str) -> ApiKey | None:
+    """The valid, unrevoked key row of ``key``, or None."""
     if not key.startswith(KEY_PREFIX) or len(key) <= LOOKUP_PREFIX_LENGTH:
         return None
     candidates = session.scalars(
@@ -86,13 +86,21 @@ def authenticate(session: Session, key: str) -> Owner | None:
     digest = hash_key(key)
     for candidate in candidates:
         if hmac.compare_digest(candidate.key_hash, digest):
-            now = utcnow()
-            last = candidate.last_used_at
-            if last is None or now - last > LAST_USED_RESOLUTION:
-                candidate.last_used_at = now
-                session.commit()
-            return session.get(Owner, candidate.owner_id)
+            return candidate
     return None
+
+
+def authenticate(session: Session, key: str) -> Owner | None:
+    """The owner of a valid, unrevoked ``key``, or None."""
+    candidate = key_for(session, key)
+    if candidate is None:
+        return None
+    now = utcnow()
+    last = candidate.last_used_at
+    if last is None or now - last > LAST_USED_RESOLUTION:
+        candidate.last_used_at = now
+        session.commit()
+    return session.get(Owner, candidate.owner_id)
 
 
 def bearer_key(header: str | None) -> str:

@@ -32,7 +32,14 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.auth import NotAuthenticated
-from service.storage import ArtifactCorrupt, ArtifactMissing, UploadTooLarge
+from service.storage import (
+    ArtifactCorrupt,
+    ArtifactMissing,
+    ContentGone,
+    InsufficientStorage,
+    UploadTooLarge,
+    is_disk_full,
+)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE_PREFIX = "urn:gif-service:problem:"
@@ -317,7 +324,39 @@ async def _on_http(_request: Request, exc: StarletteHTTPException) -> JSONRespon
     return problem_response(ProblemError(exc.status_code, detail, headers=dict(exc.headers or {})))
 
 
-async def _on_database_down(_request: Request, exc: Exception) -> JSONResponse:
+def insufficient_storage() -> ProblemError:
+    """507: the disk is full (API.md "Deletion is erasure": deleting frees space at once)."""
+    return ProblemError(
+        507,
+        "the server's storage is full: delete models, datasets or jobs you no longer need "
+        "(space is freed at once), or ask the operator for more",
+        slug="insufficient-storage",
+    )
+
+
+async def _on_insufficient_storage(_request: Request, exc: Exception) -> JSONResponse:
+    logger.warning("storage full: %s", exc)
+    return problem_response(insufficient_storage())
+
+
+async def _on_os_error(request: Request, exc: OSError) -> JSONResponse:
+    if is_disk_full(exc):
+        return await _on_insufficient_storage(request, exc)
+    return await _on_unexpected(request, exc)
+
+
+async def _on_content_gone(_request: Request, exc: Exception) -> JSONResponse:
+    logger.info("upload raced an erasure of identical bytes: %s", exc)
+    return problem_response(
+        ProblemError(503, "the uploaded file was removed by a concurrent deletion of identical "
+                     "content; send it again", slug="upload-raced-deletion",
+                     headers={"Retry-After": "1"})
+    )
+
+
+async def _on_database_down(request: Request, exc: Exception) -> JSONResponse:
+    if is_disk_full(exc):
+        return await _on_insufficient_storage(request, exc)
     logger.warning("database unavailable: %s", type(exc).__name__)
     return problem_response(
         ProblemError(
@@ -377,6 +416,9 @@ _HANDLERS: dict[type[BaseException], Handler] = {
     sa.exc.DataError: _on_bad_value,
     sa.exc.IntegrityError: _on_conflict,
     UploadTooLarge: _on_too_large,
+    InsufficientStorage: _on_insufficient_storage,
+    ContentGone: _on_content_gone,
+    OSError: _on_os_error,
     ArtifactCorrupt: _on_artifact_error,
     ArtifactMissing: _on_artifact_error,
     Exception: _on_unexpected,

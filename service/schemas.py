@@ -59,6 +59,9 @@ class DatasetOut(BaseModel):
     size_bytes: int | None = None
     created_at: datetime | None
     builtin: bool = False
+    source_job_id: str | None = Field(
+        None, description="The job whose outputs.retained_dataset produced it (None: uploaded)."
+    )
 
 
 class ArchitectureArgument(BaseModel):
@@ -149,3 +152,25 @@ class ReadyOut(BaseModel):
     status: Literal["ready"]
     database: Literal["ok"]
     runner: str
+
+
+class ErasureOut(BaseModel):
+    """The audit record of one erasure (``GET /v1/erasures``): what, when, by which key, and
+    the job that produced or last used it. It holds no content of what was erased."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str = Field(examples=["era_0123456789abcdef01234567"])
+    kind: Literal["model", "dataset", "job"]
+    object_id: str = Field(description="The id of what was erased.")
+    name: str | None
+    sha256: str | None = Field(description="The erased file's sha256 (None for a job).")
+    size_bytes: int | None
+    erased_at: datetime = Field(validation_alias="created_at")
+    reason: Literal["request", "retention"] = Field(
+        description="request: a DELETE; retention: the operator's GIF_RETENTION_* limits."
+    )
+    api_key_id: str | None = Field(description="The key that asked (None for retention).")
+    job_id: str | None = Field(
+        description="The job that produced the object, or else the last one that used it."
+    )

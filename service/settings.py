@@ -69,6 +69,28 @@ class Settings(BaseSettings):
         description="Celery mode: a queued job whose message was never sent (the API died "
         "between saving and sending it) is sent by the reaper once it is this old. Default: 30 s",
     )
+    min_free_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="Free space the artifact store keeps on its disk: an upload that would eat "
+        "into it is refused with 507, so the database can still record the deletions that free "
+        "space. Default: 64 MiB",
+    )
+    retention_job_s: float | None = Field(
+        None,
+        gt=0,
+        description="Erase terminal jobs (request, events, metrics, figures) this many seconds "
+        "after they finished, with an erasure record (reason retention). Default: None, kept",
+    )
+    retention_upload_s: float | None = Field(
+        None,
+        gt=0,
+        description="Erase models and datasets (uploaded or produced by a job) that no job has "
+        "used for this many seconds, and none queued or running uses. Default: None, kept",
+    )
+    retention_interval_s: float = Field(
+        3600.0, gt=0, description="How often the retention sweep runs. Default: 1 h"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the service loggers. Default: info"
     )

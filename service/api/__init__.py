@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.api import architectures, datasets, health, jobs, models, reports
+from service.api import architectures, datasets, erasures, health, jobs, models, reports
 
 ROUTERS: list[APIRouter] = [
     health.router,
@@ -13,4 +13,5 @@ ROUTERS: list[APIRouter] = [
     datasets.router,
     jobs.router,
     reports.router,
+    erasures.router,
 ]

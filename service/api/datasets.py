@@ -21,9 +21,10 @@ from service.api.deps import (
     SettingsDep,
     StoreDep,
 )
+from service.api.erasures import erase_by_request
 from service.api.uploads import StoredFile, UploadKind, create_from_upload
 from service.catalog import BuiltinCatalog, DatasetSummary
-from service.db.models import ACTIVE_STATUSES, DATASET_MEDIA_TYPE, Dataset, Job, utcnow
+from service.db.models import DATASET_MEDIA_TYPE, Dataset
 from service.db.owned import owned_rows
 from service.problems import ProblemError, validation_problem
 from service.schemas import DatasetOut, Page
@@ -223,30 +224,17 @@ def get_dataset(
 @router.delete(
     "/{dataset_id}",
     status_code=204,
-    summary="Delete an uploaded dataset",
+    summary="Erase an uploaded dataset: its stored file and every copy go",
     responses=problem_responses(404, 409),
 )
-def delete_dataset(
-    dataset_id: str, owner: OwnerDep, session: SessionDep, catalog: CatalogDep
+async def delete_dataset(
+    dataset_id: str, request: Request, owner: OwnerDep, catalog: CatalogDep
 ) -> Response:
+    """409 naming the job while a queued or running job uses the dataset, for training,
+    evaluation or as holdout (service.erasure); built-ins cannot be deleted (409)."""
     if is_builtin(dataset_id):
         if dataset_id not in catalog.ids():
             raise ProblemError(404, catalog.unknown(dataset_id), slug="not-found")
         raise ProblemError(409, "built-in datasets cannot be deleted", slug="builtin-dataset")
-    dataset = get_owned(session, Dataset, "dataset", owner.id, dataset_id)
-    active = session.scalar(
-        sa.select(sa.func.count())
-        .select_from(Job)
-        .where(Job.train_dataset_id == dataset.id, Job.status.in_(ACTIVE_STATUSES))
-    )
-    if active:
-        raise ProblemError(
-            409,
-            f"dataset {dataset_id!r} is used by {active} queued or running job(s)",
-            slug="dataset-in-use",
-        )
-    dataset.deleted_at = utcnow()
-    session.commit()
+    await erase_by_request(request, "dataset", owner, dataset_id)
     return Response(status_code=204)
-
-

@@ -25,6 +25,7 @@ from service.api.deps import (
     SessionDep,
     SessionFactoryDep,
 )
+from service.api.erasures import erase_by_request
 from service.db.models import SUMMARY_SET, TERMINAL_STATUSES, Job, Metric
 from service.db.owned import owned_rows
 from service.jobs.events import events_after
@@ -115,6 +116,19 @@ def list_jobs(
 )
 def get_job(job_id: str, owner: OwnerDep, session: SessionDep) -> JobOut:
     return job_out(get_owned(session, Job, "job", owner.id, job_id))
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    summary="Erase a terminal job: its request, result, events, metrics and figures go "
+    "(its edited model stays, as a model)",
+    responses=problem_responses(404, 409),
+)
+async def delete_job(job_id: str, request: Request, owner: OwnerDep) -> Response:
+    """409 while the job is queued or running: cancel it first (service.erasure)."""
+    await erase_by_request(request, "job", owner, job_id)
+    return Response(status_code=204)
 
 
 @router.post(

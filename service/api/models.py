@@ -26,15 +26,9 @@ from service.api.deps import (
     SettingsDep,
     StoreDep,
 )
+from service.api.erasures import erase_by_request
 from service.api.uploads import StoredFile, UploadKind, create_from_upload
-from service.db.models import (
-    ACTIVE_STATUSES,
-    CHECKPOINT_MEDIA_TYPE,
-    Artifact,
-    Job,
-    Model,
-    utcnow,
-)
+from service.db.models import CHECKPOINT_MEDIA_TYPE, Artifact, Model
 from service.db.owned import owned_rows
 from service.problems import (
     ProblemError,
@@ -223,24 +217,12 @@ def get_model(model_id: str, owner: OwnerDep, session: SessionDep) -> ModelOut:
 @router.delete(
     "/{model_id}",
     status_code=204,
-    summary="Delete a model (jobs that used it keep their history)",
+    summary="Erase a model: its stored file and every copy go (jobs keep their history)",
     responses=problem_responses(404, 409),
 )
-def delete_model(model_id: str, owner: OwnerDep, session: SessionDep) -> Response:
-    model = get_owned(session, Model, "model", owner.id, model_id)
-    active = session.scalar(
-        sa.select(sa.func.count())
-        .select_from(Job)
-        .where(Job.model_id == model.id, Job.status.in_(ACTIVE_STATUSES))
-    )
-    if active:
-        raise ProblemError(
-            409,
-            f"model {model_id!r} is used by {active} queued or running job(s); cancel them first",
-            slug="model-in-use",
-        )
-    model.deleted_at = utcnow()
-    session.commit()
+async def delete_model(model_id: str, request: Request, owner: OwnerDep) -> Response:
+    """409 naming the job while a queued or running job uses the model (service.erasure)."""
+    await erase_by_request(request, "model", owner, model_id)
     return Response(status_code=204)
 
 

@@ -14,7 +14,10 @@ to the upload cap plus the form's overhead before it streams, so only an upload 
 while it streams to disk, reads more.
 
 :func:`create_from_upload` is the one sequence both upload routes run: receive the form, check
-and store the file (:class:`UploadKind`), then index it (artifact row + resource row)."""
+and store the file (:class:`UploadKind`), then index it (artifact row + resource row, under
+``service.erasure``'s content lock, so a deletion of identical bytes cannot remove the file
+under the new row). A refused upload (a bad file, 413, a full disk: 507) leaves neither a
+staging file nor a stored one."""
 
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.db.models import Artifact
 from service.db.session import session_scope
+from service.erasure import check_published, release_content
 from service.problems import ProblemError, validation_problem
 from service.storage import ArtifactStore, StagedFile, UploadTooLarge
 
@@ -266,10 +270,15 @@ class UploadKind(Generic[Checked, Out]):
 
 
 def _record(
-    factory: sessionmaker[Session], owner_id: str, kind: UploadKind[Checked, Out], checked: Any
+    factory: sessionmaker[Session],
+    store: ArtifactStore,
+    owner_id: str,
+    kind: UploadKind[Checked, Out],
+    checked: Any,
 ) -> Out:
     stored: StoredFile = checked.stored
     with session_scope(factory) as session:
+        check_published(session, store, stored.sha256)
         artifact = Artifact.record(
             session,
             owner_id=owner_id,
@@ -303,4 +312,9 @@ async def create_from_upload(
         checked = await run_in_threadpool(kind.check, upload.fields, upload.file)
     finally:
         upload.discard()
-    return await run_in_threadpool(_record, factory, owner_id, kind, checked)
+    try:
+        return await run_in_threadpool(_record, factory, store, owner_id, kind, checked)
+    except BaseException:
+        # Not indexed (a full disk, the database down): the file must not stay unreferenced.
+        await run_in_threadpool(release_content, factory, store, checked.stored.sha256)
+        raise

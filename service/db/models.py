@@ -4,8 +4,8 @@ The schema is only ever created by the Alembic migrations in ``migrations/``; a 
 they produce exactly these tables (autogenerate finds no difference).
 
 Ids are opaque strings with a type prefix (``own_``, ``key_``, ``art_``, ``mdl_``, ``ds_``,
-``job_``) made by :func:`new_id`. Timestamps are timezone-aware UTC everywhere: SQLite keeps no
-zone, so :class:`UTCDateTime` normalises on write and re-attaches UTC on read.
+``job_``, ``era_``) made by :func:`new_id`. Timestamps are timezone-aware UTC everywhere: SQLite
+keeps no zone, so :class:`UTCDateTime` normalises on write and re-attaches UTC on read.
 """
 
 from __future__ import annotations
@@ -122,6 +122,9 @@ class Artifact(Base):
     kind: Mapped[str] = mapped_column(sa.String(32))  # checkpoint | dataset | plot | ...
     media_type: Mapped[str] = mapped_column(sa.String(100))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set when the object holding this file was erased: the row no longer references the
+    # bytes, which go once no live row with the same sha256 remains (service/erasure.py).
+    erased_at: Mapped[datetime | None] = mapped_column()
 
     @classmethod
     def record(
@@ -192,6 +195,9 @@ class Dataset(Base):
     sha256: Mapped[str] = mapped_column(sa.String(64))
     size_bytes: Mapped[int] = mapped_column(sa.BigInteger)
     artifact_id: Mapped[str] = mapped_column(sa.ForeignKey("artifacts.id"))
+    # The job whose ``outputs.retained_dataset`` produced it (None for uploads); no foreign
+    # key, like ``jobs.train_dataset_id``, to keep the datasets <-> jobs graph acyclic.
+    source_job_id: Mapped[str | None] = mapped_column(sa.String(40))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     deleted_at: Mapped[datetime | None] = mapped_column()
 
@@ -229,6 +235,9 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
+    # Erased (DELETE /v1/jobs/{id} or retention): request, result, events and metrics are gone;
+    # the row stays so the edited model's source_job_id and the erasure records still resolve.
+    deleted_at: Mapped[datetime | None] = mapped_column()
 
 
 class JobEvent(Base):
@@ -258,3 +267,27 @@ class Metric(Base):
     stage: Mapped[str] = mapped_column(sa.String(16))  # before | after
     dataset: Mapped[str] = mapped_column(sa.String(200))
     values: Mapped[dict[str, Any]] = mapped_column()
+
+
+ERASURE_KINDS = ("model", "dataset", "job")
+ERASURE_REASONS = ("request", "retention")
+
+
+class Erasure(Base):
+    """The audit record of one erasure (``GET /v1/erasures``): what was erased, when, by which
+    key (None for retention) and the job that produced or last used it. No content of what
+    was erased: metadata only. Written in the transaction that erases the object."""
+
+    __tablename__ = "erasures"
+
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True, default=lambda: new_id("era"))
+    owner_id: Mapped[str] = mapped_column(sa.ForeignKey("owners.id"), index=True)
+    kind: Mapped[str] = mapped_column(sa.String(16))  # ERASURE_KINDS
+    object_id: Mapped[str] = mapped_column(sa.String(40), index=True)
+    name: Mapped[str | None] = mapped_column(sa.String(200))
+    sha256: Mapped[str | None] = mapped_column(sa.String(64))
+    size_bytes: Mapped[int | None] = mapped_column(sa.BigInteger)
+    reason: Mapped[str] = mapped_column(sa.String(16))  # ERASURE_REASONS
+    api_key_id: Mapped[str | None] = mapped_column(sa.String(40))
+    job_id: Mapped[str | None] = mapped_column(sa.String(40))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)  # when erased

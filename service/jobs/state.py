@@ -27,8 +27,9 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db.models import TERMINAL_STATUSES, Job, utcnow
+from service.db.models import TERMINAL_STATUSES, Job, JobEvent, Metric, utcnow
 from service.db.session import engine_from_settings
+from service.erasure import erased_input, input_deleted_error
 from service.jobs.events import append_event
 from service.settings import Settings
 
@@ -49,6 +50,12 @@ class Claim:
     model_id: str
     train_dataset_id: str
     request: dict[str, Any]
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        """The request with the job's model and train set ids (what ``job_inputs`` reads)."""
+        return {**self.request, "model_id": self.model_id,
+                "train_dataset_id": self.train_dataset_id}
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,27 @@ def _event_after_commit(
         append_event(factory, job_id, level, phase, message, data)
     except SQLAlchemyError:
         logger.warning("job %s: event not written: %s", job_id, message, exc_info=True)
+
+
+# ------------------------------------------------------------------ erase
+
+
+def erase_job_row(session: Session, job_id: str, now: datetime) -> bool:
+    """In the caller's transaction: a terminal job's request (the forgotten indices), result,
+    progress, events and metrics go; the row stays as a tombstone (``deleted_at``) so the
+    edited model's ``source_job_id`` still resolves. False when the job is not terminal (or
+    already erased). Called by ``service.erasure`` only, with its erasure record."""
+    rows = _update(
+        session,
+        sa.and_(Job.id == job_id, Job.deleted_at.is_(None), Job.status.in_(TERMINAL_STATUSES)),
+        {"deleted_at": now, "request": {}, "request_hash": "", "idempotency_key": None,
+         "result": None, "progress": None},
+    )
+    if rows != 1:
+        return False
+    session.execute(sa.delete(JobEvent).where(JobEvent.job_id == job_id))
+    session.execute(sa.delete(Metric).where(Metric.job_id == job_id))
+    return True
 
 
 # ------------------------------------------------------------------ cancel
@@ -317,7 +345,8 @@ def claim_job(
 
     - missing or terminal → None (a redelivered message for a finished job does nothing);
     - ``queued`` with ``cancel_requested`` → :func:`cancel_job`;
-    - ``queued`` → ``running`` (attempts+1, worker_id, started_at, heartbeat_at);
+    - ``queued`` → ``running`` (attempts+1, worker_id, started_at, heartbeat_at), or
+      ``failed`` ``input_deleted`` when one of its inputs was erased (``service.erasure``);
     - ``running`` (a redelivery, or a job left by a stopped process): unless ``orphaned`` is
       known, wait until its heartbeat is stale, so a live run is never duplicated; then
       :func:`lost_run_outcome` ends it or it is re-run (attempts+1)."""
@@ -347,9 +376,20 @@ def claim_job(
                     "started_at": sa.func.coalesce(Job.started_at, now),
                 },
             )
-            session.commit()
             if rows != 1:
+                session.commit()
                 return None  # another worker claimed it (or a cancel won) first
+            # In the claim's transaction, after its UPDATE: a deletion racing this claim is
+            # either seen here or sees this job running (service.erasure, module docstring).
+            erased = erased_input(session, claim.owner_id, claim.inputs)
+            if erased is not None:
+                _update(session, _fence(claim),
+                        _terminal_values("failed", input_deleted_error(erased), now))
+            session.commit()
+            if erased is not None:
+                error = input_deleted_error(erased)
+                _event_after_commit(factory, job_id, "error", "load", error["message"], error)
+                return None
             return claim
         seen_heartbeat, seen_attempts = job.heartbeat_at, job.attempts
     if not orphaned and not _wait_for_stale_heartbeat(

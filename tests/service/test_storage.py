@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+from pathlib import Path
 
 import pytest
 
@@ -58,18 +60,30 @@ def test_missing_artifact_and_bad_hash_are_errors(tmp_path):
         store.path("../../etc/passwd")
 
 
-def test_clean_tmp_removes_only_stale_staging_files(tmp_path):
-    store = ArtifactStore(tmp_path)
-    young = store.stage()
-    young.write(b"in progress")
-    old = store.stage()
-    old.close()
-    import os
+def test_clean_tmp_removes_the_staging_files_of_dead_uploads_of_any_age(tmp_path):
+    """A live upload's staging file (locked by its writer) stays, however old; the file of
+    an upload whose process died (here: a real child process killed mid-upload) goes at
+    once, however young."""
+    import subprocess
+    import sys
 
-    os.utime(old.path, (0, 0))
-    assert store.clean_tmp(older_than_s=3600) == 1
-    assert young.path.exists() and not old.path.exists()
-    young.discard()
+    store = ArtifactStore(tmp_path)
+    live = store.stage()
+    live.write(b"in progress")
+    os.utime(live.path, (0, 0))
+    child = (
+        "import os, sys; from service.storage import ArtifactStore;"
+        "s = ArtifactStore(sys.argv[1]).stage(); s.write(b'half an upload');"
+        "s._handle.flush(); print(s.path, flush=True); os._exit(9)"
+    )
+    out = subprocess.run([sys.executable, "-c", child, str(tmp_path)], capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    dead = Path(out.stdout.strip())
+    assert out.returncode == 9 and dead.exists(), out.stderr
+    assert store.clean_tmp() == 1
+    assert live.path.exists() and not dead.exists()
+    live.discard()
+    assert store.clean_tmp() == 0
 
 
 def test_adopt_moves_a_file_into_place(tmp_path):
