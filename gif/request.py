@@ -183,6 +183,16 @@ class Eval(_Strict):
         return refuse_long(value, MAX_EVAL_DATASETS, "eval.datasets")
 
 
+class Outputs(_Strict):
+    """What the job stores besides the edited model (api.md ``outputs``)."""
+
+    retained_dataset: bool = Field(
+        False,
+        description="Removal edits: also store the train dataset without the forgotten points "
+                    "as a new dataset (result.retained_dataset_id), so the original can be "
+                    "erased.")
+
+
 # The edit methods: the influence-function family (method.md E2–E5) and the training methods of
 # E10, the alternatives users would pick instead, run under the same request and metrics.
 INFLUENCE_METHODS = ("gif", "fif", "pif", "if")
@@ -356,6 +366,7 @@ class EditRequest(_Strict):
     step: Step = Field(
         default_factory=Step, description="The step α (ignored by E10 methods).")
     eval: Eval = Field(default_factory=Eval)
+    outputs: Outputs = Field(default_factory=Outputs)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d{1,3})?)$")
     seed: int = Field(
         0, ge=0, le=2**32 - 1,
@@ -382,6 +393,16 @@ class EditRequest(_Strict):
         if method is None:  # the method itself is invalid and already reported
             return training
         return effective_training(method, training)
+
+    @field_validator("outputs")
+    @classmethod
+    def _outputs_fit_edit(cls, outputs: Outputs, info: ValidationInfo) -> Outputs:
+        edit = info.data.get("edit")
+        if outputs.retained_dataset and edit is not None and edit.kind not in REMOVAL_KINDS:
+            raise ValueError(f"outputs.retained_dataset applies to removal edits "
+                             f"({', '.join(REMOVAL_KINDS)}), not {edit.kind}: a relabel "
+                             "forgets no point")
+        return outputs
 
     @property
     def trains(self) -> bool:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -172,6 +173,14 @@ def check_published(session: Session, store: ArtifactStore, sha256: str) -> None
     lock_content(session, sha256)
     if not store.exists(sha256):
         raise ContentGone(f"stored file {sha256} was removed by a concurrent deletion")
+
+
+def ensure_published(session: Session, store: ArtifactStore, sha256: str, source: Path) -> None:
+    """Like :func:`check_published`, for a writer that still has the bytes (``source``, the
+    worker's staging copy): puts the file back instead of failing."""
+    lock_content(session, sha256)
+    if not store.exists(sha256):
+        store.put_file(source)
 
 
 def sweep_unreferenced(factory: sessionmaker[Session], store: ArtifactStore,

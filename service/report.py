@@ -26,7 +26,7 @@ import base64
 import json
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any
@@ -519,14 +519,17 @@ def render_plots(result: Mapping[str, Any], request: Mapping[str, Any] | None = 
 
 def render_report(job: Mapping[str, Any], plots: Mapping[str, bytes | None] | None = None,
                   models: Mapping[str, Mapping[str, Any]] | None = None,
-                  reference: Mapping[str, Any] | None = None) -> str:
+                  reference: Mapping[str, Any] | None = None,
+                  erased: Sequence[Mapping[str, Any]] = ()) -> str:
     """The report page of ``job`` (the API job object as a dict).
 
     ``plots``: PNG bytes by figure name (``render_plots``), shown for succeeded jobs.
     ``models``: optional ``{"source": {...}, "edited": {...}}`` model objects, for names.
     ``reference``: optional ``{"job_id": …, "metrics": {...}}``, the after-metrics of a
     succeeded ``retrain`` job on the same request, shown beside the edit's and used to judge
-    the metrics whose rule is "closer to retraining"."""
+    the metrics whose rule is "closer to retraining".
+    ``erased``: ``{kind, id, name, erased_at, reason}`` of the job's inputs erased since (one
+    line each at the top: the edit's numbers came from data the server no longer holds)."""
     models = models or {}
     request = job.get("request") or {}
     result = job.get("result") if isinstance(job.get("result"), dict) else {}
@@ -550,6 +553,7 @@ def render_report(job: Mapping[str, Any], plots: Mapping[str, bytes | None] | No
         "reference": ({"job_id": reference.get("job_id")}
                       if succeeded and reference and reference.get("metrics") else None),
         "request_json": _json(dict(request)),
+        "erased": [{**e, "erased_at": _timestamp(e.get("erased_at"))} for e in erased],
     }
     if succeeded:
         usable_reference = reference if page["reference"] else None

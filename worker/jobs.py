@@ -19,9 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -47,10 +45,11 @@ from gif.errors import (
     InvalidRequest,
     NonFinite,
 )
-from gif.request import EditRequest
+from gif.request import EditRequest, RemoveClass, RemoveSamples
 from gif.spec import ModelSpec
 from service.db.models import (
     CHECKPOINT_MEDIA_TYPE,
+    DATASET_MEDIA_TYPE,
     SUMMARY_SET,
     Artifact,
     Dataset,
@@ -60,12 +59,13 @@ from service.db.models import (
     new_id,
 )
 from service.db.session import engine_from_settings, make_session_factory
+from service.erasure import ensure_published, release_content
 from service.jobs import state
 from service.jobs.events import append_event
 from service.jobs.state import Claim
 from service.observability import job_context
 from service.settings import Settings
-from service.storage import ArtifactStore, StorageError
+from service.storage import ArtifactStore, StorageError, is_disk_full
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def _run_claimed(
     reporter.event("info", "load", f"started on {claim.worker_id} (attempt {claim.attempt})")
     try:
         with reporter.heartbeat():
-            store = ArtifactStore(settings.artifacts_dir)
+            store = ArtifactStore(settings.artifacts_dir, min_free_bytes=settings.min_free_bytes)
             request = parse_request(claim.request)
             reporter.progress(Progress(phase="load", iteration=0, max_iter=0, residual=None))
             source, model = load_model(factory, store, claim)
@@ -156,7 +156,8 @@ def _run_claimed(
             }
             outcome = run_edit(request, model, train, eval_sets, reporter.hooks())
             reporter.progress(Progress(phase="save", iteration=0, max_iter=0, residual=None))
-            edited_model_id = store_outcome(factory, store, claim, source, outcome)
+            edited_model_id = store_outcome(factory, store, claim, source, outcome,
+                                            retained=retained_dataset(request, train))
     except Exception as exc:  # every failure ends the job; none may leave it `running`
         status, error = job_outcome(
             exc, time_limit_s=settings.job_time_limit_s, timeout_errors=timeout_errors
@@ -207,6 +208,10 @@ def job_outcome(
         return "failed", {"code": "timeout", "message": message}
     if isinstance(exc, GifError):
         return "failed", {"code": exc.code, "message": exc.message}
+    if is_disk_full(exc):
+        message = ("the server's storage is full: the edited model could not be stored "
+                   "(delete what you no longer need and submit the job again)")
+        return "failed", {"code": "insufficient_storage", "message": message}
     if isinstance(exc, torch.OutOfMemoryError | MemoryError):
         message = (
             f"out of memory ({type(exc).__name__}): lower solver.batch_size, "
@@ -386,65 +391,150 @@ def metric_rows(
     return rows
 
 
+def retained_dataset(request: EditRequest, train: ArrayDataset) -> ArrayDataset | None:
+    """The train set without the forgotten points, when the request asks for it
+    (``outputs.retained_dataset``, removal edits only: the request refuses it otherwise)."""
+    if not request.outputs.retained_dataset:
+        return None
+    keep = torch.ones(train.num_samples, dtype=torch.bool)
+    edit = request.edit
+    if isinstance(edit, RemoveClass):
+        keep &= train.y != edit.class_
+    elif isinstance(edit, RemoveSamples):
+        keep[torch.as_tensor(list(edit.indices), dtype=torch.long)] = False
+    else:  # pragma: no cover - refused by the request
+        return None
+    name = f"{train.name} without {int((~keep).sum())} forgotten points"[:200]
+    return ArrayDataset(x=train.x[keep].contiguous(), y=train.y[keep].contiguous(), name=name)
+
+
+@dataclass
+class _Staged:
+    """A file written into the store before the job's commit, kept until after it so the
+    commit can put it back if a concurrent erasure of identical bytes removed it."""
+
+    path: Path
+    sha256: str
+    size_bytes: int
+
+
+def _stage_into_store(store: ArtifactStore, write: Callable[[Path], None]) -> tuple[Any, _Staged]:
+    staging = store.stage()
+    staging.close()
+    write(staging.path)
+    sha256, size_bytes = store.put_file(staging.path)
+    return staging, _Staged(staging.path, sha256, size_bytes)
+
+
+def _write_dataset(dataset: ArrayDataset, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"x": dataset.x, "y": dataset.y}, str(path))
+
+
+def _dataset_row(claim: Claim, dataset: ArrayDataset, staged: _Staged, artifact_id: str,
+                 dataset_id: str) -> Dataset:
+    return Dataset(
+        id=dataset_id,
+        owner_id=claim.owner_id,
+        name=dataset.name,
+        num_samples=dataset.num_samples,
+        sample_shape=list(dataset.sample_shape),
+        dtype=dataset.dtype,
+        num_classes=dataset.num_classes,
+        class_counts=dataset.class_counts,
+        sha256=staged.sha256,
+        size_bytes=staged.size_bytes,
+        artifact_id=artifact_id,
+        source_job_id=claim.job_id,
+    )
+
+
 def store_outcome(
     factory: sessionmaker[Session],
     store: ArtifactStore,
     claim: Claim,
     source: Model,
     outcome: EditOutcome,
+    retained: ArrayDataset | None = None,
 ) -> str | None:
-    """Write the edited checkpoint into the store (atomic), then in one transaction the
-    artifact, edited model and metrics rows and the job's ``succeeded`` state. Returns the
-    edited model's id, or None when the job was no longer ours (nothing recorded)."""
+    """Write the edited checkpoint (and the ``retained`` dataset, if any) into the store
+    (atomic), then in one transaction the artifact, edited model, dataset and metrics rows and
+    the job's ``succeeded`` state. Returns the edited model's id, or None when the job was no
+    longer ours (nothing recorded)."""
     _check_finite(outcome.state_dict)
-    staging = Path(tempfile.mkdtemp(prefix=f"{claim.job_id}-", dir=store.tmp_dir))
+    stagings: list[Any] = []
+    placed: list[_Staged] = []
+    committed = False
     try:
-        checkpoint = staging / "edited.safetensors"
-        write_safetensors(outcome.state_dict, checkpoint)
-        sha256, size_bytes = store.put_file(checkpoint)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    model_id = new_id("mdl")
-    result = json_safe({**outcome.result, "edited_model_id": model_id})
+        staging, checkpoint = _stage_into_store(
+            store, lambda path: write_safetensors(outcome.state_dict, path))
+        stagings.append(staging)
+        placed.append(checkpoint)
+        kept = None
+        if retained is not None:
+            staging, kept = _stage_into_store(store, lambda path: _write_dataset(retained, path))
+            stagings.append(staging)
+            placed.append(kept)
+        model_id = new_id("mdl")
+        extra = {"retained_dataset_id": new_id("ds")} if kept is not None else {}
+        result = json_safe({**outcome.result, "edited_model_id": model_id, **extra})
 
-    def add_rows(session: Session) -> None:
-        artifact = Artifact.record(
-            session,
-            owner_id=claim.owner_id,
-            sha256=sha256,
-            size_bytes=size_bytes,
-            kind="checkpoint",
-            media_type=CHECKPOINT_MEDIA_TYPE,
-        )
-        session.add(
-            Model(
-                id=model_id,
+        def add_rows(session: Session) -> None:
+            ensure_published(session, store, checkpoint.sha256, checkpoint.path)
+            artifact = Artifact.record(
+                session,
                 owner_id=claim.owner_id,
-                name=edited_model_name(source, claim.request),
-                arch=source.arch,
-                arch_kwargs=source.arch_kwargs,
-                input=source.input,
-                task=source.task,
-                num_parameters=source.num_parameters,
-                input_shape=source.input_shape,
-                flat_input=source.flat_input,
-                num_outputs=source.num_outputs,
-                size_bytes=size_bytes,
-                sha256=sha256,
-                artifact_id=artifact.id,
-                source_job_id=claim.job_id,
+                sha256=checkpoint.sha256,
+                size_bytes=checkpoint.size_bytes,
+                kind="checkpoint",
+                media_type=CHECKPOINT_MEDIA_TYPE,
             )
-        )
-        session.flush()  # the model must exist before metrics rows point at it
-        session.add_all(
-            metric_rows(
-                claim.job_id,
-                result.get("metrics") or {},
-                {"before": source.id, "after": model_id},
+            session.add(
+                Model(
+                    id=model_id,
+                    owner_id=claim.owner_id,
+                    name=edited_model_name(source, claim.request),
+                    arch=source.arch,
+                    arch_kwargs=source.arch_kwargs,
+                    input=source.input,
+                    task=source.task,
+                    num_parameters=source.num_parameters,
+                    input_shape=source.input_shape,
+                    flat_input=source.flat_input,
+                    num_outputs=source.num_outputs,
+                    size_bytes=checkpoint.size_bytes,
+                    sha256=checkpoint.sha256,
+                    artifact_id=artifact.id,
+                    source_job_id=claim.job_id,
+                )
             )
-        )
+            if kept is not None and retained is not None:
+                ensure_published(session, store, kept.sha256, kept.path)
+                dataset_artifact = Artifact.record(
+                    session, owner_id=claim.owner_id, sha256=kept.sha256,
+                    size_bytes=kept.size_bytes, kind="dataset", media_type=DATASET_MEDIA_TYPE)
+                session.add(_dataset_row(claim, retained, kept, dataset_artifact.id,
+                                         result["retained_dataset_id"]))
+            session.flush()  # the model must exist before metrics rows point at it
+            session.add_all(
+                metric_rows(
+                    claim.job_id,
+                    result.get("metrics") or {},
+                    {"before": source.id, "after": model_id},
+                )
+            )
 
-    committed = with_db_retry(state.commit_success, factory, claim, result, add_rows)
+        committed = with_db_retry(state.commit_success, factory, claim, result, add_rows)
+    finally:
+        for staging in stagings:
+            staging.discard()
+        if not committed:  # nothing indexed them: the files must not stay unreferenced
+            for staged in placed:
+                try:
+                    release_content(factory, store, staged.sha256)
+                except SQLAlchemyError:  # the start-up sweep of unreferenced files gets it
+                    logger.warning("job %s: unindexed file %s left", claim.job_id, staged.sha256)
     return model_id if committed else None
 
 

@@ -31,6 +31,7 @@ from fastapi.responses import HTMLResponse
 from service.api.common import get_owned, problem_responses
 from service.api.deps import OwnerDep, SessionDep
 from service.db.models import Job, Model
+from service.erasure import erased_inputs_of
 from service.problems import ProblemError
 from service.report import CONTENT_SECURITY_POLICY, figure_data, render_plots, render_report
 
@@ -108,6 +109,15 @@ def retrain_reference(session, job: Job) -> dict[str, Any] | None:
     return None
 
 
+def erased_inputs(session, job: Job) -> list[dict[str, Any]]:
+    """The job's inputs erased since it ran (``service.erasure``), for the report's line."""
+    request = {**(job.request or {}), "model_id": job.model_id,
+               "train_dataset_id": job.train_dataset_id}
+    return [{"kind": r.kind, "id": r.object_id, "name": r.name,
+             "erased_at": r.created_at.isoformat(), "reason": r.reason}
+            for r in erased_inputs_of(session, job.owner_id, request)]
+
+
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
@@ -142,10 +152,12 @@ def job_report(job_id: str, request: Request, owner: OwnerDep, session: SessionD
     }
     models = {k: v for k, v in models.items() if v}
     reference = retrain_reference(session, job) if job.status == "succeeded" else None
-    # The page is a function of the job object, the model names, the retrain reference and
-    # the code: hash those, so a matching If-None-Match answers 304 without drawing figures.
+    erased = erased_inputs(session, job)
+    # The page is a function of the job object, the model names, the retrain reference, the
+    # erasures of its inputs and the code: hash those, so a matching If-None-Match answers 304
+    # without drawing figures.
     etag = _etag(_code_version(), _canonical(document), _canonical(models),
-                 (reference or {}).get("job_id") or "")
+                 (reference or {}).get("job_id") or "", _canonical(erased))
     headers = {
         "ETag": etag,
         "Cache-Control": "private, no-cache",  # a running job's page changes: revalidate
@@ -156,7 +168,8 @@ def job_report(job_id: str, request: Request, owner: OwnerDep, session: SessionD
         return Response(status_code=304, headers=headers)
     plots = (render_plots(job.result, job.request)
              if job.status == "succeeded" and job.result else {})
-    page = render_report(document, plots=plots, models=models, reference=reference)
+    page = render_report(document, plots=plots, models=models, reference=reference,
+                         erased=erased)
     return HTMLResponse(page, headers=headers)
 
 
