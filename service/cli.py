@@ -269,10 +269,11 @@ def keys_list(owner: str | None) -> None:
 # --- Client command groups (helper F: service/cli_client.py) ---------------------------------
 # Add `cli.add_command(<group>)` lines for the client groups here.
 from service.cli_client import datasets as _datasets_group  # noqa: E402
+from service.cli_client import erasures as _erasures_group  # noqa: E402
 from service.cli_client import jobs as _jobs_group  # noqa: E402
 from service.cli_client import models as _models_group  # noqa: E402
 
-for _group in (_models_group, _datasets_group, _jobs_group):
+for _group in (_models_group, _datasets_group, _jobs_group, _erasures_group):
     cli.add_command(_group)
 
 

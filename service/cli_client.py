@@ -1,4 +1,5 @@
-"""The client half of the ``gif-service`` command line: ``models``, ``datasets`` and ``jobs``.
+"""The client half of the ``gif-service`` command line: ``models``, ``datasets``, ``jobs`` and
+``erasures``.
 
 Each command is a thin shell over :class:`service.client.GifClient`. Every command takes
 ``--url`` / ``--api-key`` (or ``GIF_URL`` / ``GIF_API_KEY``, or the embedded server's key file)
@@ -517,6 +518,17 @@ def jobs_cancel(client: GifClient, as_json: bool, job_id: str) -> None:
     echo_json(job) if as_json else click.echo(f"{job.id} {job.status}")
 
 
+@jobs.command("delete")
+@click.argument("job_id")
+@client_command
+def jobs_delete(client: GifClient, as_json: bool, job_id: str) -> None:
+    """Erase a terminal job: its request (the forgotten indices), result, events and figures.
+    Its edited model stays, as a model."""
+    client.delete_job(job_id)
+    if not as_json:
+        click.echo(f"deleted {job_id}")
+
+
 @jobs.command("events")
 @click.argument("job_id")
 @click.option("--follow/--no-follow", default=True, show_default=True,
@@ -533,4 +545,27 @@ def jobs_events(client: GifClient, as_json: bool, job_id: str, follow: bool) -> 
             click.echo(f"{at}  {event.level:<7} {event.phase or '-':<11} {event.message}")
 
 
-CLIENT_GROUPS = (models, datasets, jobs)
+# --------------------------------------------------------------------------------------------
+# erasures
+
+
+@click.group()
+def erasures() -> None:
+    """The audit records of what was erased (deletions and retention)."""
+
+
+@erasures.command("list")
+@client_command
+def erasures_list(client: GifClient, as_json: bool) -> None:
+    """List erasure records, newest first: what was erased, when, by which key, which job."""
+    items = client.list_erasures()
+    if as_json:
+        return echo_json(items)
+    click.echo(format_table(
+        ["ERASED", "KIND", "ID", "NAME", "SHA256", "SIZE", "REASON", "KEY", "JOB"],
+        [[e.erased_at, e.kind, e.object_id, e.name, (e.sha256 or "")[:12] or None,
+          e.size_bytes, e.reason, e.api_key_id, e.job_id] for e in items],
+    ))
+
+
+CLIENT_GROUPS = (models, datasets, jobs, erasures)

@@ -19,6 +19,7 @@ from service.client.errors import api_error
 from service.client.models import (
     Architecture,
     Dataset,
+    Erasure,
     Job,
     JobEvent,
     JobMetrics,
@@ -166,6 +167,12 @@ class AsyncGifClient(_ClientBase):
 
     async def cancel_job(self, job_id: str) -> Job:
         return await self._execute(_Calls.cancel_job(job_id))
+
+    async def delete_job(self, job_id: str) -> None:
+        return await self._execute(_Calls.delete_job(job_id))
+
+    async def list_erasures(self, *, page_size: int | None = None) -> list[Erasure]:
+        return await self._run(_paginate(lambda after: _Calls.list_erasures(page_size, after)))
 
     async def get_metrics(self, job_id: str) -> JobMetrics:
         return await self._execute(_Calls.get_metrics(job_id))

@@ -14,7 +14,15 @@ import httpx
 from pydantic import BaseModel
 
 from service.client.errors import GifClientError
-from service.client.models import Architecture, Dataset, Job, JobEvent, JobMetrics, Model
+from service.client.models import (
+    Architecture,
+    Dataset,
+    Erasure,
+    Job,
+    JobEvent,
+    JobMetrics,
+    Model,
+)
 
 T = TypeVar("T")
 
@@ -150,6 +158,15 @@ class _Calls:
     def cancel_job(job_id: str) -> _Call[Job]:
         # Cancelling is idempotent on the server (docs/api.md), so retrying it is safe.
         return _Call("POST", f"/v1/jobs/{_segment(job_id)}/cancel", _parse_json(Job))
+
+    @staticmethod
+    def delete_job(job_id: str) -> _Call[None]:
+        return _Call("DELETE", f"/v1/jobs/{_segment(job_id)}", _parse_nothing)
+
+    @staticmethod
+    def list_erasures(limit: int | None, after: str | None) -> _Call[_Page[Erasure]]:
+        return _Call("GET", "/v1/erasures", _parse_page(Erasure),
+                     params=_page_params(limit, after))
 
     @staticmethod
     def list_events(job_id: str, after_seq: int | None = None) -> _Call[list[JobEvent]]:

@@ -53,6 +53,22 @@ class Dataset(_Resource):
     size_bytes: int | None = None
     created_at: datetime | None = None
     builtin: bool = False
+    source_job_id: str | None = None
+
+
+class Erasure(_Resource):
+    """An erasure record (``GET /v1/erasures``): what was erased, when, by which key."""
+
+    id: str
+    kind: str
+    object_id: str
+    name: str | None = None
+    sha256: str | None = None
+    size_bytes: int | None = None
+    erased_at: datetime | None = None
+    reason: str | None = None
+    api_key_id: str | None = None
+    job_id: str | None = None
 
 
 class ArchitectureArgument(_Resource):

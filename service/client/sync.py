@@ -19,6 +19,7 @@ from service.client.errors import api_error
 from service.client.models import (
     Architecture,
     Dataset,
+    Erasure,
     Job,
     JobEvent,
     JobMetrics,
@@ -180,6 +181,14 @@ class GifClient(_ClientBase):
 
     def cancel_job(self, job_id: str) -> Job:
         return self._execute(_Calls.cancel_job(job_id))
+
+    def delete_job(self, job_id: str) -> None:
+        """Erase a terminal job (its request, result, events; the edited model stays)."""
+        return self._execute(_Calls.delete_job(job_id))
+
+    def list_erasures(self, *, page_size: int | None = None) -> list[Erasure]:
+        """All erasure records, newest first, over every page."""
+        return self._run(_paginate(lambda after: _Calls.list_erasures(page_size, after)))
 
     def get_metrics(self, job_id: str) -> JobMetrics:
         return self._execute(_Calls.get_metrics(job_id))
