@@ -4,15 +4,21 @@ erased after it was queued fails ``input_deleted`` at its claim, having run noth
 
 from __future__ import annotations
 
+import secrets
+import threading
+import time
+
 import numpy as np
 import pytest
 import sqlalchemy as sa
 
 from gif.data import read_dataset
 from service.db.models import Dataset, Model, utcnow
-from service.erasure import erase
+from service.erasure import erase, erase_in_session
+from service.problems import ProblemError
 from tests.worker import digits
-from worker import jobs
+from tests.worker.conftest import make_worker_db
+from worker import jobs, state
 
 
 def test_retained_dataset_is_the_train_set_without_the_forgotten_points(seeded, digits_data):
@@ -81,3 +87,95 @@ def test_a_job_whose_input_was_erased_after_queueing_fails_input_deleted(seeded,
     assert job.attempts == 1 and job.result is None
     with db.factory() as session:
         assert session.scalars(sa.select(Model).where(Model.source_job_id == job_id)).all() == []
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_db(request, tmp_path, trained_state, digits_data):
+    """``seeded`` on SQLite and on a fresh PostgreSQL database."""
+    admin = name = None
+    overrides = {}
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+        admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+        name = f"gif_erase_{secrets.token_hex(6)}"
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        overrides["database_url"] = sa.make_url(url).set(database=name).render_as_string(
+            hide_password=False)
+    db, engine = make_worker_db(tmp_path / "data", **overrides)
+    x, y = digits_data
+    try:
+        yield db, db.add_model(trained_state), db.add_dataset(x, y)
+    finally:
+        engine.dispose()
+        if admin is not None:
+            with admin.connect() as connection:
+                connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin.dispose()
+
+
+def _claim(db, job_id):
+    return state.claim_job(db.factory, job_id, "test-worker", orphaned=False,
+                           stale_after_s=30, time_limit_s=3600)
+
+
+def test_a_claim_racing_a_deletion_in_flight_waits_for_it_and_fails_the_job(any_db):
+    """The deletion holds its row lock (PostgreSQL) or the write lock (SQLite) from its first
+    statement to its commit; a claim that comes in between waits, then sees the object
+    deleted: the job fails input_deleted and is never handed to the edit."""
+    db, source, dataset = any_db
+    job_id = db.add_job(source.id, dataset.id, digits.quick_request({"kind": "remove_class",
+                                                                      "class": 3}))
+    # Queued after the deletion's check for active jobs, as in the race: hide it from the
+    # check by making it look cancelled, then re-queue it once the deletion is under way.
+    db.update_job(job_id, status="cancelled")
+    holding, release = threading.Event(), threading.Event()
+
+    def delete() -> None:
+        with db.factory() as session:
+            erase_in_session(session, "model", db.owner_id, source.id, reason="request",
+                             api_key_id=None)
+            holding.set()
+            release.wait(30)
+            session.commit()
+
+    deleter = threading.Thread(target=delete)
+    deleter.start()
+    assert holding.wait(30)
+    db_requeue = threading.Thread(target=lambda: db.update_job(job_id, status="queued"))
+    if db.settings.database_url.startswith("sqlite"):
+        # SQLite has one writer: the re-queue itself waits for the deletion to commit, so the
+        # job is queued after it, and the claim that follows must see the deletion.
+        db_requeue.start()
+        time.sleep(0.3)
+        release.set()
+        db_requeue.join(30)
+        claimed = _claim(db, job_id)
+    else:
+        db_requeue.start()
+        db_requeue.join(30)  # PostgreSQL: the job row is not locked by the deletion
+        result: dict = {}
+        claimer = threading.Thread(target=lambda: result.update(claim=_claim(db, job_id)))
+        claimer.start()
+        time.sleep(0.5)
+        assert claimer.is_alive(), "the claim did not wait for the deletion's row lock"
+        release.set()
+        claimer.join(30)
+        claimed = result["claim"]
+    deleter.join(30)
+
+    assert claimed is None
+    job = db.job(job_id)
+    assert job.status == "failed" and job.error["code"] == "input_deleted"
+
+
+def test_a_running_job_blocks_the_deletion_of_its_inputs(any_db):
+    db, source, dataset = any_db
+    job_id = db.add_job(source.id, dataset.id, digits.quick_request({"kind": "remove_class",
+                                                                      "class": 3}))
+    assert _claim(db, job_id) is not None  # running now
+    for kind, object_id in (("model", source.id), ("dataset", dataset.id)):
+        with pytest.raises(ProblemError) as err:
+            erase(db.factory, db.store, kind, db.owner_id, object_id)
+        assert err.value.status == 409 and job_id in err.value.detail
+    assert db.store.exists(source.sha256) and db.store.exists(dataset.sha256)
