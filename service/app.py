@@ -170,13 +170,12 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None) -> Fast
             logger.info("removed %d staging files of dead uploads", removed)
         # Celery mode: requeue or fail jobs whose worker died (service/jobs/reaper.py).
         reaper = maybe_start_reaper(settings, app.state.session_factory, app.state.dispatcher)
-        # GIF_RETENTION_*: erase old jobs and unused uploads (service/retention.py).
+        # Unreferenced files of a crash; GIF_RETENTION_*: old jobs, unused uploads.
         retention = maybe_start_retention(settings, app.state.session_factory, app.state.store)
         try:
             yield
         finally:
-            if retention is not None:
-                retention.close()
+            retention.close()
             if reaper is not None:
                 reaper.close()
             app.state.dispatcher.close()

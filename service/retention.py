@@ -8,10 +8,11 @@ with an erasure record whose ``reason`` is ``retention`` and whose key is None.
 - a model or dataset (uploaded, or produced by a job) that no queued or running job uses, and
   that neither was created nor used by any job within ``retention_upload_s``, is erased.
 
-The sweep runs in a daemon thread of every API process (started by the app's lifespan when a
-limit is set), beside the reaper. Replicas may race on one object: the second erasure finds it
-gone (404) and skips it. Objects are judged by the database's records only (``created_at``,
-the jobs' ``created_at``/``finished_at``), never by file times."""
+The sweep runs in a daemon thread of every API process (started by the app's lifespan),
+beside the reaper; without a limit the thread only removes, once at start, stored files that
+no row references (a crash's leftovers) and ends. Replicas may race on one object: the second
+erasure finds it gone (404) and skips it. Objects are judged by the database's records only
+(``created_at``, the jobs' ``created_at``/``finished_at``), never by file times."""
 
 from __future__ import annotations
 
@@ -133,6 +134,8 @@ class RetentionSweeper:
             sweep_unreferenced(self.factory, self.store)
         except Exception:
             logger.warning("retention: sweep of unreferenced files failed", exc_info=True)
+        if self.settings.retention_job_s is None and self.settings.retention_upload_s is None:
+            return  # no limits: the start-up sweep was all there is to do
         while not self._stop.wait(self.settings.retention_interval_s):
             try:
                 sweep_retention(self.factory, self.store, self.settings)
@@ -151,8 +154,7 @@ class RetentionSweeper:
 
 
 def maybe_start_retention(settings: Settings, factory: sessionmaker[Session],
-                          store: ArtifactStore) -> RetentionSweeper | None:
-    """Start the sweeper when the operator set a retention limit."""
-    if settings.retention_job_s is None and settings.retention_upload_s is None:
-        return None
+                          store: ArtifactStore) -> RetentionSweeper:
+    """Start the sweeper: the start-up sweep of unreferenced files always, the retention
+    sweeps when the operator set a limit."""
     return RetentionSweeper(factory, store, settings).start()

@@ -243,3 +243,30 @@ def test_a_full_disk_is_507_and_leaves_nothing(tmp_path, make_key):
     assert _files(settings) == []
     with make_session_factory(engine_from_settings(settings))() as session:
         assert session.scalar(sa.select(sa.func.count()).select_from(Artifact)) == 0
+
+
+def test_the_reference_count_decides_and_an_upload_racing_a_removal_is_told(
+        settings, session_factory):
+    """``release_content`` removes a file only without a live row; an upload whose file was
+    removed between its write and its indexing is refused (ContentGone → 503), never indexed
+    without its bytes."""
+    from service.db.models import Owner
+    from service.erasure import check_published, release_content
+    from service.storage import ContentGone
+
+    store = _store(settings)
+    sha, size = store.put_bytes(b"shared bytes")
+    with session_factory() as session:
+        owner = Owner(name="dora")
+        session.add(owner)
+        session.flush()
+        Artifact.record(session, owner_id=owner.id, sha256=sha, size_bytes=size,
+                        kind="dataset", media_type="application/octet-stream")
+        session.commit()
+    assert not release_content(session_factory, store, sha) and store.exists(sha)
+    with session_factory() as session:
+        session.execute(sa.update(Artifact).values(erased_at=utcnow()))
+        session.commit()
+    assert release_content(session_factory, store, sha) and not store.exists(sha)
+    with session_factory() as session, pytest.raises(ContentGone):
+        check_published(session, store, sha)
