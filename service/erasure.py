@@ -1,4 +1,4 @@
-"""Deletion is erasure (API.md "Deletion is erasure"): the one owner of how a model, a dataset
+"""Deletion is erasure (docs/erasure.md): the one owner of how a model, a dataset
 or a job is erased, of the reference count that decides when stored bytes go, and of the
 check that no job starts on something erased.
 

@@ -325,7 +325,7 @@ async def _on_http(_request: Request, exc: StarletteHTTPException) -> JSONRespon
 
 
 def insufficient_storage() -> ProblemError:
-    """507: the disk is full (API.md "Deletion is erasure": deleting frees space at once)."""
+    """507: the disk is full (docs/erasure.md: deleting frees space at once)."""
     return ProblemError(
         507,
         "the server's storage is full: delete models, datasets or jobs you no longer need "

@@ -1,4 +1,4 @@
-"""Retention (API.md "Deletion is erasure"; settings ``GIF_RETENTION_JOB_S``,
+"""Retention (docs/erasure.md; settings ``GIF_RETENTION_JOB_S``,
 ``GIF_RETENTION_UPLOAD_S``, ``GIF_RETENTION_INTERVAL_S``): the operator's limits, applied by
 a sweep that erases old objects exactly as a ``DELETE`` does (``service.erasure.erase``), each
 with an erasure record whose ``reason`` is ``retention`` and whose key is None.

@@ -1,4 +1,4 @@
-"""``GET /v1/erasures``: the owner's erasure records, newest first (API.md "Deletion is
+"""``GET /v1/erasures``: the owner's erasure records, newest first (docs/api.md "Deletion is
 erasure"), and :func:`erase_by_request`, what the three ``DELETE`` routes call."""
 
 from __future__ import annotations

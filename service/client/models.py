@@ -60,13 +60,13 @@ class Erasure(_Resource):
     """An erasure record (``GET /v1/erasures``): what was erased, when, by which key."""
 
     id: str
-    kind: str
+    kind: Literal["model", "dataset", "job"]
     object_id: str
     name: str | None = None
     sha256: str | None = None
     size_bytes: int | None = None
     erased_at: datetime | None = None
-    reason: str | None = None
+    reason: Literal["request", "retention"] | None = None
     api_key_id: str | None = None
     job_id: str | None = None
 

@@ -17,7 +17,7 @@ import pytest
 from pydantic import BaseModel
 
 from service.app import create_app
-from service.client import Architecture, Dataset, Job, JobEvent, JobMetrics, Model
+from service.client import Architecture, Dataset, Erasure, Job, JobEvent, JobMetrics, Model
 from service.settings import Settings
 
 # (client model, method, path, where in the 200 body the resource is) — every endpoint that
@@ -37,6 +37,7 @@ ENDPOINTS: tuple[tuple[type[BaseModel], str, str, tuple[str, ...]], ...] = (
     (Job, "post", "/v1/jobs/{job_id}/cancel", ITEM),
     (JobEvent, "get", "/v1/jobs/{job_id}/events", LIST_ITEM),
     (JobMetrics, "get", "/v1/jobs/{job_id}/metrics", ITEM),
+    (Erasure, "get", "/v1/erasures", PAGE_ITEM),
 )
 # List endpoints may answer with summaries (fewer fields than the item): there the client
 # only has to know every field it gets, not the other way round.

@@ -1,4 +1,4 @@
-"""Deletion is erasure (API.md, issue 11) through the routes, on a real SQLite database and
+"""Deletion is erasure (docs/erasure.md, issue 11) through the routes, on a real SQLite database and
 store: bytes go with the last reference, 409 names the job that uses an object (model, train,
 evaluation, holdout), jobs are erased with their request and events, every erasure leaves an
 owner-scoped record, retention erases old objects on a controlled clock, a full disk is 507."""
