@@ -84,25 +84,36 @@ def job_inputs(request: Mapping[str, Any]) -> dict[str, str]:
     return {k: v for k, v in uses.items() if not k.startswith(BUILTIN_PREFIX)}
 
 
-def _job_request(request: Mapping[str, Any] | None, model_id: str,
-                 train_dataset_id: str) -> dict[str, Any]:
-    return {**(request or {}), "model_id": model_id, "train_dataset_id": train_dataset_id}
+# Only the request's id fields are read from the database (JSON paths): a request can hold a
+# million edit indices, which a deletion has no reason to load.
+INPUT_COLUMNS = (
+    Job.model_id,
+    Job.train_dataset_id,
+    Job.request[("eval", "datasets")].label("eval_datasets"),
+    Job.request[("step", "holdout_dataset_id")].label("holdout_dataset_id"),
+)
+
+
+def row_inputs(row: Any) -> dict[str, str]:
+    """:func:`job_inputs` of a row selected with :data:`INPUT_COLUMNS`."""
+    return job_inputs({"model_id": row.model_id, "train_dataset_id": row.train_dataset_id,
+                       "eval": {"datasets": row.eval_datasets},
+                       "step": {"holdout_dataset_id": row.holdout_dataset_id}})
 
 
 def jobs_using(session: Session, owner_id: str, object_id: str,
                statuses: Iterable[str] = ACTIVE_STATUSES) -> list[tuple[str, str, str]]:
     """``(job_id, status, use)`` of the owner's jobs in ``statuses`` that read ``object_id``,
-    oldest first. The requests are read in Python: evaluation sets live in the JSON request,
-    and the active jobs of one owner are few (capped by the queue limit)."""
+    oldest first. Matched in Python: evaluation sets live in the JSON request, and the active
+    jobs of one owner are few (capped by the queue limit)."""
     rows = session.execute(
-        sa.select(Job.id, Job.status, Job.request, Job.model_id, Job.train_dataset_id)
+        sa.select(Job.id, Job.status, *INPUT_COLUMNS)
         .where(Job.owner_id == owner_id, Job.status.in_(tuple(statuses)))
         .order_by(Job.created_at, Job.id)
     ).all()
     found = []
     for row in rows:
-        use = job_inputs(_job_request(row.request, row.model_id,
-                                      row.train_dataset_id)).get(object_id)
+        use = row_inputs(row).get(object_id)
         if use is not None:
             found.append((row.id, row.status, use))
     return found

@@ -25,7 +25,13 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.models import TERMINAL_STATUSES, Dataset, Job, Model, utcnow
-from service.erasure import ACTIVE_STATUSES, erase, job_inputs, sweep_unreferenced
+from service.erasure import (
+    ACTIVE_STATUSES,
+    INPUT_COLUMNS,
+    erase,
+    row_inputs,
+    sweep_unreferenced,
+)
 from service.problems import ProblemError
 from service.settings import Settings
 from service.storage import ArtifactStore
@@ -54,13 +60,11 @@ def _last_uses(session: Session) -> tuple[dict[str, datetime], set[str]]:
     """When each stored object was last used by a job, and which ones an active job uses."""
     last: dict[str, datetime] = {}
     active: set[str] = set()
-    rows = session.execute(sa.select(Job.status, Job.request, Job.model_id, Job.train_dataset_id,
-                                     Job.created_at, Job.finished_at))
+    rows = session.execute(sa.select(Job.status, Job.created_at, Job.finished_at,
+                                     *INPUT_COLUMNS))
     for row in rows:
-        request = {**(row.request or {}), "model_id": row.model_id,
-                   "train_dataset_id": row.train_dataset_id}
         used_at = row.finished_at or row.created_at
-        for object_id in job_inputs(request):
+        for object_id in row_inputs(row):
             if row.status in ACTIVE_STATUSES:
                 active.add(object_id)
             if object_id not in last or used_at > last[object_id]:
