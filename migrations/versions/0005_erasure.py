@@ -3,7 +3,7 @@ reference is gone; the bytes go with the last one) and ``jobs.deleted_at`` (an e
 ``outputs.retained_dataset`` made it).
 
 Revision ID: 0005
-Revises: 0002
+Revises: 0003
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0005'
-down_revision = '0002'
+down_revision = '0003'
 branch_labels = None
 depends_on = None
 

@@ -15,10 +15,11 @@ import sqlalchemy as sa
 from gif.data import read_dataset
 from service.db.models import Dataset, Model, utcnow
 from service.erasure import erase, erase_in_session
+from service.jobs import state
 from service.problems import ProblemError
 from tests.worker import digits
 from tests.worker.conftest import make_worker_db
-from worker import jobs, state
+from worker import jobs
 
 
 def test_retained_dataset_is_the_train_set_without_the_forgotten_points(seeded, digits_data):
