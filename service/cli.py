@@ -144,10 +144,12 @@ def serve(host: str, port: int) -> None:
 def worker(hostname: str | None, loglevel: str | None) -> None:
     """Run a Celery worker that executes jobs from GIF_BROKER_URL (Redis).
 
-    One job at a time (concurrency 1, prefetch 1, a fresh child process per job): start one
+    One job at a time (concurrency 1, prefetch 1, one pool child reused for up to 50 jobs, its
+    caches freed after each): start one
     worker per GPU, e.g. `CUDA_VISIBLE_DEVICES=1 gif-service worker --hostname gpu1@%h`.
     It needs the same GIF_DATABASE_URL and a shared GIF_ARTIFACTS_DIR as the API, and the
     same GIF_JOB_QUEUE (default gif-jobs) when several deployments share one Redis."""
+    from service.runners.celery import MAX_TASKS_PER_CHILD
     from worker.celery_app import make_celery_app
 
     settings = _settings()
@@ -157,8 +159,8 @@ def worker(hostname: str | None, loglevel: str | None) -> None:
         )
     _require_migrated(settings)
     _configure_logging(loglevel or settings.log_level)
-    # Import the engine (torch, without touching CUDA) once in the parent: every job's fresh
-    # pool child is forked with it loaded instead of importing it again.
+    # Import the engine (torch, without touching CUDA) once in the parent: a pool child is
+    # forked with it loaded instead of importing it again.
     from worker.jobs import preload_engine
 
     preload_engine()
@@ -169,7 +171,7 @@ def worker(hostname: str | None, loglevel: str | None) -> None:
         f"--loglevel={(loglevel or settings.log_level).upper()}",
         "--pool=prefork",
         "--concurrency=1",
-        "--max-tasks-per-child=1",
+        f"--max-tasks-per-child={MAX_TASKS_PER_CHILD}",
         f"--queues={settings.job_queue}",
         "--without-gossip",
         "--without-mingle",

@@ -2,8 +2,10 @@
 :func:`worker.jobs.execute_job` (configuration and the API's dispatcher:
 :mod:`service.runners.celery`).
 
-The worker's parent process imports neither torch nor the engine's CUDA state before it forks
-its pool child (``gif-service worker`` preloads the engine's modules, touching no CUDA)."""
+The worker's parent process never touches CUDA before it forks its pool child (``gif-service
+worker`` preloads the engine's modules only). The child is reused for up to
+``MAX_TASKS_PER_CHILD`` messages and frees its caches (GPU included) after every job; a message
+for a job already cancelled or ended costs one database read."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ import logging
 from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
-from service.jobs.state import fail_unfinished_job
+from service.db.session import engine_from_settings, make_session_factory
+from service.jobs.state import fail_unfinished_job, needs_run
 from service.runners.celery import (
     DB_RETRY_COUNTDOWN_S,
     DB_RETRY_MAX,
@@ -40,6 +43,15 @@ class JobTask(Task):
             )
 
 
+def job_needs_run(settings: Settings, job_id: str) -> bool:
+    """:func:`service.jobs.state.needs_run` on its own short-lived engine."""
+    engine = engine_from_settings(settings)
+    try:
+        return needs_run(make_session_factory(engine), job_id)
+    finally:
+        engine.dispose()
+
+
 def make_celery_app(settings: Settings) -> Celery:
     """The Celery app on ``settings.broker_url`` with the ``gif.run_job`` task registered."""
     app = celery_app_for(settings)
@@ -55,6 +67,8 @@ def make_celery_app(settings: Settings) -> Celery:
         from worker.jobs import execute_job  # imports torch: only inside the pool child
 
         try:
+            if not job_needs_run(settings, job_id):
+                return  # cancelled or ended: one read, no engine work (the child is reused)
             execute_job(job_id, settings, timeout_errors=(SoftTimeLimitExceeded,))
         except OperationalError as exc:
             logger.warning("job %s: database unavailable, retrying the task", job_id)

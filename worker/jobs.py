@@ -16,6 +16,7 @@ message (the traceback goes to the log only). The source model is never written.
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -126,7 +127,10 @@ def execute_job(
                 time_limit_s=settings.job_time_limit_s,
             )
             if claim is not None:
-                _run_claimed(factory, settings, claim, timeout_errors)
+                try:
+                    _run_claimed(factory, settings, claim, timeout_errors)
+                finally:
+                    release_memory()
             with factory() as session:
                 job = session.get(Job, job_id)
                 return job.status if job is not None else None
@@ -154,7 +158,9 @@ def _run_claimed(
                 name: load_dataset(factory, store, claim.owner_id, dataset_id)
                 for name, dataset_id in request.eval.datasets.items()
             }
+            edit_started = time.monotonic()
             outcome = run_edit(request, model, train, eval_sets, reporter.hooks())
+            edit_seconds = time.monotonic() - edit_started
             reporter.progress(Progress(phase="save", iteration=0, max_iter=0, residual=None))
             edited_model_id = store_outcome(factory, store, claim, source, outcome,
                                             retained=retained_dataset(request, train))
@@ -171,7 +177,11 @@ def _run_claimed(
     if edited_model_id is None:
         logger.warning("job %s: result not stored (the job is no longer ours)", claim.job_id)
         return
-    reporter.event("info", "save", "succeeded", {"edited_model_id": edited_model_id})
+    # The edit's own time, so a job's overhead (submission to terminal minus this) is known.
+    reporter.event(
+        "info", "save", "succeeded",
+        {"edited_model_id": edited_model_id, "edit_seconds": round(edit_seconds, 4)},
+    )
     logger.info("job %s succeeded: edited model %s", claim.job_id, edited_model_id)
 
 
@@ -249,8 +259,20 @@ def _first_line(text: str, limit: int = 300) -> str:
 
 
 def _release_accelerator_memory() -> None:
-    if torch.cuda.is_available():
+    if torch.cuda.is_initialized():  # never the first CUDA call of a process
         torch.cuda.empty_cache()
+
+
+def release_memory() -> None:
+    """Free what a finished job left, so the next job in this (reused) process starts with
+    the device's memory free: unreachable tensors (cycles hold some), then the CUDA caching
+    allocator's blocks and IPC handles. Touches CUDA only if this process already uses it."""
+    gc.collect()
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.ipc_collect()
+        torch.cuda.reset_peak_memory_stats()
 
 
 # --- inputs ------------------------------------------------------------------------------

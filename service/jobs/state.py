@@ -307,6 +307,23 @@ def lost_run_outcome(
 # ------------------------------------------------------------------ claims
 
 
+def needs_run(factory: sessionmaker[Session], job_id: str) -> bool:
+    """Whether a message for ``job_id`` needs a job process at all: False for a missing or
+    terminal job and for a queued one already flagged cancelled (which :func:`cancel_job`
+    ends here). One indexed read, no engine: a runner calls it before it hands a job to a
+    process, so a burst of cancelled jobs costs no process start and no engine work."""
+    with factory() as session:
+        row = session.execute(
+            sa.select(Job.status, Job.cancel_requested).where(Job.id == job_id)
+        ).one_or_none()
+    if row is None or row.status in TERMINAL_STATUSES:
+        return False
+    if row.status == "queued" and row.cancel_requested:
+        cancel_job(factory, job_id)
+        return False
+    return True
+
+
 def _wait_for_stale_heartbeat(
     factory: sessionmaker[Session], job_id: str, seen: datetime | None, stale_after_s: float
 ) -> bool:

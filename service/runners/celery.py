@@ -28,6 +28,10 @@ HARD_LIMIT_GRACE_S = 60.0
 # A task that found the database down is retried this much later, up to DB_RETRY_MAX times.
 DB_RETRY_COUNTDOWN_S = 10
 DB_RETRY_MAX = 60
+# A pool child runs this many messages before it is replaced: no process start per message
+# (0.5-5 s on a loaded machine, even for a cancelled job), a bound on what a leak in one job's
+# libraries can accumulate; GPU memory is freed after each job (worker.jobs.release_memory).
+MAX_TASKS_PER_CHILD = 50
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +72,7 @@ def celery_config(settings: Settings) -> dict:
         },
         "worker_prefetch_multiplier": 1,
         "worker_concurrency": 1,
-        "worker_max_tasks_per_child": 1,
+        "worker_max_tasks_per_child": MAX_TASKS_PER_CHILD,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
         "enable_utc": True,

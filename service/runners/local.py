@@ -4,12 +4,15 @@
 in-memory queue and hands them, one at a time, to a child process started with the ``spawn``
 method (:func:`worker.local.child_main`), which runs the very same
 :func:`worker.jobs.execute_job` as the Celery worker. The child imports torch itself, so the
-API process never forks with CUDA (or torch threads)
-initialised, and a crash or out-of-memory kill of a job cannot take the API down.
+API process never forks with CUDA (or torch threads) initialised, and a crash or out-of-memory
+kill of a job cannot take the API down.
 
 The child is kept between jobs (importing torch and the engine costs seconds, more than a small
-edit) and replaced after ``MAX_JOBS_PER_CHILD`` jobs, after a job that ran past the time limit
-(it is terminated), or when it dies. A child that dies without writing its job's terminal state
+edit; it frees its caches after each job) and replaced after ``MAX_JOBS_PER_CHILD`` jobs it
+ran, after a job that ran past the time limit (it is terminated), or when it dies. A job
+already cancelled (or ended) is settled in the runner thread with one read and never reaches
+the child, so a burst of cancellations neither costs a process nor counts toward its budget.
+A child that dies without writing its job's terminal state
 fails the job ``worker_lost`` with the exit code.
 
 On start it scans the database: ``queued`` jobs (their submit may have been lost when the
@@ -33,10 +36,11 @@ from itertools import count
 from multiprocessing.connection import Connection
 
 import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
 
 from service.db.models import ACTIVE_STATUSES, Job
-from service.db.session import engine_from_settings
-from service.jobs.state import fail_unfinished_job
+from service.db.session import engine_from_settings, make_session_factory
+from service.jobs.state import fail_unfinished_job, needs_run
 from service.settings import Settings
 from worker.local import child_main
 
@@ -94,6 +98,9 @@ class LocalRunner:
         self._serial = count(1)
         self._worker_prefix = f"local:{socket.gethostname()}:{os.getpid()}"
         self._scan_on_start = scan_on_start
+        self._engine = engine_from_settings(settings)
+        self._factory = make_session_factory(self._engine)
+        self.handed_over = 0  # jobs given to a job process (cancelled ones never are)
         self._thread = threading.Thread(target=self._loop, name="gif-local-runner", daemon=True)
         self._thread.start()
 
@@ -120,6 +127,13 @@ class LocalRunner:
         self._thread.join(timeout)
         if child is not None:
             child.process.join(timeout)
+
+    @property
+    def job_process_pid(self) -> int | None:
+        """The pid of the live job process, if any (it outlives jobs)."""
+        with self._lock:
+            child = self._child
+        return child.process.pid if child is not None and child.process.is_alive() else None
 
     @property
     def running_job(self) -> tuple[str, int] | None:
@@ -152,6 +166,7 @@ class LocalRunner:
             except Exception:  # never let one job kill the runner thread
                 logger.exception("local runner: job %s could not be run", task.job_id)
         self._stop_child()
+        self._engine.dispose()
 
     def _child_for_next_job(self) -> _Child | None:
         """The live child, or a new one (None once stopping)."""
@@ -206,11 +221,25 @@ class LocalRunner:
                 self._stop_child()
                 continue
             child.jobs_run += 1
+            self.handed_over += 1
             return child, worker_id
         logger.error("local runner: no job process could take job %s", task.job_id)
         return None
 
+    def _needs_process(self, task: _Task) -> bool:
+        """A job already cancelled (or finished) is settled here, in the runner thread: it
+        costs one read, no job process and no place in the child's ``MAX_JOBS_PER_CHILD``."""
+        if task.orphaned:
+            return True
+        try:
+            return needs_run(self._factory, task.job_id)
+        except SQLAlchemyError:  # the database is unreachable: the child's retry path decides
+            return True
+
     def _run_one(self, task: _Task) -> None:
+        if not self._needs_process(task):
+            logger.info("local runner: job %s needs no run (cancelled or ended)", task.job_id)
+            return
         with self._lock:
             self._current_job_id = task.job_id
         try:

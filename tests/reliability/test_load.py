@@ -8,8 +8,8 @@ the 198 others right after submitting (a cancel that comes after the worker fini
 leaves it succeeded); exactly one edited model per succeeded job, none for the others.
 
 The remaining broker messages (no-ops for cancelled jobs) are purged at the end instead of
-drained: the worker forks a fresh pool child per message (``max_tasks_per_child=1``), which
-costs ~0.5-5 s on this shared 2-core machine even for a no-op — see docs/reliability.md."""
+drained, to keep the test short (each costs the worker one database read now that its pool
+child is reused — see docs/design.md, "Workers")."""
 
 from __future__ import annotations
 

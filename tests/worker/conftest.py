@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.migrate import upgrade
-from service.db.models import Artifact, Dataset, Job, Model, Owner, utcnow
+from service.db.models import Artifact, Dataset, Job, JobEvent, Model, Owner, utcnow
 from service.db.session import engine_from_settings, make_session_factory
 from service.settings import Settings
 from service.storage import ArtifactStore
@@ -118,6 +119,11 @@ class WorkerDB:
     def job(self, job_id: str) -> Job:
         with self.factory() as session:
             return session.get(Job, job_id)
+
+    def events(self, job_id: str) -> list[JobEvent]:
+        with self.factory() as session:
+            return list(session.scalars(
+                sa.select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)))
 
     def update_job(self, job_id: str, **values) -> None:
         with self.factory() as session:

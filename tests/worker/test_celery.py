@@ -1,6 +1,7 @@
 """The Celery runner with a real Redis and a real ``gif-service worker`` process: the soft time
 limit fails a job ``timeout`` (and the worker carries on), and a pool child killed mid-job is
-redelivered and re-run as attempt 2 (never left ``running``). The job rows live in a SQLite
+redelivered and re-run as attempt 2 (never left ``running``), and messages for cancelled jobs
+start no process (the pool child is reused). The job rows live in a SQLite
 file the worker and the test share; jobs are sent with :class:`CeleryDispatcher` as the API does.
 """
 
@@ -13,6 +14,7 @@ import time
 
 import pytest
 
+from service.jobs import state
 from service.runners.celery import CeleryDispatcher, time_limits
 from service.settings import Settings
 from tests.live_server import REPO_ROOT, live_worker, service_env
@@ -117,6 +119,28 @@ def test_celery_worker_times_out_and_recovers_a_killed_child(
             job = _wait(db, quick, _terminal, "ended", worker)
             assert job.status == "succeeded", job.error
             assert worker.running
+            pool_child = job.worker_id.rsplit(":", 1)[1]
+
+            # 4. Messages for jobs cancelled before a worker took them start no process and
+            #    no edit; the same pool child then runs the next job (it is reused).
+            cancelled = [db.add_job(model.id, dataset.id, digits.quick_request(
+                {"kind": "remove_class", "class": 4})) for _ in range(20)]
+            for job_id in cancelled:
+                assert state.cancel_job(db.factory, job_id)
+                dispatcher.submit(job_id)
+            flagged = db.add_job(model.id, dataset.id, digits.quick_request(
+                {"kind": "remove_class", "class": 4}), cancel_requested=True)
+            dispatcher.submit(flagged)
+            following = db.add_job(model.id, dataset.id, digits.quick_request(
+                {"kind": "remove_class", "class": 4}, step={"mode": "fixed", "scale": 1.0}))
+            dispatcher.submit(following)
+            job = _wait(db, following, _terminal, "ended", worker)
+            assert job.status == "succeeded", job.error
+            assert job.worker_id.rsplit(":", 1)[1] == pool_child
+            assert db.job(flagged).status == "cancelled"
+            for job_id in [*cancelled, flagged]:
+                assert (db.job(job_id).started_at, db.job(job_id).attempts) == (None, 0)
+                assert [e.message for e in db.events(job_id)] == ["cancelled before it started"]
     finally:
         dispatcher.close()
         engine.dispose()

@@ -1,5 +1,6 @@
-"""The embedded runner (worker/local.py) with real ``spawn`` child processes on a real SQLite
-database: the start-up scan, submit, a child killed mid-job, the time limit, and close().
+"""The embedded runner (service/runners/local.py) with real ``spawn`` child processes on a real
+SQLite database: the start-up scan, submit, cancelled jobs that never reach the child, a child
+killed mid-job, the time limit, and close().
 
 One runner serves the whole scenario: every child process imports torch afresh, which costs
 seconds on a loaded machine, so the steps share it instead of starting a runner per test."""
@@ -14,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from service.db.models import Model
+from service.jobs import state
 from service.runners.local import LocalRunner
 from tests.worker import digits
 from tests.worker.conftest import make_worker_db
@@ -61,6 +63,23 @@ def test_local_runner_scans_runs_and_survives_a_killed_child(tmp_path, trained_s
             job = _wait_for(db, job_id, _terminal, "terminal")
             assert (job.status, job.attempts) == ("succeeded", attempts), job.error
 
+        # 1b. A burst of jobs cancelled before the runner got to them costs no process and no
+        # place in the child's job budget: they never reach it (one read each, here).
+        pid_before, handed_before = runner.job_process_pid, runner.handed_over
+        cancelled = [db.add_job(model.id, dataset.id, quick) for _ in range(30)]
+        for job_id in cancelled:
+            assert state.cancel_job(db.factory, job_id)
+            runner.submit(job_id)
+        flagged = db.add_job(model.id, dataset.id, quick, cancel_requested=True)
+        runner.submit(flagged)
+        after = db.add_job(model.id, dataset.id, quick)
+        runner.submit(after)
+        assert _wait_for(db, after, _terminal, "terminal").status == "succeeded"
+        assert runner.handed_over == handed_before + 1  # only `after` reached the child
+        assert runner.job_process_pid == pid_before  # the same process ran it
+        assert db.job(flagged).status == "cancelled"
+        assert {db.job(j).started_at for j in cancelled} == {None}
+
         # 2. A child killed in the middle of a solve fails its job worker_lost.
         doomed = db.add_job(model.id, dataset.id, digits.long_request(REMOVE_5))
         runner.submit(doomed)
@@ -99,4 +118,4 @@ def test_local_runner_scans_runs_and_survives_a_killed_child(tmp_path, trained_s
         edited = session.scalars(
             sa.select(Model.source_job_id).where(Model.source_job_id.is_not(None))
         ).all()
-    assert sorted(edited) == sorted([queued, orphan])
+    assert sorted(edited) == sorted([queued, orphan, after])
