@@ -26,11 +26,13 @@ from service.db.models import Owner
 from service.db.session import engine_from_settings, make_session_factory
 from service.dispatch import Dispatcher, NoneDispatcher, make_dispatcher
 from service.jobs.reaper import maybe_start_reaper
+from service.limits import RateLimiter, rate_limiter
 from service.observability import install_observability
 from service.problems import BodyRefused, install_problem_handlers
 from service.retention import maybe_start_retention
 from service.settings import Settings
 from service.storage import ArtifactStore
+from service.webhooks.sender import WebhookSender
 
 logger = logging.getLogger("service.app")
 
@@ -55,9 +57,15 @@ class AuthenticationMiddleware:
     the app's problem handlers answer — 401 with the ``Bearer`` challenge, 503 — through the
     router, so the access log and the metrics count it by route."""
 
-    def __init__(self, app: ASGIApp, session_factory: sessionmaker[Session]):
+    def __init__(
+        self,
+        app: ASGIApp,
+        session_factory: sessionmaker[Session],
+        limiter: RateLimiter | None = None,
+    ):
         self.app = app
         self.session_factory = session_factory
+        self.limiter = limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or _path(scope) in PUBLIC_PATHS:
@@ -69,7 +77,10 @@ class AuthenticationMiddleware:
         state.pop(OWNER_STATE_KEY, None)
         state.pop(AUTH_FAILURE_STATE_KEY, None)
         try:
-            state[OWNER_STATE_KEY] = await run_in_threadpool(self._owner, header)
+            owner = await run_in_threadpool(self._owner, header)
+            if self.limiter is not None:  # past the rate: refused like a bad key, body unread
+                self.limiter.check(owner.id)
+            state[OWNER_STATE_KEY] = owner
         except Exception as err:  # noqa: BLE001 - answered by the app's problem handlers
             state[AUTH_FAILURE_STATE_KEY] = err
         failure = state.get(AUTH_FAILURE_STATE_KEY)
@@ -172,9 +183,11 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None) -> Fast
         reaper = maybe_start_reaper(settings, app.state.session_factory, app.state.dispatcher)
         # Unreferenced files of a crash; GIF_RETENTION_*: old jobs, unused uploads.
         retention = maybe_start_retention(settings, app.state.session_factory, app.state.store)
+        webhooks = WebhookSender(app.state.session_factory, settings).start()
         try:
             yield
         finally:
+            webhooks.close()
             retention.close()
             if reaper is not None:
                 reaper.close()
@@ -201,7 +214,11 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None) -> Fast
     # Added last runs first: the body bound, then authentication, then the routes. The app
     # reads through authentication's receive, so a request without a key is refused (401)
     # before the bound is even consulted.
-    app.add_middleware(AuthenticationMiddleware, session_factory=app.state.session_factory)
+    app.add_middleware(
+        AuthenticationMiddleware,
+        session_factory=app.state.session_factory,
+        limiter=rate_limiter(settings),
+    )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=MAX_JSON_BODY_BYTES)
     for router in ROUTERS:
         app.include_router(router)

@@ -268,6 +268,34 @@ def keys_list(owner: str | None) -> None:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
 
 
+@cli.group(context_settings=CONTEXT_SETTINGS)
+def webhooks() -> None:
+    """Owners' webhook signing secrets (operator commands; they talk to the database)."""
+
+
+@webhooks.command("rotate-secret", context_settings=CONTEXT_SETTINGS)
+@click.option("--owner", required=True, help="Owner name.")
+def webhooks_rotate_secret(owner: str) -> None:
+    """Give OWNER a new webhook signing secret (the LAST line printed); every attempt from
+    now on, retries of earlier deliveries included, is signed with it. The owner reads it with
+    GET /v1/webhooks/secret."""
+    from service.db.session import engine_from_settings, make_session_factory
+    from service.webhooks.signing import rotate_secret
+
+    settings = _settings()
+    _require_migrated(settings)
+    engine = engine_from_settings(settings)
+    try:
+        with make_session_factory(engine)() as session:
+            secret = rotate_secret(session, owner)
+    except LookupError as exc:
+        raise click.BadParameter(str(exc), param_hint="--owner") from exc
+    finally:
+        engine.dispose()
+    click.echo(f"new webhook secret of owner {owner!r}:", err=True)
+    click.echo(secret)
+
+
 # --- Client command groups (helper F: service/cli_client.py) ---------------------------------
 # Add `cli.add_command(<group>)` lines for the client groups here.
 from service.cli_client import datasets as _datasets_group  # noqa: E402

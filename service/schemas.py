@@ -4,23 +4,46 @@ shapes. The edit request itself is :class:`gif.request.EditRequest`, reused, not
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gif.request import EditRequest
-from gif.spec import InputSpec
+from gif.spec import InputSpec, refuse_long
 from service.db.models import JobStatus
 
 T = TypeVar("T")
 
+WebhookEvent = Literal["running", "succeeded", "failed", "cancelled"]
+
+# Caps of the job body's own maps and lists (docs/api.md Limits); the edit request's are in
+# gif/request.py (MAX_EDIT_POINTS, MAX_EVAL_DATASETS, ...).
+MAX_METADATA_KEYS = 16
+MAX_METADATA_KEY_LENGTH = 64
+MAX_METADATA_VALUE_LENGTH = 512
+MAX_WEBHOOK_URL_LENGTH = 2048
+DEFAULT_WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("succeeded", "failed", "cancelled")
+
+# Letters, digits and ``_ - . : /``: a key is a name (as in Kubernetes labels), and it stays
+# plain inside the JSON path of a database's metadata filter on every dialect.
+METADATA_KEY_PATTERN = r"^[A-Za-z0-9_.:/-]+$"
+MetadataKey = Annotated[
+    str, Field(min_length=1, max_length=MAX_METADATA_KEY_LENGTH, pattern=METADATA_KEY_PATTERN)
+]
+MetadataValue = Annotated[str, Field(max_length=MAX_METADATA_VALUE_LENGTH)]
 
 
 class Page(BaseModel, Generic[T]):
-    """One page of a list, newest first; pass the last item's ``id`` as ``after`` for the next."""
+    """One page of a list, newest first. For the next page pass ``next_cursor`` as ``after``
+    (it stays valid when the item it names is deleted or leaves the filter); the last item's
+    ``id`` is accepted too."""
 
     data: list[T]
     has_more: bool
+    next_cursor: str | None = Field(
+        None, description="Opaque; pass as `after` for the next page. Null on the last page."
+    )
 
 
 class ModelOut(BaseModel):
@@ -88,13 +111,74 @@ class ArchitectureList(BaseModel):
     data: list[ArchitectureOut]
 
 
+class Webhook(BaseModel):
+    """Where to POST the job's events (docs/api.md): each delivery is signed the Standard Webhooks
+    way with the owner's secret, retried with backoff, and listed under the job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(
+        min_length=1, max_length=MAX_WEBHOOK_URL_LENGTH,
+        description="http(s) URL without user:password. Private, loopback and link-local "
+                    "addresses are refused unless the operator allows them "
+                    "(GIF_WEBHOOK_ALLOW_PRIVATE).",
+        examples=["https://example.com/hooks/gif"],
+    )
+    events: list[WebhookEvent] = Field(
+        default_factory=lambda: list(DEFAULT_WEBHOOK_EVENTS), min_length=1, max_length=4,
+        description="Which status changes to deliver. Default: the terminal ones.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises on a malformed port
+        except ValueError as err:
+            raise ValueError(f"not a URL: {err}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("webhook url must be an http:// or https:// URL with a host")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("webhook url may not hold user:password (it is shown in logs)")
+        return url
+
+    @field_validator("events")
+    @classmethod
+    def _unique(cls, events: list[str]) -> list[str]:
+        return list(dict.fromkeys(events))
+
+
 class JobCreate(EditRequest):
-    """The body of ``POST /v1/jobs``: the edit request plus the model and the train dataset."""
+    """The body of ``POST /v1/jobs``: the edit request plus the model and the train dataset,
+    the user's ``metadata`` and an optional ``webhook``."""
 
     model_id: str = Field(min_length=1, max_length=100, examples=["mdl_0123456789abcdef01234567"])
     train_dataset_id: str = Field(
         min_length=1, max_length=100, examples=["ds_0123456789abcdef01234567"]
     )
+    metadata: dict[MetadataKey, MetadataValue] = Field(
+        default_factory=dict, max_length=MAX_METADATA_KEYS,
+        description=f"Up to {MAX_METADATA_KEYS} string keys (1–{MAX_METADATA_KEY_LENGTH} "
+                    f"letters, digits or _-.:/) → string values (≤ {MAX_METADATA_VALUE_LENGTH}"
+                    "); echoed, filterable in lists (`metadata[key]=value`).",
+        examples=[{"ticket": "GDPR-1234"}],
+    )
+    webhook: Webhook | None = None
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _few_keys(cls, value: Any) -> Any:
+        return refuse_long(value, MAX_METADATA_KEYS, "metadata")
+
+    def normalised(self) -> dict:
+        """The stored ``request``: the edit request and the two ids, defaults filled in. The
+        metadata and the webhook are the job's, not the edit's: stored beside it."""
+        return self.model_dump(mode="json", by_alias=True, exclude={"metadata", "webhook"})
+
+    def fingerprint(self) -> dict:
+        """Everything the client sent, normalised: what an Idempotency-Key is held to."""
+        return self.model_dump(mode="json", by_alias=True)
 
 
 class JobError(BaseModel):
@@ -122,6 +206,64 @@ class JobOut(BaseModel):
     train_dataset_id: str
     edited_model_id: str | None
     cancel_requested: bool
+    method: str | None = None
+    edit: EditSummary | None = Field(
+        None, description="The edit without its point lists (as in list summaries).")
+    metadata: dict[str, str] = Field(default_factory=dict)
+    webhook: Webhook | None = None
+
+
+class EditSummary(BaseModel):
+    """The edit without its point lists: ``kind``, and ``class`` or the ``count`` of points."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    kind: str | None
+    class_: int | None = Field(None, alias="class")
+    count: int | None = None
+
+
+class JobSummary(BaseModel):
+    """A job in a list (docs/api.md Limits): bounded whatever its request holds. The full
+    ``request`` and ``result`` come with ``GET /v1/jobs/{id}``."""
+
+    id: str = Field(examples=["job_0123456789abcdef01234567"])
+    status: JobStatus
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    model_id: str
+    train_dataset_id: str
+    method: str | None
+    edit: EditSummary | None
+    metadata: dict[str, str]
+    progress: dict[str, Any] | None
+    error: JobError | None
+    edited_model_id: str | None
+    cancel_requested: bool
+
+
+class WebhookAttempt(BaseModel):
+    """One POST of a delivery: when, the receiver's status code (null: no answer), why it
+    failed, how long it took."""
+
+    at: datetime
+    status_code: int | None
+    error: str | None
+    duration_ms: float
+
+
+class WebhookDeliveryOut(BaseModel):
+    """A delivery of one event to the job's webhook (``webhook-id`` is its ``id``)."""
+
+    id: str = Field(examples=["msg_0123456789abcdef01234567"])
+    event: WebhookEvent
+    url: str
+    status: Literal["pending", "delivered", "failed"]
+    created_at: datetime
+    finished_at: datetime | None
+    next_attempt_at: datetime | None
+    attempts: list[WebhookAttempt]
 
 
 class JobEventOut(BaseModel):

@@ -100,6 +100,53 @@ class Settings(BaseSettings):
         "Default: <data_dir>/api_key",
     )
 
+    # --- limits per owner (docs/api.md Limits; service/limits.py): past one, 429 with Retry-After
+    max_queued_jobs_per_owner: int | None = Field(
+        1000, ge=1,
+        description="Queued jobs an owner may have at once; a submission past it is 429. "
+        "None: no limit. Default: 1000",
+    )
+    max_stored_bytes_per_owner: int | None = Field(
+        None, ge=1,
+        description="Bytes of models and datasets an owner may store (uploads and edited "
+        "models, deleted ones not counted); an upload past it is 429. None: no limit (the "
+        "disk is). Default: None",
+    )
+    rate_limit_per_minute: int | None = Field(
+        None, ge=1,
+        description="Authenticated requests per owner per minute, per API process (a token "
+        "bucket holding a minute's worth); past it, 429. None: no limit. Default: None",
+    )
+    limit_retry_after_s: int = Field(
+        30, ge=1, le=86_400,
+        description="Retry-After of a 429 for queued jobs or stored bytes (the rate limit "
+        "computes its own). Default: 30 s",
+    )
+    # --- webhooks (docs/api.md Jobs; service/webhooks/)
+    webhook_allow_private: bool = Field(
+        False,
+        description="Allow webhook URLs whose host is (or resolves to) a loopback, private, "
+        "link-local or reserved address. Default: false (no requests into the operator's "
+        "network on a user's behalf)",
+    )
+    webhook_max_attempts: int = Field(
+        10, ge=1, le=50,
+        description="Attempts per delivery before it is marked failed. Default: 10",
+    )
+    webhook_retry_base_s: float = Field(
+        5.0, gt=0, le=3600,
+        description="Delay after the first failed attempt; doubles after each (capped at "
+        "1 h). Default: 5 s (10 attempts span about 42 min)",
+    )
+    webhook_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="Timeout of one delivery attempt. Default: 10 s"
+    )
+    webhook_poll_interval_s: float = Field(
+        1.0, gt=0, le=60,
+        description="How often the API process looks for status changes to deliver and "
+        "deliveries due. Default: 1 s",
+    )
+
     @model_validator(mode="after")
     def _derive_defaults(self) -> Settings:
         if self.database_url is None:

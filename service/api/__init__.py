@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.api import architectures, datasets, erasures, health, jobs, models, reports
+from service.api import (
+    architectures,
+    datasets,
+    erasures,
+    health,
+    jobs,
+    models,
+    reports,
+    webhooks,
+)
 
 ROUTERS: list[APIRouter] = [
     health.router,
@@ -14,4 +23,5 @@ ROUTERS: list[APIRouter] = [
     jobs.router,
     reports.router,
     erasures.router,
+    webhooks.router,
 ]

@@ -26,6 +26,7 @@ from service.api.uploads import StoredFile, UploadKind, create_from_upload
 from service.catalog import BuiltinCatalog, DatasetSummary
 from service.db.models import DATASET_MEDIA_TYPE, Dataset
 from service.db.owned import owned_rows
+from service.limits import storage_admission
 from service.problems import ProblemError, validation_problem
 from service.schemas import DatasetOut, Page
 from service.storage import ArtifactStore, StagedFile
@@ -137,7 +138,7 @@ def _dataset_row(owner_id: str, artifact_id: str, checked: CheckedDataset) -> Da
     response_model=DatasetOut,
     summary="Upload a dataset (.npz or safetensors with x and y)",
     openapi_extra=UPLOAD_BODY,
-    responses=problem_responses(400, 413, 415),
+    responses=problem_responses(400, 413, 415, 429),
 )
 async def create_dataset(
     request: Request,
@@ -156,7 +157,7 @@ async def create_dataset(
     )
     created = await create_from_upload(
         request, kind, store=store, factory=factory, owner_id=owner.id,
-        limit=settings.max_upload_bytes,
+        limit=settings.max_upload_bytes, admit=storage_admission(factory, owner.id, settings),
     )
     response.headers["Location"] = f"/v1/datasets/{created.id}"
     return created
@@ -193,15 +194,24 @@ def list_datasets(
 ) -> Page[DatasetOut]:
     if page.after is not None and is_builtin(page.after):
         data, has_more = _builtin_page(catalog, page.after, page.limit)
-        return Page[DatasetOut](data=data, has_more=has_more)
-    rows, has_more = paginate(session, _owned_datasets(owner.id), Dataset, page)
-    data = [dataset_out(d) for d in rows]
-    if not has_more and len(data) < page.limit:
+        return _page(data, has_more)
+    window = paginate(session, _owned_datasets(owner.id), Dataset, page, owner.id)
+    data = [dataset_out(d) for d in window.rows]
+    if window.has_more:
+        return Page[DatasetOut](data=data, has_more=True, next_cursor=window.next_cursor)
+    if len(data) < page.limit:
         builtins, has_more = _builtin_page(catalog, None, page.limit - len(data))
-        data += builtins
-    elif not has_more:  # the uploads fill this page exactly: built-ins follow on the next
-        has_more = bool(catalog.ids())
-    return Page[DatasetOut](data=data, has_more=has_more)
+        return _page(data + builtins, has_more)
+    # The uploads fill this page exactly: the built-ins follow on the next.
+    return _page(data, bool(catalog.ids()))
+
+
+def _page(data: list[DatasetOut], has_more: bool) -> Page[DatasetOut]:
+    """A page whose cursor is its last item's id (built-ins are paged by their fixed order;
+    the last upload's id is found again by ``paginate``, whatever happened to it)."""
+    return Page[DatasetOut](
+        data=data, has_more=has_more, next_cursor=data[-1].id if has_more and data else None
+    )
 
 
 @router.get(

@@ -16,6 +16,7 @@ from fastapi.sse import EventSourceResponse, format_sse_event
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from gif.request import Method
 from service.api.common import AUTH_PROBLEMS, get_owned, paginate, problem_responses
 from service.api.deps import (
     CatalogDep,
@@ -24,15 +25,33 @@ from service.api.deps import (
     PageDep,
     SessionDep,
     SessionFactoryDep,
+    SettingsDep,
 )
 from service.api.erasures import erase_by_request
+from service.api.job_lists import (
+    METADATA_PARAMETER,
+    JobFilters,
+    job_summary,
+    metadata_filters,
+    summary_query,
+)
+from service.api.webhooks import refuse_webhook_host
 from service.db.models import SUMMARY_SET, TERMINAL_STATUSES, Job, Metric
-from service.db.owned import owned_rows
 from service.jobs.events import events_after
 from service.jobs.state import cancel_job
 from service.jobs.submit import submit_job
 from service.problems import ProblemError, validation_problem
-from service.schemas import JobCreate, JobEventOut, JobMetricsOut, JobOut, JobStatus, Page
+from service.schemas import (
+    EditSummary,
+    JobCreate,
+    JobEventOut,
+    JobMetricsOut,
+    JobOut,
+    JobStatus,
+    JobSummary,
+    Page,
+)
+from service.webhooks.subscriptions import webhook_of
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=AUTH_PROBLEMS)
 
@@ -56,6 +75,10 @@ def job_out(job: Job) -> JobOut:
         train_dataset_id=job.train_dataset_id,
         edited_model_id=job.edited_model_id,
         cancel_requested=job.cancel_requested,
+        method=job.method,
+        edit=EditSummary.model_validate(job.edit_summary) if job.edit_summary else None,
+        metadata=job.job_metadata or {},
+        webhook=webhook_of(job),
     )
 
 
@@ -66,7 +89,7 @@ def job_out(job: Job) -> JobOut:
     summary="Submit an edit job",
     responses={
         200: {"model": JobOut, "description": "The job an earlier identical request created"},
-        **problem_responses(413),
+        **problem_responses(413, 429),
     },
 )
 async def create_job(
@@ -74,6 +97,7 @@ async def create_job(
     request: Request,
     response: Response,
     owner: OwnerDep,
+    settings: SettingsDep,
     factory: SessionFactoryDep,
     catalog: CatalogDep,
     dispatcher: DispatcherDep,
@@ -86,8 +110,10 @@ async def create_job(
         ),
     ] = None,
 ) -> JobOut:
+    if body.webhook is not None:
+        refuse_webhook_host(body.webhook, settings)
     job, created = await run_in_threadpool(
-        submit_job, factory, catalog, dispatcher, owner.id, body, idempotency_key
+        submit_job, factory, catalog, dispatcher, owner.id, body, idempotency_key, settings
     )
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:
@@ -95,20 +121,29 @@ async def create_job(
     return job_out(job)
 
 
-def _owned_jobs(owner_id: str, status: str | None) -> sa.Select:
-    query = owned_rows(Job, owner_id)
-    return query if status is None else query.where(Job.status == status)
-
-
-@router.get("", response_model=Page[JobOut], summary="List jobs, newest first")
+@router.get(
+    "",
+    response_model=Page[JobSummary],
+    summary="List jobs (summaries), newest first",
+    description="Job summaries: the full `request` and `result` come with GET /v1/jobs/{id}. "
+                "Filters combine with AND.",
+    openapi_extra={"parameters": [METADATA_PARAMETER]},
+)
 def list_jobs(
+    request: Request,
     owner: OwnerDep,
     session: SessionDep,
     page: PageDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this state.")] = None,
-) -> Page[JobOut]:
-    rows, has_more = paginate(session, _owned_jobs(owner.id, status), Job, page)
-    return Page[JobOut](data=[job_out(j) for j in rows], has_more=has_more)
+    model_id: Annotated[
+        str | None, Query(max_length=100, description="Only jobs editing this model.")
+    ] = None,
+    method: Annotated[Method | None, Query(description="Only jobs of this method.")] = None,
+) -> Page[JobSummary]:
+    filters = JobFilters(status, model_id, method, metadata_filters(request.query_params))
+    window = paginate(session, summary_query(owner.id, filters), Job, page, owner.id)
+    return Page[JobSummary](data=[job_summary(j) for j in window.rows],
+                            has_more=window.has_more, next_cursor=window.next_cursor)
 
 
 @router.get(

@@ -30,6 +30,7 @@ from service.api.erasures import erase_by_request
 from service.api.uploads import StoredFile, UploadKind, create_from_upload
 from service.db.models import CHECKPOINT_MEDIA_TYPE, Artifact, Model
 from service.db.owned import owned_rows
+from service.limits import storage_admission
 from service.problems import (
     ProblemError,
     explain_validation_errors,
@@ -172,7 +173,7 @@ def _model_row(owner_id: str, artifact_id: str, checked: CheckedModel) -> Model:
     response_model=ModelOut,
     summary="Upload a checkpoint with its architecture spec",
     openapi_extra=UPLOAD_BODY,
-    responses=problem_responses(400, 413, 415),
+    responses=problem_responses(400, 413, 415, 429),
 )
 async def create_model(
     request: Request,
@@ -191,7 +192,7 @@ async def create_model(
     )
     created = await create_from_upload(
         request, kind, store=store, factory=factory, owner_id=owner.id,
-        limit=settings.max_upload_bytes,
+        limit=settings.max_upload_bytes, admit=storage_admission(factory, owner.id, settings),
     )
     response.headers["Location"] = f"/v1/models/{created.id}"
     return created
@@ -203,8 +204,9 @@ def _owned_models(owner_id: str) -> sa.Select:
 
 @router.get("", response_model=Page[ModelOut], summary="List models, newest first")
 def list_models(owner: OwnerDep, session: SessionDep, page: PageDep) -> Page[ModelOut]:
-    rows, has_more = paginate(session, _owned_models(owner.id), Model, page)
-    return Page[ModelOut](data=[model_out(m) for m in rows], has_more=has_more)
+    window = paginate(session, _owned_models(owner.id), Model, page, owner.id)
+    return Page[ModelOut](data=[model_out(m) for m in window.rows], has_more=window.has_more,
+                          next_cursor=window.next_cursor)
 
 
 @router.get(

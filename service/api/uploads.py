@@ -207,6 +207,14 @@ def _check_content_type(request: Request) -> tuple[bytes, str]:
     return boundary, charset
 
 
+def _least_file_size(request: Request) -> int:
+    """A lower bound of the file part's size from ``Content-Length`` (0 when undeclared)."""
+    declared = request.headers.get("content-length")
+    if declared is None or not declared.isdigit():
+        return 0
+    return max(0, int(declared) - FORM_OVERHEAD_BYTES)
+
+
 def _check_declared_length(request: Request, limit: int) -> None:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit + FORM_OVERHEAD_BYTES:
@@ -301,14 +309,23 @@ async def create_from_upload(
     factory: sessionmaker[Session],
     owner_id: str,
     limit: int,
+    admit: Callable[[int], None] | None = None,
 ) -> Out:
     """Receive the multipart form (the ``file`` part streamed to staging under ``limit``),
     check and store it with ``kind.check``, then insert its artifact and resource rows. The
-    staging file is gone afterwards whatever happened; a refused upload leaves nothing."""
+    staging file is gone afterwards whatever happened; a refused upload leaves nothing.
+
+    ``admit(size)`` may refuse the upload (the storage limit): called before the body is read
+    with the least the file can hold (the declared length less the form's overhead), and with
+    the staged file's size before it enters the store."""
+    if admit is not None:
+        await run_in_threadpool(admit, _least_file_size(request))
     upload = await receive_multipart(request, store, limit=limit)
     try:
         if upload.file is None:
             raise validation_problem("missing form part 'file'", [(("body", "file"), "required")])
+        if admit is not None:
+            await run_in_threadpool(admit, upload.file.size)
         checked = await run_in_threadpool(kind.check, upload.fields, upload.file)
     finally:
         upload.discard()

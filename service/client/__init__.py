@@ -51,7 +51,10 @@ from service.client.models import (
     JobProgress,
     JobResult,
     JobWarning,
+    JobWebhook,
     Model,
+    WebhookAttempt,
+    WebhookDelivery,
 )
 from service.client.sync import GifClient
 
@@ -77,7 +80,10 @@ __all__ = [
     "JobProgress",
     "JobResult",
     "JobWarning",
+    "JobWebhook",
     "Model",
+    "WebhookAttempt",
+    "WebhookDelivery",
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",

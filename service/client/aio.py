@@ -25,6 +25,7 @@ from service.client.models import (
     JobMetrics,
     JobProgress,
     Model,
+    WebhookDelivery,
 )
 from service.client.operations import _paginate, _poll_new_events, _wait_for_job
 from service.client.sse import _EventStreamReader, _is_event_stream, aiter_job_events
@@ -176,6 +177,12 @@ class AsyncGifClient(_ClientBase):
 
     async def get_metrics(self, job_id: str) -> JobMetrics:
         return await self._execute(_Calls.get_metrics(job_id))
+
+    async def list_webhook_deliveries(self, job_id: str) -> list[WebhookDelivery]:
+        return await self._execute(_Calls.list_webhook_deliveries(job_id))
+
+    async def get_webhook_secret(self) -> str:
+        return (await self._execute(_Calls.get_webhook_secret())).secret
 
     async def list_events(self, job_id: str) -> list[JobEvent]:
         return await self._execute(_Calls.list_events(job_id))

@@ -22,6 +22,8 @@ from service.client.models import (
     JobEvent,
     JobMetrics,
     Model,
+    WebhookDelivery,
+    WebhookSecret,
 )
 
 T = TypeVar("T")
@@ -182,6 +184,15 @@ class _Calls:
     @staticmethod
     def get_metrics(job_id: str) -> _Call[JobMetrics]:
         return _Call("GET", f"/v1/jobs/{_segment(job_id)}/metrics", _parse_json(JobMetrics))
+
+    @staticmethod
+    def list_webhook_deliveries(job_id: str) -> _Call[list[WebhookDelivery]]:
+        return _Call("GET", f"/v1/jobs/{_segment(job_id)}/webhooks",
+                     _parse_list(WebhookDelivery))
+
+    @staticmethod
+    def get_webhook_secret() -> _Call[WebhookSecret]:
+        return _Call("GET", "/v1/webhooks/secret", _parse_json(WebhookSecret))
 
 
 def _page_params(limit: int | None, after: str | None) -> dict[str, Any]:

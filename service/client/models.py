@@ -154,6 +154,52 @@ class JobResult(_Resource):
     timings: dict[str, float] = Field(default_factory=dict)
 
 
+class JobEditSummary(_Resource):
+    """A list summary's edit: its ``kind``, and ``class`` or the ``count`` of its points."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    kind: str | None = None
+    class_: int | None = Field(None, alias="class")
+    count: int | None = None
+
+
+WebhookEvent = Literal["running", "succeeded", "failed", "cancelled"]
+
+
+class JobWebhook(_Resource):
+    """Where the job's events are POSTed (docs/api.md Jobs)."""
+
+    url: str
+    events: list[WebhookEvent] = Field(default_factory=list)
+
+
+class WebhookAttempt(_Resource):
+    at: datetime | None = None
+    status_code: int | None = None
+    error: str | None = None
+    duration_ms: float | None = None
+
+
+class WebhookDelivery(_Resource):
+    """One event's delivery to the job's webhook, with every attempt (``webhook-id`` = id)."""
+
+    id: str
+    event: WebhookEvent
+    url: str
+    status: Literal["pending", "delivered", "failed"]
+    created_at: datetime | None = None
+    finished_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+    attempts: list[WebhookAttempt] = Field(default_factory=list)
+
+
+class WebhookSecret(_Resource):
+    """The owner's webhook signing secret (``whsec_…``)."""
+
+    secret: str
+
+
 class Job(_Resource):
     id: str
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -168,6 +214,10 @@ class Job(_Resource):
     train_dataset_id: str | None = None
     edited_model_id: str | None = None
     cancel_requested: bool = False
+    method: str | None = None
+    edit: JobEditSummary | None = None  # list summaries: the edit without its point lists
+    metadata: dict[str, str] = Field(default_factory=dict)
+    webhook: JobWebhook | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -195,6 +245,9 @@ class Job(_Resource):
         carries a bounded copy instead (docs/api.md Limits)."""
         if name in self.request:
             return self.request[name]
+        if name in type(self).model_fields:
+            value = getattr(self, name)
+            return value.model_dump(by_alias=True) if isinstance(value, BaseModel) else value
         return (self.model_extra or {}).get(name)
 
     @property

@@ -25,6 +25,7 @@ from service.client.models import (
     JobMetrics,
     JobProgress,
     Model,
+    WebhookDelivery,
 )
 from service.client.operations import _paginate, _poll_new_events, _wait_for_job
 from service.client.sse import _EventStreamReader, _is_event_stream, iter_job_events
@@ -192,6 +193,14 @@ class GifClient(_ClientBase):
 
     def get_metrics(self, job_id: str) -> JobMetrics:
         return self._execute(_Calls.get_metrics(job_id))
+
+    def list_webhook_deliveries(self, job_id: str) -> list[WebhookDelivery]:
+        """The job's webhook deliveries, oldest first, each with its attempts."""
+        return self._execute(_Calls.list_webhook_deliveries(job_id))
+
+    def get_webhook_secret(self) -> str:
+        """Your webhook signing secret (``whsec_…``), to verify deliveries with."""
+        return self._execute(_Calls.get_webhook_secret()).secret
 
     def list_events(self, job_id: str) -> list[JobEvent]:
         """The job's events so far (the JSON form of the events endpoint)."""

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
 import sqlalchemy as sa
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 # The job statuses, defined once (the schemas, the metrics and the state machine use these).
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -86,6 +86,9 @@ class Owner(Base):
     id: Mapped[str] = mapped_column(sa.String(40), primary_key=True, default=lambda: new_id("own"))
     name: Mapped[str] = mapped_column(sa.String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Signs this owner's webhook deliveries (Standard Webhooks ``whsec_…``); made on first use,
+    # replaced by ``gif-service webhooks rotate-secret``. Kept in clear: HMAC needs the key.
+    webhook_secret: Mapped[str | None] = mapped_column(sa.String(100))
 
 
 class ApiKey(Base):
@@ -238,6 +241,15 @@ class Job(Base):
     # Erased (DELETE /v1/jobs/{id} or retention): request, result, events and metrics are gone;
     # the row stays so the edited model's source_job_id and the erasure records still resolve.
     deleted_at: Mapped[datetime | None] = mapped_column()
+    # What a list shows without reading ``request`` (which may hold a million indices), and
+    # what it filters on (service/api/job_lists.py). NULL only on rows older than revision 0006.
+    method: Mapped[str | None] = mapped_column(sa.String(32))
+    edit_summary: Mapped[dict[str, Any] | None] = mapped_column()
+    # The user's labels (``metadata`` in docs/api.md; the attribute name ``metadata`` is taken).
+    job_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata")
+    webhook_subscription: Mapped[WebhookSubscription | None] = relationship(
+        lazy="select", uselist=False
+    )
 
 
 class JobEvent(Base):
@@ -291,3 +303,42 @@ class Erasure(Base):
     api_key_id: Mapped[str | None] = mapped_column(sa.String(40))
     job_id: Mapped[str | None] = mapped_column(sa.String(40))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)  # when erased
+
+
+class WebhookSubscription(Base):
+    """A job's ``webhook`` (docs/api.md): where to POST which events. ``planned`` lists the events
+    already turned into deliveries; ``done`` is set once the job is terminal and every
+    subscribed event that happened is planned, so the planner only scans open subscriptions."""
+
+    __tablename__ = "webhook_subscriptions"
+
+    job_id: Mapped[str] = mapped_column(sa.ForeignKey("jobs.id"), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(sa.ForeignKey("owners.id"), index=True)
+    url: Mapped[str] = mapped_column(sa.String(2048))
+    events: Mapped[list[Any]] = mapped_column()
+    planned: Mapped[list[Any]] = mapped_column()
+    done: Mapped[bool] = mapped_column(default=False, server_default=sa.false(), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event of one job to deliver (the outbox): the exact body signed and sent on every
+    attempt, the attempts' outcomes, and when the next attempt is due. Rows survive restarts,
+    so a delivery is retried until it succeeds or runs out of attempts, never lost."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        sa.UniqueConstraint("job_id", "event", name="uq_webhook_deliveries_job_id_event"),
+    )
+
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True, default=lambda: new_id("msg"))
+    job_id: Mapped[str] = mapped_column(sa.ForeignKey("jobs.id"), index=True)
+    owner_id: Mapped[str] = mapped_column(sa.ForeignKey("owners.id"), index=True)
+    event: Mapped[str] = mapped_column(sa.String(16))
+    url: Mapped[str] = mapped_column(sa.String(2048))
+    body: Mapped[str] = mapped_column(sa.Text)
+    status: Mapped[str] = mapped_column(sa.String(16), default="pending", index=True)
+    attempts: Mapped[list[Any]] = mapped_column()
+    next_attempt_at: Mapped[datetime | None] = mapped_column(index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column()

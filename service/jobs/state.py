@@ -27,7 +27,15 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db.models import TERMINAL_STATUSES, Job, JobEvent, Metric, utcnow
+from service.db.models import (
+    TERMINAL_STATUSES,
+    Job,
+    JobEvent,
+    Metric,
+    WebhookDelivery,
+    WebhookSubscription,
+    utcnow,
+)
 from service.db.session import engine_from_settings
 from service.erasure import erased_input, input_deleted_error
 from service.jobs.events import append_event
@@ -121,19 +129,22 @@ def _event_after_commit(
 
 def erase_job_row(session: Session, job_id: str, now: datetime) -> bool:
     """In the caller's transaction: a terminal job's request (the forgotten indices), result,
-    progress, events and metrics go; the row stays as a tombstone (``deleted_at``) so the
+    progress, metadata, events, metrics and webhook deliveries (their bodies echo the
+    metadata) go; the row stays as a tombstone (``deleted_at``) so the
     edited model's ``source_job_id`` still resolves. False when the job is not terminal (or
     already erased). Called by ``service.erasure`` only, with its erasure record."""
     rows = _update(
         session,
         sa.and_(Job.id == job_id, Job.deleted_at.is_(None), Job.status.in_(TERMINAL_STATUSES)),
         {"deleted_at": now, "request": {}, "request_hash": "", "idempotency_key": None,
-         "result": None, "progress": None},
+         "result": None, "progress": None, "job_metadata": None, "edit_summary": None},
     )
     if rows != 1:
         return False
     session.execute(sa.delete(JobEvent).where(JobEvent.job_id == job_id))
     session.execute(sa.delete(Metric).where(Metric.job_id == job_id))
+    session.execute(sa.delete(WebhookDelivery).where(WebhookDelivery.job_id == job_id))
+    session.execute(sa.delete(WebhookSubscription).where(WebhookSubscription.job_id == job_id))
     return True
 
 

@@ -13,15 +13,19 @@ import logging
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from service.catalog import BuiltinCatalog
 from service.db.models import Job
 from service.dispatch import Dispatcher
 from service.jobs.state import mark_enqueued, withdraw
+from service.jobs.summary import list_columns
 from service.jobs.validate import validate_job
+from service.limits import check_queued_jobs
 from service.problems import ProblemError, validation_problem
 from service.schemas import JobCreate
+from service.settings import Settings
+from service.webhooks.subscriptions import subscribe
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +38,9 @@ def request_hash(normalised: dict[str, Any]) -> str:
 
 def _find_idempotent(session: Session, owner_id: str, key: str, digest: str) -> Job | None:
     job = session.scalar(
-        sa.select(Job).where(Job.owner_id == owner_id, Job.idempotency_key == key)
+        sa.select(Job)
+        .where(Job.owner_id == owner_id, Job.idempotency_key == key)
+        .options(selectinload(Job.webhook_subscription))  # the route echoes it, detached
     )
     if job is not None and job.request_hash != digest:
         raise validation_problem(
@@ -50,16 +56,21 @@ def create_job_row(
     owner_id: str,
     body: JobCreate,
     idempotency_key: str | None,
+    settings: Settings | None = None,
 ) -> tuple[Job, bool]:
     """Validate and insert the job; returns ``(job, created)`` — ``created`` False when the
-    Idempotency-Key matched an earlier submission of the same body."""
+    Idempotency-Key matched an earlier submission of the same body. With ``settings``, the
+    owner's queued-jobs limit applies to new jobs (a repeat is answered whatever it is). The
+    key is held to the whole body (metadata and webhook included)."""
     normalised = body.normalised()
-    digest = request_hash(normalised)
+    digest = request_hash(body.fingerprint())
     with factory() as session:
         if idempotency_key is not None:
             existing = _find_idempotent(session, owner_id, idempotency_key, digest)
             if existing is not None:
                 return existing, False
+        if settings is not None:
+            check_queued_jobs(session, owner_id, settings)
         validate_job(session, catalog, owner_id, body)
         job = Job(
             owner_id=owner_id,
@@ -69,8 +80,10 @@ def create_job_row(
             idempotency_key=idempotency_key,
             model_id=body.model_id,
             train_dataset_id=body.train_dataset_id,
+            **list_columns(body, normalised),
         )
         session.add(job)
+        subscribe(session, job, body.webhook)
         try:
             session.commit()
         except sa.exc.IntegrityError:
@@ -92,10 +105,11 @@ def submit_job(
     owner_id: str,
     body: JobCreate,
     idempotency_key: str | None,
+    settings: Settings | None = None,
 ) -> tuple[Job, bool]:
     """Create the job (or find the idempotent twin), send it, mark it sent. A runner that
     refuses the job → 503 ``runner-unavailable`` and the row is withdrawn."""
-    job, created = create_job_row(factory, catalog, owner_id, body, idempotency_key)
+    job, created = create_job_row(factory, catalog, owner_id, body, idempotency_key, settings)
     if not created:
         return job, False
     try:

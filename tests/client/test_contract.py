@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from service.app import create_app
 from service.client import Architecture, Dataset, Erasure, Job, JobEvent, JobMetrics, Model
+from service.client.models import WebhookDelivery, WebhookSecret
 from service.settings import Settings
 
 # (client model, method, path, where in the 200 body the resource is) — every endpoint that
@@ -38,6 +39,8 @@ ENDPOINTS: tuple[tuple[type[BaseModel], str, str, tuple[str, ...]], ...] = (
     (JobEvent, "get", "/v1/jobs/{job_id}/events", LIST_ITEM),
     (JobMetrics, "get", "/v1/jobs/{job_id}/metrics", ITEM),
     (Erasure, "get", "/v1/erasures", PAGE_ITEM),
+    (WebhookDelivery, "get", "/v1/jobs/{job_id}/webhooks", LIST_ITEM),
+    (WebhookSecret, "get", "/v1/webhooks/secret", ITEM),
 )
 # List endpoints may answer with summaries (fewer fields than the item): there the client
 # only has to know every field it gets, not the other way round.

@@ -136,7 +136,9 @@ def test_other_owners_models_and_jobs_are_invisible(client, alice, bob, uploaded
         ("GET", f"/v1/jobs/{job_id}/metrics"),
     ]:
         assert_problem(client.request(method, path, headers=bob), 404)
-    assert client.get("/v1/jobs", headers=bob).json() == {"data": [], "has_more": False}
+    assert client.get("/v1/jobs", headers=bob).json() == {
+        "data": [], "has_more": False, "next_cursor": None
+    }
 
 
 def _set_status(session_factory, job_id: str, status: str, **values) -> None:
