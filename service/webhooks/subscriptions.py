@@ -9,8 +9,10 @@ from service.schemas import Webhook
 
 
 def subscribe(session: Session, job: Job, webhook: Webhook | None) -> None:
-    """Store ``webhook`` for the new ``job`` (added to ``session``, committed with it)."""
+    """Store ``webhook`` for the new ``job`` (added to ``session``, committed with it). Set
+    even when None, so the job's echo never needs a lazy load once its session is closed."""
     if webhook is None:
+        job.webhook_subscription = None
         return
     job.webhook_subscription = WebhookSubscription(
         owner_id=job.owner_id, url=webhook.url, events=list(webhook.events), planned=[]

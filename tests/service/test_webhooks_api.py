@@ -134,3 +134,26 @@ def test_the_sender_refuses_private_addresses_at_delivery_and_gives_up_after_max
 def test_backoff_doubles_and_is_capped():
     assert [backoff_s(n, 5.0) for n in (1, 2, 3, 4)] == [5.0, 10.0, 20.0, 40.0]
     assert backoff_s(40, 5.0) == 3600.0
+
+
+def test_erasing_a_job_erases_its_metadata_and_webhook_deliveries(
+    client, alice, uploaded, session_factory
+):
+    from service.db.models import WebhookDelivery
+    from service.webhooks.outbox import plan
+
+    job = client.post("/v1/jobs", headers=alice, json={
+        **body(uploaded, {"url": "https://example.com/h"}), "metadata": {"ticket": "GDPR-9"}},
+    ).json()
+    client.post(f"/v1/jobs/{job['id']}/cancel", headers=alice)
+    assert plan(session_factory) == 1  # a delivery whose body echoes the metadata
+    assert len(client.get(f"/v1/jobs/{job['id']}/webhooks", headers=alice).json()) == 1
+    assert client.delete(f"/v1/jobs/{job['id']}", headers=alice).status_code == 204
+    with session_factory() as session:
+        row = session.get(Job, job["id"])
+        assert not row.job_metadata and row.edit_summary is None
+        assert session.scalar(sa.select(sa.func.count()).select_from(WebhookDelivery)
+                              .where(WebhookDelivery.job_id == job["id"])) == 0
+        assert session.get(WebhookSubscription, job["id"]) is None
+    listed = client.get("/v1/jobs?metadata[ticket]=GDPR-9", headers=alice).json()
+    assert listed["data"] == []
