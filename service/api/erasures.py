@@ -44,5 +44,6 @@ async def erase_by_request(request: Request, kind: str, owner: Owner, object_id:
             summary="List erasure records, newest first (no content of what was erased)")
 def list_erasures(owner: OwnerDep, session: SessionDep, page: PageDep) -> Page[ErasureOut]:
     query = sa.select(Erasure).where(Erasure.owner_id == owner.id)
-    rows, has_more = paginate(session, query, Erasure, page)
-    return Page[ErasureOut](data=[ErasureOut.model_validate(r) for r in rows], has_more=has_more)
+    window = paginate(session, query, Erasure, page, owner.id)
+    return Page[ErasureOut](data=[ErasureOut.model_validate(r) for r in window.rows],
+                            has_more=window.has_more, next_cursor=window.next_cursor)
