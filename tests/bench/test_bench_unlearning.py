@@ -87,3 +87,16 @@ def test_page_has_every_table_the_targets_and_the_plot(tiny_run):
     assert page.count("edit CPU ≤ 1/10 of retraining's") == 3
     assert (out / "unlearning-tiny.png").stat().st_size > 10_000
     assert data["meta"]["default_request"]["method"] == "gif"
+
+
+def test_resume_reuses_every_finished_row_and_renders_the_same_table(tiny_run):
+    bench, out, data = tiny_run
+    first = (out / "unlearning-tiny.md").read_text()
+    assert bench.main(["--scale", "tiny", "--out", str(out), "--resume"]) == 0
+    again = json.loads((out / "unlearning-tiny.json").read_text())
+    done = [r for r in data["records"] if r["row"] != "original (no edit)" and not r.get("skipped")]
+    assert again["meta"]["reused_rows"] == len(done)
+    assert [(r["row"], r.get("cpu_s")) for r in again["records"]] == \
+        [(r["row"], r.get("cpu_s")) for r in data["records"]]
+    tables = lambda page: [line for line in page.splitlines() if line.startswith("| ")]  # noqa: E731
+    assert tables((out / "unlearning-tiny.md").read_text()) == tables(first)
