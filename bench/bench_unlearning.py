@@ -8,7 +8,7 @@ Rows (one run, same model, data and metric code for every row):
 - ``gif``, ``fif``, ``pif`` at the **default request**: the request holds only ``edit``, so it
   takes whatever defaults ``gif.request`` holds at the commit the run used (the page records
   it and the normalised request);
-- each MATH.md E10 method (``finetune``, ``gradient_ascent``, ``random_labels``, ``salun``,
+- each docs/method.md E10 method (``finetune``, ``gradient_ascent``, ``random_labels``, ``salun``,
   ``l1_sparse``) at 1 epoch (``training: {epochs: 1}``) and at its published recipe (no
   ``training`` block: ``gif.request.RECIPES``, the SalUn repository's settings);
 - ``retrain`` with the original model's recipe and seed (the reference every gap is measured
@@ -16,7 +16,7 @@ Rows (one run, same model, data and metric code for every row):
   lie apart);
 - the original model, unedited.
 
-Tasks: remove class 8; remove a seeded random 10% of the training points; undo MODELS.md's
+Tasks: remove class 8; remove a seeded random 10% of the training points; undo docs/models.md's
 backdoor (10% of the images carry the checkerboard and label 4; relabel them to their true
 classes). Relabel takes only the E10 methods that can train on corrected labels (finetune,
 random_labels, retrain); the others are listed as not applicable.
@@ -304,7 +304,7 @@ def rows_for(task: Task, scale: Scale, seed: int) -> list[Row]:
     rows.append(Row("retrain seed+1", "retrain", f"seed {seed + 1} (noise floor)",
                     {"method": "retrain", "training": scale.training(), "seed": seed + 1}))
     return [row if applicable(row.method, kind) else
-            Row(row.label, row.method, "not applicable (MATH.md E10)", row.fields)
+            Row(row.label, row.method, "not applicable (docs/method.md E10)", row.fields)
             for row in rows if scale.only_rows is None or row.label in scale.only_rows]
 
 
@@ -610,7 +610,7 @@ def page(records: list[dict], meta: dict) -> str:
              "retrain's| over the task's metric columns. *gap ÷ noise floor*: that gap over "
              "the gap of a second exact retraining (next seed). *CPU s*: process CPU time of "
              "the whole `run_edit` call. *speed-up*: retrain's CPU s ÷ the row's. Backdoor "
-             "rows for gradient_ascent, salun and l1_sparse are not applicable: MATH.md E10 "
+             "rows for gradient_ascent, salun and l1_sparse are not applicable: docs/method.md E10 "
              "lets relabel take only finetune, random_labels and retrain.", "",
              f"![gap vs CPU](unlearning-{scale}.png)", "",
              "The default request of the influence rows (`edit` aside):", "",
