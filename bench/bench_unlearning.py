@@ -146,8 +146,8 @@ class Scale:
             text += f"; tasks {list(self.tasks)}, rows {list(self.only_rows)} only"
         if self.recipe_epochs:
             text += (f"; the cost target is judged against retraining for "
-                     f"{self.recipe_epochs} epochs: the measured retrain's training phase × "
-                     f"{self.recipe_epochs // self.epochs}, the rest of its run as measured")
+                     f"{self.recipe_epochs} epochs: the measured retrain's training loop (CPU) "
+                     f"× {self.recipe_epochs // self.epochs}, the rest of its run as measured")
         return text
 
 
@@ -342,7 +342,10 @@ def run_row(row: Row, task: Task, spec: ModelSpec, original: dict) -> dict:
     elif "training" in result:
         training = result["training"]
         record["details"] = {"epochs_done": training.get("epochs_done"),
-                             "steps": training.get("steps"), "recipe": training.get("recipe")}
+                             "steps": training.get("steps"), "recipe": training.get("recipe"),
+                             # the loop's own seconds on its clock (process CPU on the CPU);
+                             # ``timings`` are wall seconds, which a shared machine inflates
+                             "loop_s": training.get("seconds"), "clock": training.get("clock")}
     record["timings"] = result.get("timings")
     return record
 
@@ -448,11 +451,18 @@ def mean_of(records: list[dict], key: str) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def retrain_cpu_at_recipe(ref: list[dict], factor: float) -> float | None:
-    """Retraining's CPU seconds at the recipe: the measured run, its ``train`` phase scaled
-    by ``factor`` (recipe epochs over the epochs measured)."""
-    seconds = [r["cpu_s"] + (factor - 1.0) * r["timings"]["train"] for r in ref]
-    return statistics.fmean(seconds) if seconds else None
+def retrain_cpu_at_recipe(ref: list[dict], factor: float) -> tuple[float, str]:
+    """Retraining's CPU seconds at the recipe: the measured run with its training loop's CPU
+    seconds scaled by ``factor`` (recipe epochs over the epochs measured), and how it was
+    obtained. A record without the loop's seconds scales the whole run: an upper bound."""
+    if factor == 1.0:
+        return statistics.fmean(r["cpu_s"] for r in ref), "measured"
+    loops = [r.get("details", {}).get("loop_s") for r in ref]
+    if all(loop is not None for loop in loops):
+        seconds = [r["cpu_s"] + (factor - 1.0) * loop for r, loop in zip(ref, loops, strict=True)]
+        return statistics.fmean(seconds), f"training loop × {factor:g}"
+    return factor * statistics.fmean(r["cpu_s"] for r in ref), \
+        f"whole run × {factor:g}, an upper bound"
 
 
 def targets(records: list[dict], arch: str, meta: dict) -> list[tuple[str, str, bool | None]]:
@@ -493,9 +503,9 @@ def targets(records: list[dict], arch: str, meta: dict) -> list[tuple[str, str, 
     for task in TASKS:
         g, ref = rows(task, "gif"), rows(task, "retrain")
         if g and ref:
-            retrain_s = retrain_cpu_at_recipe(ref, factor)
+            retrain_s, how = retrain_cpu_at_recipe(ref, factor)
             ratio = mean_of(g, "cpu_s") / retrain_s
-            at = f" at {meta['recipe_epochs']} epochs (scaled)" if factor != 1.0 else ""
+            at = f" at {meta['recipe_epochs']} epochs ({how})" if factor != 1.0 else ""
             out.append((f"cost ({TASK_TITLES[task]}): edit CPU ≤ 1/10 of retraining's, and "
                         "never more", f"gif {mean_of(g, 'cpu_s'):.1f} s vs retrain{at} "
                         f"{retrain_s:.1f} s (ratio {ratio:.2f})", ratio <= 0.1))
