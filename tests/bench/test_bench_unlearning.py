@@ -100,3 +100,13 @@ def test_resume_reuses_every_finished_row_and_renders_the_same_table(tiny_run):
         [(r["row"], r.get("cpu_s")) for r in data["records"]]
     tables = lambda page: [line for line in page.splitlines() if line.startswith("| ")]  # noqa: E731
     assert tables((out / "unlearning-tiny.md").read_text()) == tables(first)
+
+
+def test_retraining_cost_at_the_recipe_scales_only_the_training_loop():
+    bench = load_bench()
+    measured = [{"cpu_s": 12.0, "details": {"loop_s": 10.0}}]
+    assert bench.retrain_cpu_at_recipe(measured, 1.0) == (12.0, "measured")
+    seconds, how = bench.retrain_cpu_at_recipe(measured, 10.0)
+    assert seconds == pytest.approx(12.0 + 9 * 10.0) and "loop" in how
+    seconds, how = bench.retrain_cpu_at_recipe([{"cpu_s": 12.0}], 10.0)  # no loop seconds
+    assert seconds == pytest.approx(120.0) and "upper bound" in how
