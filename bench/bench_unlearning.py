@@ -569,6 +569,7 @@ def plot(records: list[dict], path: Path) -> None:
         if floor:
             axis.axhline(mean_of(floor, "gap"), color="black", linestyle="--", linewidth=1,
                          label="noise floor (retrain, other seed)")
+        axis.set_ylim(bottom=0)  # from 0: small differences are not drawn as large ones
         axis.set_xscale("log")
         axis.set_xlabel("CPU seconds of the edit (one thread, log)")
         axis.set_ylabel("mean |gap| to retraining (lower is better)")
