@@ -96,13 +96,14 @@ def validate_request(request: EditRequest, spec: ModelSpec, train, eval_sets: Ma
 
 
 def validate_holdout(request: EditRequest, spec: ModelSpec, holdout, num_classes: int) -> None:
-    """The holdout set of ``step.holdout_dataset_id`` (E9): given when named, of the model's
-    input shape, non-empty, labels inside the model's range → else ``InvalidRequest``."""
+    """The holdout set of ``step.holdout_dataset_id`` (E9): given when named (the E10 training
+    methods take no step and ignore it), of the model's input shape, non-empty, labels inside
+    the model's range → else ``InvalidRequest``."""
     from gif.data import check_dataset_fits
 
     loc = ("step", "holdout_dataset_id")
     if holdout is None:
-        if request.step.holdout_dataset_id is not None:
+        if request.step.holdout_dataset_id is not None and not request.trains:  # E10: no step
             raise InvalidRequest(f"the holdout set {request.step.holdout_dataset_id!r} was "
                                  "named but not given to the edit", loc=loc)
         return

@@ -101,6 +101,9 @@ def test_idempotency_key_same_body_same_job_different_body_422(client, alice, up
         ({"eval": {"datasets": {"test": "ds_nope"}}}, ["body", "eval", "datasets", "test"]),
         ({"eval": {"datasets": {"retain": "builtin:digits:test"}}},
          ["body", "eval", "datasets", "retain"]),
+        ({"step": {"holdout_dataset_id": "ds_nope"}}, ["body", "step", "holdout_dataset_id"]),
+        ({"step": {"holdout_dataset_id": "builtin:digits:test"}},  # 64 features, not 4
+         ["body", "step", "holdout_dataset_id"]),
         # digits samples are 1×8×8 = 64 features; the model takes 4.
         ({"train_dataset_id": "builtin:digits:train"}, ["body", "train_dataset_id"]),
     ],
