@@ -166,15 +166,27 @@ def fixed_scale(
 
 # --------------------------------------------------------------------------- the path (E9)
 
-PATH_PATIENCE = 5
-"""Iterates without a better validation score before the path stops the solve (E9). The
-paper's series needs ~30 iterations; LSQR's best iterate on the measured models came at 3–20,
-and the score is a step function of accuracies, so a few flat iterates are common before a
-better one: 5 stops the solve soon after the best, not at the first flat stretch."""
-PATH_OCTAVES = 2
-"""After the first scored iterate, each iterate's α grid is the previous best α · 2^(−2…2)
-(followed past its edges as in ``search_scale``): the best α moves smoothly along the path
-(the iterate's norm grows with k), so 5 forward passes per iterate suffice."""
+PATH_PATIENCE = 3
+"""Scored iterates without a better validation score before the path stops the solve (E9).
+The score is a step function of accuracies, so a flat stretch of one or two scored iterates is
+common before a better one; 3 (on the schedule below: 3–12 solver iterations) stops the solve
+soon after the best without stopping at the first plateau (docs/defaults.md)."""
+PATH_OCTAVES = 1
+"""After the first scored iterate, each iterate's α grid is the previous best α · 2^(−1, 0, 1)
+(followed past its edges as in ``search_scale``): the best α moves smoothly along the path (the
+iterate's norm grows with k), so 3 forward passes per iterate suffice; the chosen iterate's α
+is refined to 1/8 octave at the end."""
+
+
+def path_scores(iteration: int) -> bool:
+    """Whether the path scores iterate ``k``: every one up to 8, then four per octave
+    (10, 12, 14, 16, 20, 24, 28, 32, 40, …). Scoring costs forward passes over the validation
+    split, several times an iteration's two HVPs, and the objective changes slowly in ``k``
+    once the solve has taken its first large steps, so the schedule is geometric."""
+    if iteration < 1:
+        return False
+    step = 2 ** max(0, iteration.bit_length() - 3)
+    return iteration % step == 0
 
 
 @dataclass(frozen=True)
@@ -192,14 +204,14 @@ class PathIterate:
 class RegularisationPath:
     """MATH.md E9: the candidates ``(k, α)`` over the iterates ``x_k`` of the solve, scored on the
     validation split, the solve stopped once the best score has not improved for ``patience``
-    iterates.
+    scored iterates (iterates are scored on the ``path_scores`` schedule).
 
     ``apply_fn(candidate, α)`` loads ``θ̂ + α·pad(candidate)`` and returns what ``objective_fn``
-    scores. Call ``observe(k, candidate)`` for each iterate (the candidate must be the caller's
-    own copy: the best one is kept); it returns True when the solve should stop. ``finish``
-    refines α around the best iterate's best α (``REFINE_OCTAVES``) and returns the chosen
-    ``(k, candidate, curve)``. Ties go to the earlier iterate (less solving, a shorter update)
-    and, within an iterate, to the smaller α.
+    scores. Call ``observe(k, candidate)`` for each iterate ``wants(k)`` (the candidate must be
+    the caller's own copy: the best one is kept); it returns True when the solve should stop.
+    ``finish`` refines α around the best iterate's best α (``REFINE_OCTAVES``) and returns the
+    chosen ``(k, candidate, curve)``. Ties go to the earlier iterate (less solving, a shorter
+    update) and, within an iterate, to the smaller α.
     """
 
     def __init__(self, apply_fn: Callable[[Any, float], Any],
@@ -214,6 +226,7 @@ class RegularisationPath:
         self.iterates: list[PathIterate] = []
         self.best: PathIterate | None = None
         self.best_candidate: Any = None
+        self.since_best = 0  # scored iterates since the best one
 
     def _curve(self, candidate: Any, scales: Sequence[float], refine: Sequence[float],
                known: Sequence[ScalePoint] = ()) -> ScaleCurve:
@@ -221,8 +234,13 @@ class RegularisationPath:
                             scales, refine_octaves=refine, should_stop=self.should_stop,
                             known=known)
 
+    def wants(self, iteration: int) -> bool:
+        """Whether iterate ``iteration`` is on the scoring schedule (``path_scores``)."""
+        return path_scores(iteration)
+
     def observe(self, iteration: int, candidate: Any) -> bool:
-        """Score iterate ``iteration`` over α; True once ``patience`` iterates brought nothing."""
+        """Score iterate ``iteration`` over α; True once ``patience`` scored iterates in a row
+        brought nothing better."""
         if self.iterates:
             centre = self.iterates[-1].curve.scale
             scales = [centre * 2.0**o for o in range(-PATH_OCTAVES, PATH_OCTAVES + 1)]
@@ -231,8 +249,10 @@ class RegularisationPath:
         point = PathIterate(iteration, self._curve(candidate, scales, ()))
         self.iterates.append(point)
         if self.best is None or point.curve.best.objective > self.best.curve.best.objective:
-            self.best, self.best_candidate = point, candidate
-        return iteration - self.best.iteration >= self.patience
+            self.best, self.best_candidate, self.since_best = point, candidate, 0
+        else:
+            self.since_best += 1
+        return self.since_best >= self.patience
 
     def finish(self) -> tuple[int, Any, ScaleCurve]:
         """The chosen iterate, its candidate and its α curve, refined around the best α."""

@@ -83,10 +83,13 @@ def run_edit(
         warnings += objective_warnings(request, data)
 
     with reporter.phase("solve"):
-        on_iterate = None if path is None else (
-            lambda iteration, delta: path.observe(iteration, delta.detach().clone()))
+        def on_iterate(iteration: int, delta: torch.Tensor) -> bool:
+            if not path.wants(iteration):
+                return False
+            return path.observe(iteration, delta.detach().clone())
+
         solution, b_norm = solve_update(request, original, space, indices, data, plan, reporter,
-                                        on_iterate)
+                                        None if path is None else on_iterate)
         solver_info = {"algorithm": request.solver.algorithm, **solution.result.to_dict(),
                        "rhs_norm": b_norm}
         level = "info" if solution.result.converged else "warning"
@@ -100,8 +103,13 @@ def run_edit(
             curve = ScaleCurve("fixed", (ScalePoint(request.step.scale, math.nan),), 0)
             baseline, improved = None, None
         else:
-            if not path.iterates:  # no iterate was shown (b = 0): the solution is the candidate
-                path.observe(solution.result.iterations, solution.delta)
+            returned = int(solution.result.extra.get("returned_iteration",
+                                                     solution.result.iterations))
+            scored = {point.iteration for point in path.iterates}
+            if returned not in scored and solution.result.stop_reason != "callback":
+                # the solve stopped on its own between scored iterates (or at once, b = 0): its
+                # returned solution is a candidate too
+                path.observe(returned, solution.delta)
             chosen, delta, curve = path.finish()
             path_json = path.to_json(chosen, curve)
             # The unedited model (α = 0) on the same objective: a path whose best (k, α) does
