@@ -1,4 +1,6 @@
-"""method.md E9: the step ``θ_S ← θ_S + α Δ_S`` and the honest choice of ``α``.
+"""method.md E9: the step ``θ_S ← θ_S + α Δ_S``, the honest choice of ``α``, and the
+regularisation path that chooses the solver's iterate ``k`` and ``α`` together
+(``RegularisationPath``, at the end of this module).
 
 Deep networks are far from quadratic, so the Newton step ``α = 1`` is rarely the best one.
 ``α`` is chosen on a validation split held out from the training data the edit was given

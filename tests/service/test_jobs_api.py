@@ -43,7 +43,7 @@ def test_submit_returns_202_location_and_normalised_request(client, alice, uploa
     assert request["edit"] == {"kind": "remove_class", "class": 1}
     assert request["model_id"] == uploaded.model_id
     assert request["method"] == "gif" and request["solver"]["algorithm"] == "lsqr"
-    assert request["selection"] == {"criterion": "topk_outputs", "ratio": 0.1, "threshold": None}
+    assert request["selection"] == {"criterion": "topk_gradients", "ratio": 0.1, "threshold": None}
     assert app.state.dispatcher.submitted == [job["id"]]
     assert client.get(f"/v1/jobs/{job['id']}", headers=alice).json() == job
 
