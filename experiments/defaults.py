@@ -4,7 +4,7 @@ Candidates for the defaults of ``selection`` and ``solver`` are compared one cha
 against a base request, on more than one model, by their gap to retraining from scratch:
 
 - ``digits-mlp``: the MLP 64-64-10 on scikit-learn's digits (1,437 training points);
-- ``fmnist-tinynet``: TinyNet (MODELS.md) on a class-balanced 6,000-point Fashion-MNIST subset.
+- ``fmnist-tinynet``: TinyNet (models.md) on a class-balanced 6,000-point Fashion-MNIST subset.
 
 Both are trained normally (seeded SGD, momentum, cosine schedule, ``experiments.common``), and
 retrained the same way without the forgotten points. Tasks: remove class 8; remove a random

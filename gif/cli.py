@@ -68,7 +68,7 @@ def main() -> None:
                    "the request's eval.datasets. Only evaluated, never used to tune.")
 @click.option("--holdout", "holdout", metavar="DATA",
               help="Data the model never trained on (e.g. your own validation split, never a "
-                   "test set), used only to tune a sample removal (MATH.md E9); sets "
+                   "test set), used only to tune a sample removal (method.md E9); sets "
                    "step.holdout_dataset_id.")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Also write here a PNG of each figure the result has data for "

@@ -165,7 +165,7 @@ def plot_scale_curve(result: dict) -> bytes:
 @register_plot(
     "path",
     "Regularisation path on the held-out validation split: the best objective of each solver "
-    "iterate k over the step α, and that α; the chosen (k, α) is marked (MATH.md E9).",
+    "iterate k over the step α, and that α; the chosen (k, α) is marked (method.md E9).",
     _non_empty_list("path", "iterates"),
 )
 def plot_path(result: dict) -> bytes:

@@ -93,7 +93,7 @@ class Selection(_Strict):
 
     criterion: Literal["topk_outputs", "topk_gradients", "threshold", "random"] = Field(
         "topk_gradients",
-        description="How units are ranked (MATH.md, Parameter selection). Default "
+        description="How units are ranked (method.md, Parameter selection). Default "
                     "topk_gradients, the paper notebooks' criterion (docs/defaults.md).")
     ratio: float = Field(
         0.1, gt=0.0, le=1.0, description="Modification ratio per layer, in (0, 1]."
@@ -120,7 +120,7 @@ class Solver(_Strict):
     )
     max_iter: int = Field(
         50, ge=1, le=10_000,
-        description="A cap: with step.mode=auto the regularisation path (MATH.md E9) stops the "
+        description="A cap: with step.mode=auto the regularisation path (method.md E9) stops the "
                     "solve earlier, once the validation score stops improving "
                     "(docs/defaults.md).")
     tol: float = Field(
@@ -161,7 +161,7 @@ class Step(_Strict):
     mode: Literal["auto", "fixed"] = Field(
         "auto",
         description="auto: the regularisation path chooses the solver iterate and α together "
-                    "on the validation split (MATH.md E9); fixed: the full solve, stepped by "
+                    "on the validation split (method.md E9); fixed: the full solve, stepped by "
                     "scale, with no validation split held out.")
     scale: float = Field(1.0, gt=0.0, le=1e6, description="α for mode=fixed.")
     validation_fraction: float = Field(

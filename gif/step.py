@@ -204,7 +204,7 @@ class PathIterate:
 
 
 class RegularisationPath:
-    """MATH.md E9: the candidates ``(k, α)`` over the iterates ``x_k`` of the solve, scored on the
+    """method.md E9: the candidates ``(k, α)`` over the iterates ``x_k`` of the solve, scored on the
     validation split, the solve stopped once the best score has not improved for ``patience``
     scored iterates (iterates are scored on the ``path_scores`` schedule).
 

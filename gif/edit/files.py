@@ -58,7 +58,7 @@ def edit_from_files(
     read safely (``gif.checkpoint.read_state_dict``), datasets by path or built-in id. The
     request's ``eval.datasets`` are loaded first, then ``evals`` (which win on equal names).
     ``holdout`` (path or id) overrides the request's ``step.holdout_dataset_id``, which names
-    the holdout set (MATH.md E9) here as a path or built-in id."""
+    the holdout set (method.md E9) here as a path or built-in id."""
     from gif.checkpoint import read_state_dict
     from gif.data import load_dataset
     from gif.edit.run import run_edit

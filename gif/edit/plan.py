@@ -41,7 +41,7 @@ def plan_indices(request: EditRequest, train, holdout=None) -> IndexPlan:
 
     ``step.mode = fixed`` chooses nothing, so it holds out no validation split: the Hessian
     sample comes from every unedited point, and with ``hessian_samples: null`` ``H`` is that of
-    all retained (corrected) points, as E1 defines it (MATH.md check 7)."""
+    all retained (corrected) points, as E1 defines it (method.md check 7)."""
     rng = np.random.default_rng(request.seed)
     n = train.num_samples
     labels = train.y.cpu().numpy()

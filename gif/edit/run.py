@@ -38,7 +38,7 @@ def run_edit(
 
     ``eval_sets`` (name → ``ArrayDataset``) are only evaluated, never used for any choice; the
     first one carries the ``score``. ``holdout`` is the dataset ``step.holdout_dataset_id``
-    names (non-members that tune a sample removal, MATH.md E9; never reported). Raises a
+    names (non-members that tune a sample removal, method.md E9; never reported). Raises a
     ``GifError`` subclass on every failure.
     """
     if request.trains:  # the E10 training methods: their own loop, the same lifecycle
@@ -166,7 +166,7 @@ def objective_warnings(request: EditRequest, data) -> list[dict[str, str]]:
         return []
     return [{"code": "no_holdout", "message": (
         "no step.holdout_dataset_id was given, so the sample-removal objective compares the "
-        "forgotten points with the retained validation split (MATH.md E9's fallback): those "
+        "forgotten points with the retained validation split (method.md E9's fallback): those "
         "are training points, so the edit is tuned to make the forgotten points look like "
         "retained ones, not like unseen data; name a holdout set of non-member data to tune "
         "it properly")}]

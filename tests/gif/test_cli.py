@@ -168,7 +168,7 @@ def test_unwritable_output_is_a_clear_error(files, tmp_path):
 
 
 def test_holdout_option_tunes_a_sample_removal_with_non_member_data(files, tmp_path):
-    """``--holdout DATA`` (MATH.md E9): the sample-removal objective compares the forgotten
+    """``--holdout DATA`` (method.md E9): the sample-removal objective compares the forgotten
     points with that data (no ``no_holdout`` warning), the request records it, and the file
     is what the library call with the same holdout returns. A holdout that does not fit the
     model is refused naming ``step.holdout_dataset_id``."""

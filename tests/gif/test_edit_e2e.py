@@ -302,7 +302,7 @@ def test_per_layer_changes_treats_a_root_level_layer_as_one_layer():
 
 def test_fixed_step_holds_out_no_validation_and_warns_of_an_unconverged_solve(digits,
                                                                             clean_model):
-    """MATH.md check 7: ``step.mode = fixed`` chooses nothing, so no validation split is held
+    """method.md check 7: ``step.mode = fixed`` chooses nothing, so no validation split is held
     out and with ``hessian_samples: null`` the Hessian sample is every retained point (E1).
     A solve cut short by ``max_iter`` is a result warning, not silence."""
     train, _ = digits
@@ -332,7 +332,7 @@ def test_fixed_step_holds_out_no_validation_and_warns_of_an_unconverged_solve(di
 
 def test_the_path_returns_its_best_candidate_and_never_reads_the_evaluation_sets(digits,
                                                                                  clean_model):
-    """MATH.md E9: the edit returned is the candidate ``(k, α)`` the validation objective
+    """method.md E9: the edit returned is the candidate ``(k, α)`` the validation objective
     prefers over the whole surface the path scored, the solve stops ``patience`` scored
     iterates after it, and the evaluation sets play no part: an evaluation set of noise with
     shuffled labels gives bit-identical weights and the same choice."""
@@ -368,7 +368,7 @@ def test_the_path_returns_its_best_candidate_and_never_reads_the_evaluation_sets
 
 
 def test_the_default_request_forgets_a_class_as_retraining_does(digits, clean_model):
-    """The defaults are the product (API.md): a request that sets only ``edit`` removes the
+    """The defaults are the product (api.md): a request that sets only ``edit`` removes the
     class (≤ 1 % removed-class test accuracy) and keeps the other classes within 2 points of a
     model retrained without it the same way (docs/defaults.md has the benchmark behind it)."""
     train, test = digits

@@ -1,4 +1,4 @@
-"""MATH.md E9, sample removal: the objective rewards the forgotten points looking like data the
+"""method.md E9, sample removal: the objective rewards the forgotten points looking like data the
 model never trained on (``H(validation accuracy, 1 − KS(forgotten losses, non-member losses))``),
 not like wrong data.
 

@@ -253,7 +253,7 @@ def test_terminal_writes_survive_a_database_that_is_briefly_unavailable(tmp_path
 
 
 def test_a_sample_removal_job_loads_its_holdout_set(seeded):
-    """``step.holdout_dataset_id`` (MATH.md E9) is loaded like an evaluation set and tunes the
+    """``step.holdout_dataset_id`` (method.md E9) is loaded like an evaluation set and tunes the
     sample removal: the result has no ``no_holdout`` warning and the path scored loss KS; the
     holdout is never reported as an evaluation set."""
     db, source, dataset = seeded
