@@ -23,6 +23,7 @@ from gif.edit.result import (
 )
 from gif.edit.update import select_target, solve_update
 from gif.request import EditRequest
+from gif.result_warnings import step_warnings
 from gif.step import RegularisationPath, ScaleCurve, ScalePoint
 
 
@@ -123,8 +124,7 @@ def run_edit(
                             "objective": curve.best.objective,
                             "baseline_objective": baseline["objective"]})
             if not improved:
-                warnings.append(no_improvement_warning(curve.best.objective,
-                                                       baseline["objective"]))
+                warnings += step_warnings({"improved": improved})
                 reporter.event("warning", "step_search", warnings[-1]["message"],
                                {"objective": curve.best.objective,
                                 "baseline_objective": baseline["objective"]})
@@ -173,24 +173,16 @@ def objective_warnings(request: EditRequest, data) -> list[dict[str, str]]:
 
 
 def solver_warnings(solver_info: dict, *, stopped_by_path: bool) -> list[dict[str, str]]:
-    """``solver_not_converged`` for a solve that ended without converging, unless the path
-    stopped it on purpose (E9: stopping early is the regulariser, not a failure); ``zero_rhs``
-    for an edit whose right-hand side is exactly zero."""
+    """``solver_not_converged`` (the rule and message of ``gif.result_warnings``) for a solve
+    that ended without converging, unless the path stopped it on purpose (E9: stopping early
+    is the regulariser, not a failure); ``zero_rhs`` for a right-hand side that is exactly 0."""
+    from gif.result_warnings import solver_warnings as unconverged
+
     reason = solver_info.get("stop_reason")
     if reason == "zero_rhs":
         return [{"code": "zero_rhs", "message": (
             "the edited points' gradient is exactly zero (every one is fitted with a saturated "
             "softmax), so the update is zero and the model is unchanged")}]
-    if solver_info.get("converged") or (stopped_by_path and reason == "callback"):
+    if stopped_by_path and reason == "callback":
         return []
-    return [{"code": "solver_not_converged", "message": (
-        f"the {solver_info.get('algorithm')} solver stopped after "
-        f"{solver_info.get('iterations')} iterations ({reason}) without converging (relative "
-        f"residual {solver_info.get('residual'):.3g}); the update is the best iterate it reached")}]
-
-
-def no_improvement_warning(objective: float, baseline: float) -> dict[str, str]:
-    return {"code": "step_not_improved", "message": (
-        f"no candidate (iteration, step) of the path improved the validation objective over "
-        f"the unedited model ({objective:.4g} vs {baseline:.4g}): the edit barely changes the "
-        "model; try a larger selection.ratio, another selection.criterion or another method")}
+    return unconverged(solver_info)
