@@ -1,7 +1,7 @@
 """The ``gif`` command: edit a checkpoint on this machine, no server needed.
 
     gif edit --model CKPT --spec SPEC.json --train DATA --request REQUEST.json \\
-             --out EDITED.safetensors [--eval NAME=DATA ...] [--plots DIR]
+             --out EDITED.safetensors [--eval NAME=DATA ...] [--holdout DATA] [--plots DIR]
 
 ``DATA`` is a dataset file (``.npz`` / safetensors) or a built-in id such as
 ``builtin:fashion-mnist:train``. The result JSON (api.md job ``result``) goes to stdout,
@@ -66,13 +66,18 @@ def main() -> None:
 @click.option("--eval", "evals", multiple=True, callback=_parse_eval, metavar="NAME=DATA",
               help="Evaluation set (repeatable), e.g. test=builtin:fashion-mnist:test; added to "
                    "the request's eval.datasets. Only evaluated, never used to tune.")
+@click.option("--holdout", "holdout", metavar="DATA",
+              help="Data the model never trained on (e.g. your own validation split, never a "
+                   "test set), used only to tune a sample removal (method.md E9); sets "
+                   "step.holdout_dataset_id.")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Also write here a PNG of each figure the result has data for "
-                   "(convergence, scale, per_class, per_layer, ...).")
+                   "(convergence, path, scale, per_class, per_layer, ...).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--verbose", is_flag=True, help="Print every event on stderr.")
 def edit(model_path: Path, spec_path: Path, train: str, request_path: Path, out_path: Path,
-         evals: dict[str, str], plots_dir: Path | None, quiet: bool, verbose: bool) -> None:
+         evals: dict[str, str], holdout: str | None, plots_dir: Path | None, quiet: bool,
+         verbose: bool) -> None:
     """Edit a model (remove a class or samples, relabel points) and print the result JSON."""
     from gif.checkpoint import write_safetensors
     from gif.edit import EditHooks, Progress, edit_from_files
@@ -80,7 +85,8 @@ def edit(model_path: Path, spec_path: Path, train: str, request_path: Path, out_
     bar = PhaseProgress(enabled=not quiet)
     hooks = EditHooks(progress=bar, event=_event_printer(bar, verbose))
     try:
-        outcome = edit_from_files(request_path, model_path, spec_path, train, evals, hooks)
+        outcome = edit_from_files(request_path, model_path, spec_path, train, evals, hooks,
+                                  holdout=holdout)
         bar(Progress("save"))
         out_path.parent.mkdir(parents=True, exist_ok=True)
         write_safetensors(outcome.state_dict, out_path)

@@ -638,8 +638,8 @@ def prepare_inputs(x: torch.Tensor, input_spec: InputSpec, flat: bool) -> torch.
         mean = torch.tensor(input_spec.mean, dtype=torch.float32, device=out.device).view(view)
         std = torch.tensor(input_spec.std, dtype=torch.float32, device=out.device).view(view)
         out = (out - mean) / std
-    if flat:
-        out = out.reshape(out.shape[0], -1)
+    if flat:  # explicit width: reshape(0, -1) is ambiguous for an empty set (no split)
+        out = out.reshape(out.shape[0], math.prod(out.shape[1:]))
     return out.contiguous()
 
 

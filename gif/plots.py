@@ -136,7 +136,9 @@ def plot_convergence(result: dict) -> bytes:
     "scale",
     "Step-size search on the held-out validation split: objective against the step scale α "
     "(method.md E9).",
-    _non_empty_list("step", "curve"),
+    lambda result: _non_empty_list("step", "curve")(result) and any(
+        _is_number(point.get("objective")) for point in result["step"]["curve"]
+        if isinstance(point, dict)),  # a fixed step scores nothing
 )
 def plot_scale_curve(result: dict) -> bytes:
     """The E9 step curve: objective (and its components) against ``α``, chosen ``α`` marked."""
@@ -157,6 +159,47 @@ def plot_scale_curve(result: dict) -> bytes:
     axes.set_title(f"Step-size search ({result['step'].get('mode', '')})", parse_math=False)
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize="small")
+    return _png(figure)
+
+
+@register_plot(
+    "path",
+    "Regularisation path on the held-out validation split: the best objective of each solver "
+    "iterate k over the step α, and that α; the chosen (k, α) is marked (method.md E9).",
+    _non_empty_list("path", "iterates"),
+)
+def plot_path(result: dict) -> bytes:
+    """E9's path: per iterate ``k`` the best validation objective (left) and its ``α`` (right,
+    log), the objective of every scored ``(k, α)`` as faint dots, the chosen iterate marked."""
+    path = result["path"]
+    figure = Figure(figsize=(6, 4))
+    axes = figure.add_subplot()
+    surface = [row for row in path.get("surface") or [] if _is_number(row.get("objective"))]
+    axes.scatter([row["iteration"] for row in surface], [row["objective"] for row in surface],
+                 s=8, color=TOTAL_COLOUR, label="every (k, α) scored")
+    iterates = [row for row in path["iterates"] if _is_number(row.get("objective"))]
+    ks = [row["iteration"] for row in iterates]
+    axes.plot(ks, [row["objective"] for row in iterates], marker="o", color=AFTER_COLOUR,
+              linewidth=2, label="best over α")
+    if _is_number(path.get("baseline_objective")):
+        axes.axhline(path["baseline_objective"], color="grey", linestyle=":",
+                     label="unedited model")
+    chosen = path.get("chosen") or {}
+    if _is_number(chosen.get("iteration")):
+        axes.axvline(chosen["iteration"], color="black", alpha=0.5,
+                     label=f"chosen k={chosen['iteration']}, α={chosen.get('scale', 0):.3g}")
+    axes.set_xlabel("solver iteration k")
+    axes.set_ylabel("validation objective")
+    scales = axes.twinx()
+    scales.plot(ks, [row["scale"] for row in iterates], linestyle="--", color=NORM_COLOUR,
+                label="best α")
+    scales.set_yscale("log")
+    scales.set_ylabel("best step scale α")
+    axes.set_title("Regularisation path (iterates × step)")
+    axes.grid(True, alpha=0.3)
+    handles, labels = axes.get_legend_handles_labels()
+    extra_handles, extra_labels = scales.get_legend_handles_labels()
+    axes.legend(handles + extra_handles, labels + extra_labels, fontsize="small")
     return _png(figure)
 
 

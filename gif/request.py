@@ -91,7 +91,10 @@ Edit = Annotated[RemoveClass | RemoveSamples | Relabel, Field(discriminator="kin
 class Selection(_Strict):
     """Which parameters move (method.md, Parameter selection)."""
 
-    criterion: Literal["topk_outputs", "topk_gradients", "threshold", "random"] = "topk_outputs"
+    criterion: Literal["topk_outputs", "topk_gradients", "threshold", "random"] = Field(
+        "topk_gradients",
+        description="How units are ranked (method.md, Parameter selection). Default "
+                    "topk_gradients, the paper notebooks' criterion (docs/defaults.md).")
     ratio: float = Field(
         0.1, gt=0.0, le=1.0, description="Modification ratio per layer, in (0, 1]."
     )
@@ -115,7 +118,11 @@ class Solver(_Strict):
                     "paper's series, E7); minres (E8: one HVP per iteration, for the symmetric "
                     "systems of fif, pif and if only, undamped).",
     )
-    max_iter: int = Field(100, ge=1, le=10_000)
+    max_iter: int = Field(
+        50, ge=1, le=10_000,
+        description="A cap: with step.mode=auto the regularisation path (method.md E9) stops the "
+                    "solve earlier, once the validation score stops improving "
+                    "(docs/defaults.md).")
     tol: float = Field(
         1e-4, gt=0.0, lt=1.0,
         description="Stop when the relative residual or normal-equation residual is <= tol.",
@@ -140,10 +147,10 @@ class Solver(_Strict):
                     "many iterations. 0: never (run to tol or max_iter).",
     )
     hessian_samples: int | None = Field(
-        1024, ge=1, le=MAX_POINTS, description="Retained points in H; null: all."
+        256, ge=1, le=MAX_POINTS, description="Retained points in H; null: all."
     )
     edit_samples: int | None = Field(
-        1024, ge=1, le=MAX_POINTS, description="Edited points in b; null: all."
+        512, ge=1, le=MAX_POINTS, description="Edited points in b; null: all."
     )
     batch_size: int = Field(256, ge=1, le=65_536, description="Micro-batch size of each HVP.")
 
@@ -151,9 +158,16 @@ class Solver(_Strict):
 class Step(_Strict):
     """The step α of method.md E9."""
 
-    mode: Literal["auto", "fixed"] = "auto"
+    mode: Literal["auto", "fixed"] = Field(
+        "auto",
+        description="auto: the regularisation path chooses the solver iterate and α together "
+                    "on the validation split (method.md E9); fixed: the full solve, stepped by "
+                    "scale, with no validation split held out.")
     scale: float = Field(1.0, gt=0.0, le=1e6, description="α for mode=fixed.")
-    validation_fraction: float = Field(0.1, gt=0.0, le=0.5)
+    validation_fraction: float = Field(
+        0.1, gt=0.0, le=0.5,
+        description="Share of the unedited training points held out to score the path, at "
+                    "most 1,024 points (mode=auto only).")
     holdout_dataset_id: str | None = Field(
         None, min_length=1, max_length=MAX_DATASET_ID_LENGTH,
         description="Data the model never trained on (non-members), used only to tune a sample "

@@ -1,4 +1,6 @@
-"""method.md E9: the step ``θ_S ← θ_S + α Δ_S`` and the honest choice of ``α``.
+"""method.md E9: the step ``θ_S ← θ_S + α Δ_S``, the honest choice of ``α``, and the
+regularisation path that chooses the solver's iterate ``k`` and ``α`` together
+(``RegularisationPath``, at the end of this module).
 
 Deep networks are far from quadratic, so the Newton step ``α = 1`` is rarely the best one.
 ``α`` is chosen on a validation split held out from the training data the edit was given
@@ -91,6 +93,7 @@ def search_scale(
     refine_octaves: Sequence[float] = REFINE_OCTAVES,
     max_extra_octaves: int = MAX_EXTRA_OCTAVES,
     should_stop: Callable[[], None] | None = None,
+    known: Sequence[ScalePoint] = (),
 ) -> ScaleCurve:
     """E9, ``mode=auto``: evaluate every ``α`` in ``scales``, refine around the best, keep it.
 
@@ -106,9 +109,10 @@ def search_scale(
     edits, the one that moves the weights least. ``should_stop`` is called before each point
     (it raises to cancel). A curve whose every point is non-finite still returns (its
     smallest ``α``); the caller's check of the edited weights then reports it.
+    ``known`` are points already scored for this update (reused, not scored again).
     """
     grid = validate_scales(scales)
-    evaluated: dict[float, ScalePoint] = {}
+    evaluated: dict[float, ScalePoint] = {point.scale: point for point in known}
 
     def visit(scale: float) -> None:
         if scale not in evaluated:
@@ -160,3 +164,114 @@ def fixed_scale(
     (scale,) = validate_scales([scale])
     point = _evaluate(apply_fn, objective_fn, scale)
     return ScaleCurve(mode="fixed", points=(point,), best_index=0)
+
+
+# --------------------------------------------------------------------------- the path (E9)
+
+PATH_PATIENCE = 3
+"""Scored iterates without a better validation score before the path stops the solve (E9).
+The score is a step function of accuracies, so a flat stretch of one or two scored iterates is
+common before a better one; 3 (on the schedule below: 3–12 solver iterations) stops the solve
+soon after the best without stopping at the first plateau (docs/defaults.md)."""
+PATH_OCTAVES = 1
+"""After the first scored iterate, each iterate's α grid is the previous best α · 2^(−1, 0, 1)
+(followed past its edges as in ``search_scale``): the best α moves smoothly along the path (the
+iterate's norm grows with k), so 3 forward passes per iterate suffice; the chosen iterate's α
+is refined to 1/8 octave at the end."""
+
+
+def path_scores(iteration: int) -> bool:
+    """Whether the path scores iterate ``k``: every one up to 8, then four per octave
+    (10, 12, 14, 16, 20, 24, 28, 32, 40, …). Scoring costs forward passes over the validation
+    split, several times an iteration's two HVPs, and the objective changes slowly in ``k``
+    once the solve has taken its first large steps, so the schedule is geometric."""
+    if iteration < 1:
+        return False
+    step = 2 ** max(0, iteration.bit_length() - 3)
+    return iteration % step == 0
+
+
+@dataclass(frozen=True)
+class PathIterate:
+    """One iterate ``x_k`` of the solve scored over α: its curve (E9)."""
+
+    iteration: int
+    curve: ScaleCurve
+
+    def to_json(self) -> dict[str, Any]:
+        best = self.curve.best
+        return {"iteration": self.iteration, **best.to_json()}
+
+
+class RegularisationPath:
+    """method.md E9: the candidates ``(k, α)`` over the iterates ``x_k`` of the solve, scored on the
+    validation split, the solve stopped once the best score has not improved for ``patience``
+    scored iterates (iterates are scored on the ``path_scores`` schedule).
+
+    ``apply_fn(candidate, α)`` loads ``θ̂ + α·pad(candidate)`` and returns what ``objective_fn``
+    scores. Call ``observe(k, candidate)`` for each iterate ``wants(k)`` (the candidate must be
+    the caller's own copy: the best one is kept); it returns True when the solve should stop.
+    ``finish`` refines α around the best iterate's best α (``REFINE_OCTAVES``) and returns the
+    chosen ``(k, candidate, curve)``. Ties go to the earlier iterate (less solving, a shorter
+    update) and, within an iterate, to the smaller α.
+    """
+
+    def __init__(self, apply_fn: Callable[[Any, float], Any],
+                 objective_fn: Callable[[Any], dict[str, float]], *,
+                 patience: int = PATH_PATIENCE, should_stop: Callable[[], None] | None = None):
+        if patience < 1:
+            raise ValueError(f"patience must be >= 1, got {patience}")
+        self.apply_fn = apply_fn
+        self.objective_fn = objective_fn
+        self.patience = patience
+        self.should_stop = should_stop
+        self.iterates: list[PathIterate] = []
+        self.best: PathIterate | None = None
+        self.best_candidate: Any = None
+        self.since_best = 0  # scored iterates since the best one
+
+    def _curve(self, candidate: Any, scales: Sequence[float], refine: Sequence[float],
+               known: Sequence[ScalePoint] = ()) -> ScaleCurve:
+        return search_scale(lambda alpha: self.apply_fn(candidate, alpha), self.objective_fn,
+                            scales, refine_octaves=refine, should_stop=self.should_stop,
+                            known=known)
+
+    def wants(self, iteration: int) -> bool:
+        """Whether iterate ``iteration`` is on the scoring schedule (``path_scores``)."""
+        return path_scores(iteration)
+
+    def observe(self, iteration: int, candidate: Any) -> bool:
+        """Score iterate ``iteration`` over α; True once ``patience`` scored iterates in a row
+        brought nothing better."""
+        if self.iterates:
+            centre = self.iterates[-1].curve.scale
+            scales = [centre * 2.0**o for o in range(-PATH_OCTAVES, PATH_OCTAVES + 1)]
+        else:
+            scales = DEFAULT_SCALES
+        point = PathIterate(iteration, self._curve(candidate, scales, ()))
+        self.iterates.append(point)
+        if self.best is None or point.curve.best.objective > self.best.curve.best.objective:
+            self.best, self.best_candidate, self.since_best = point, candidate, 0
+        else:
+            self.since_best += 1
+        return self.since_best >= self.patience
+
+    def finish(self) -> tuple[int, Any, ScaleCurve]:
+        """The chosen iterate, its candidate and its α curve, refined around the best α."""
+        if self.best is None:
+            raise ValueError("no iterate was observed")
+        curve = self._curve(self.best_candidate, [self.best.curve.scale], REFINE_OCTAVES,
+                            known=self.best.curve.points)
+        return self.best.iteration, self.best_candidate, curve
+
+    def to_json(self, chosen_iteration: int, curve: ScaleCurve) -> dict[str, Any]:
+        """``result.path``: the lever, the patience, the chosen ``(k, α)``, the best point of
+        each iterate and the whole surface of evaluated ``(k, α)``."""
+        return {
+            "lever": "iterations",
+            "patience": self.patience,
+            "chosen": {"iteration": chosen_iteration, **curve.best.to_json()},
+            "iterates": [point.to_json() for point in self.iterates],
+            "surface": [{"iteration": point.iteration, "scale": p.scale, "objective": p.objective}
+                        for point in self.iterates for p in point.curve.points],
+        }

@@ -158,8 +158,11 @@ def _run_claimed(
                 name: load_dataset(factory, store, claim.owner_id, dataset_id)
                 for name, dataset_id in request.eval.datasets.items()
             }
+            holdout_id = request.step.holdout_dataset_id  # E9: tunes a sample removal only
+            holdout = (None if holdout_id is None or request.trains else
+                       load_dataset(factory, store, claim.owner_id, holdout_id))
             edit_started = time.monotonic()
-            outcome = run_edit(request, model, train, eval_sets, reporter.hooks())
+            outcome = run_edit(request, model, train, eval_sets, reporter.hooks(), holdout)
             edit_seconds = time.monotonic() - edit_started
             reporter.progress(Progress(phase="save", iteration=0, max_iter=0, residual=None))
             edited_model_id = store_outcome(factory, store, claim, source, outcome,

@@ -52,10 +52,13 @@ def edit_from_files(
     train_id_or_path: str,
     evals: Mapping[str, str] | None = None,
     hooks: EditHooks | None = None,
+    holdout: str | None = None,
 ) -> EditOutcome:
     """``run_edit`` on files: the request and spec (dicts, JSON text or JSON files), a checkpoint
     read safely (``gif.checkpoint.read_state_dict``), datasets by path or built-in id. The
-    request's ``eval.datasets`` are loaded first, then ``evals`` (which win on equal names)."""
+    request's ``eval.datasets`` are loaded first, then ``evals`` (which win on equal names).
+    ``holdout`` (path or id) overrides the request's ``step.holdout_dataset_id``, which names
+    the holdout set (method.md E9) here as a path or built-in id."""
     from gif.checkpoint import read_state_dict
     from gif.data import load_dataset
     from gif.edit.run import run_edit
@@ -66,5 +69,10 @@ def edit_from_files(
     train = load_dataset(train_id_or_path)
     sources = {**request.eval.datasets, **(evals or {})}
     eval_sets = {name: load_dataset(source) for name, source in sources.items()}
-    return run_edit(request, LoadedModel(spec, state_dict), train, eval_sets, hooks)
+    if holdout is not None:
+        step = request.step.model_copy(update={"holdout_dataset_id": holdout})
+        request = request.model_copy(update={"step": step})
+    holdout_id = request.step.holdout_dataset_id
+    holdout_set = None if holdout_id is None or request.trains else load_dataset(holdout_id)
+    return run_edit(request, LoadedModel(spec, state_dict), train, eval_sets, hooks, holdout_set)
 

@@ -3,9 +3,11 @@ metrics of api.md (Metrics) on every named set."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gif import metrics as M
@@ -14,11 +16,18 @@ from gif.request import REMOVAL_KINDS, EditRequest, RemoveClass
 
 
 def step_objective(kind: str, data: EditData, num_classes: int):
-    """E9's default objectives on the validation split (never an evaluation set)."""
+    """E9's objectives on the validation split (never an evaluation set).
+
+    Class removal: ``H(1 − forget accuracy, validation accuracy)``; relabel:
+    ``H(corrected accuracy, validation accuracy)``; sample removal: ``sample_removal_objective``.
+    The forgotten (edited) points are the edit sample ``U``."""
     batch = 512
 
     def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return M.evaluate(model, x, y, batch_size=batch, num_classes=num_classes)["accuracy"]
+
+    if kind == "remove_samples":
+        return sample_removal_objective(data, batch)
 
     def objective(model: nn.Module) -> dict[str, float]:
         validation = accuracy(model, data.val_x, data.val_y)
@@ -31,6 +40,48 @@ def step_objective(kind: str, data: EditData, num_classes: int):
                 "corrected_accuracy": corrected, "validation_accuracy": validation}
 
     return objective
+
+
+def sample_removal_objective(data: EditData, batch: int = 512):
+    """E9, sample removal: the forgotten points should look like data the model never trained
+    on, not like wrong data. Objective ``H(validation accuracy, 1 − KS)`` with KS the
+    two-sample Kolmogorov–Smirnov statistic between the losses of the forgotten points ``U``
+    and those of the non-members: the holdout sample when the request names a holdout set,
+    else (the documented fallback) the retained validation split."""
+    from scipy.stats import ks_2samp
+
+    if data.holdout_x is not None:
+        reference_x, reference_y = data.holdout_x, data.holdout_y
+    else:
+        reference_x, reference_y = data.val_x, data.val_y
+
+    def objective(model: nn.Module) -> dict[str, float]:
+        val_logits = M.predict_logits(model, data.val_x, batch_size=batch)
+        forget_logits = M.predict_logits(model, data.u_x, batch_size=batch)
+        validation = _accuracy(val_logits, data.val_y)
+        forget_losses = _losses(forget_logits, data.u_y)
+        if data.holdout_x is None:
+            reference_losses = _losses(val_logits, data.val_y)
+        else:
+            reference_losses = _losses(
+                M.predict_logits(model, reference_x, batch_size=batch), reference_y)
+        if not (torch.isfinite(forget_losses).all() and torch.isfinite(reference_losses).all()):
+            return {"objective": -math.inf, "validation_accuracy": validation}
+        ks = float(ks_2samp(forget_losses.numpy(), reference_losses.numpy()).statistic)
+        return {"objective": M.harmonic_mean(validation, 1.0 - ks),
+                "forget_accuracy": _accuracy(forget_logits, data.u_y),
+                "validation_accuracy": validation, "loss_ks": ks}
+
+    return objective
+
+
+def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return float((logits.argmax(1) == y.cpu()).double().mean()) if len(y) else math.nan
+
+
+def _losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-example cross-entropy (float64): what a loss-threshold membership attack sees."""
+    return F.cross_entropy(logits.double(), y.long().cpu(), reduction="none")
 
 
 class Measurer:

@@ -13,7 +13,12 @@ from torch import nn
 from gif.edit.hooks import LoadedModel
 from gif.edit.plan import EditData, IndexPlan, plan_indices
 from gif.edit.result import check_finite_state
-from gif.edit.validate import num_classes_of, resolve_device, validate_request
+from gif.edit.validate import (
+    num_classes_of,
+    resolve_device,
+    validate_holdout,
+    validate_request,
+)
 from gif.request import EditRequest
 
 
@@ -32,10 +37,11 @@ class PreparedEdit:
 
 
 def prepare_edit(request: EditRequest, model: LoadedModel, train,
-                 eval_sets: Mapping[str, Any]) -> PreparedEdit:
+                 eval_sets: Mapping[str, Any], holdout=None) -> PreparedEdit:
     """Rebuild the model, refuse non-finite weights and a request the data cannot satisfy
     (``GifError`` subclasses naming the field), and draw the plan (E1, E9). The input state
-    dict is copied, never mutated."""
+    dict is copied, never mutated. ``holdout`` is the dataset ``step.holdout_dataset_id`` names
+    (non-members for the sample-removal objective, E9), or None."""
     from gif.checkpoint import load_state_dict_strict
     from gif.registry import build_model, get_architecture
 
@@ -47,6 +53,7 @@ def prepare_edit(request: EditRequest, model: LoadedModel, train,
     original = original.to(device).eval()
     num_classes = num_classes_of(model.spec, original, train, arch.flat_input)
     validate_request(request, model.spec, train, eval_sets, num_classes)
-    plan = plan_indices(request, train)
-    data = EditData.build(request, model.spec, arch.flat_input, train, eval_sets, plan)
+    validate_holdout(request, model.spec, holdout, num_classes)
+    plan = plan_indices(request, train, holdout)
+    data = EditData.build(request, model.spec, arch.flat_input, train, eval_sets, plan, holdout)
     return PreparedEdit(device, original, arch.flat_input, num_classes, plan, data)

@@ -38,8 +38,11 @@ def select_target(request: EditRequest, model: nn.Module, space, data: EditData)
 
 
 def solve_update(request: EditRequest, model: nn.Module, space, indices: torch.Tensor,
-           data: EditData, plan: IndexPlan, reporter: Reporter):
-    """E1 right-hand side on ``U`` and the E2–E5 solve with ``H`` of the Hessian sample."""
+                 data: EditData, plan: IndexPlan, reporter: Reporter, on_iterate=None):
+    """E1 right-hand side on ``U`` and the E2–E5 solve with ``H`` of the Hessian sample.
+
+    ``on_iterate(iteration, delta)`` sees each iterate's update (the solver's own tensor: clone
+    to keep it); returning True stops the solve (E9's path, ``stop_reason = "callback"``)."""
     from gif.hvp import make_hvp, mean_loss_grad
     from gif.methods import check_solver, relabel_rhs, removal_rhs, solve_edit
 
@@ -58,13 +61,14 @@ def solve_update(request: EditRequest, model: nn.Module, space, indices: torch.T
     # b = 0 exactly (e.g. every edited point is fitted with a saturated softmax, whose gradient
     # underflows to 0) is no error: Δ = 0 solves it, and the solver returns that at once
     # (stop_reason "zero_rhs", no HVP). The edit goes on with a zero update.
-    # warning: the caller adds a result warning for a zero right-hand side here.
+    # run_edit adds the result warning "zero_rhs".
     hvp = make_hvp(model, data.h_x, data.h_y, batch_size=batch_size, should_stop=should_stop)
     max_iter = request.solver.max_iter
 
-    def on_iteration(info: dict) -> None:
+    def on_iteration(info: dict) -> bool:
         reporter.progress(Progress("solve", int(info.get("iteration", 0)),
                                    int(info.get("max_iter", max_iter)), info.get("residual")))
+        return on_iterate is not None and on_iterate(int(info["iteration"]), info["delta"])
 
     solution = solve_edit(request.method, hvp, b, indices.to(b.device),
                           solver_cfg=request.solver, callback=on_iteration,

@@ -93,3 +93,24 @@ def validate_request(request: EditRequest, spec: ModelSpec, train, eval_sets: Ma
         raise InvalidRequest("membership inference needs an evaluation set (the non-members)",
                              loc=("eval", "mia"))
 
+
+
+def validate_holdout(request: EditRequest, spec: ModelSpec, holdout, num_classes: int) -> None:
+    """The holdout set of ``step.holdout_dataset_id`` (E9): given when named (the E10 training
+    methods take no step and ignore it), of the model's input shape, non-empty, labels inside
+    the model's range → else ``InvalidRequest``."""
+    from gif.data import check_dataset_fits
+
+    loc = ("step", "holdout_dataset_id")
+    if holdout is None:
+        if request.step.holdout_dataset_id is not None and not request.trains:  # E10: no step
+            raise InvalidRequest(f"the holdout set {request.step.holdout_dataset_id!r} was "
+                                 "named but not given to the edit", loc=loc)
+        return
+    check_dataset_fits(spec, holdout, loc=loc)
+    if holdout.num_samples == 0:
+        raise InvalidRequest("the holdout set is empty", loc=loc)
+    top = int(holdout.y.max())
+    if top >= num_classes:
+        raise InvalidRequest(f"the holdout set has label {top}, outside the model's labels "
+                             f"0..{num_classes - 1}", loc=loc)

@@ -103,6 +103,11 @@ def validate_job(
     _check_fits(io, model, train, ("train_dataset_id",))
     for name, dataset in evals.items():
         _check_fits(io, model, dataset, ("eval", "datasets", name))
+    if body.step.holdout_dataset_id is not None:  # method.md E9's non-members, tuning only
+        holdout_loc: Loc = ("step", "holdout_dataset_id")
+        holdout = _resolve_dataset(session, catalog, owner_id, body.step.holdout_dataset_id,
+                                   holdout_loc)
+        _check_fits(io, model, holdout, holdout_loc)
     _validate_edit(body, train.summary, io.num_outputs if io is not None else None)
 
 

@@ -165,3 +165,35 @@ def test_unwritable_output_is_a_clear_error(files, tmp_path):
     assert result.exit_code == 1
     assert "error [io]" in result.stderr and "not-a-directory" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_holdout_option_tunes_a_sample_removal_with_non_member_data(files, tmp_path):
+    """``--holdout DATA`` (method.md E9): the sample-removal objective compares the forgotten
+    points with that data (no ``no_holdout`` warning), the request records it, and the file
+    is what the library call with the same holdout returns. A holdout that does not fit the
+    model is refused naming ``step.holdout_dataset_id``."""
+    body = {"edit": {"kind": "remove_samples", "indices": list(range(0, 400, 5))},
+            "solver": {"max_iter": 10, "batch_size": 2048, "hessian_samples": 256}}
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps(body))
+    out = tmp_path / "edited.safetensors"
+    result = invoke(*edit_args(files, out, request), "--holdout", "builtin:digits:test",
+                    "--quiet")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert "no_holdout" not in [w["code"] for w in report["warnings"]]
+    assert "loss_ks" in report["path"]["chosen"]
+    expected = run_edit(
+        EditRequest.model_validate({**body, "step": {"holdout_dataset_id": "x"}}),
+        LoadedModel(ModelSpec.model_validate(SPEC), read_state_dict(files["model"])),
+        load_dataset(files["train"]), {}, holdout=load_dataset("builtin:digits:test"),
+    )
+    edited = read_state_dict(out)
+    assert all(torch.equal(edited[k], expected.state_dict[k]) for k in edited)
+    without = invoke(*edit_args(files, tmp_path / "e2.safetensors", request), "--quiet")
+    assert "no_holdout" in [w["code"] for w in json.loads(without.stdout)["warnings"]]
+
+    wrong = invoke(*edit_args(files, tmp_path / "e3.safetensors", request), "--quiet",
+                   "--holdout", "builtin:fashion-mnist:test")
+    assert wrong.exit_code == 1
+    assert "(at step.holdout_dataset_id)" in wrong.stderr

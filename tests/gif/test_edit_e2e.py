@@ -167,7 +167,9 @@ def test_relabel_restores_flipped_labels_without_hurting_test_accuracy(digits):
     restored_after = accuracy_of(outcome.state_dict, train.x[idx], true_labels)["accuracy"]
     test_before = accuracy_of(model, test.x, test.y)["accuracy"]
     test_after = accuracy_of(outcome.state_dict, test.x, test.y)["accuracy"]
-    assert restored_after > restored_before + 0.25
+    # Measured at the defaults (topk_gradients): 0.58 → 0.78 restored, test 0.942 → 0.953;
+    # topk_outputs restores more here (0.87–0.90, docs/defaults.md).
+    assert restored_after > restored_before + 0.15
     assert test_after > test_before - 0.02
     after = outcome.result["metrics"]["after"]
     assert after["relabeled"]["accuracy"] == pytest.approx(restored_after)
@@ -298,19 +300,89 @@ def test_per_layer_changes_treats_a_root_level_layer_as_one_layer():
     assert math.isclose(row["update_norm"], 13.0)
 
 
-def test_a_step_that_changes_nothing_is_reported_as_a_warning(digits, clean_model):
-    """α so small the weights barely move: the objective equals the unedited model's, the
-    result says ``improved: false`` and a warning event tells the user why."""
+def test_fixed_step_holds_out_no_validation_and_warns_of_an_unconverged_solve(digits,
+                                                                            clean_model):
+    """method.md check 7: ``step.mode = fixed`` chooses nothing, so no validation split is held
+    out and with ``hessian_samples: null`` the Hessian sample is every retained point (E1).
+    A solve cut short by ``max_iter`` is a result warning, not silence."""
     train, _ = digits
+    req = request(edit={"kind": "remove_class", "class": REMOVED},
+                  solver={"max_iter": 3, "hessian_samples": None},
+                  step={"mode": "fixed", "scale": 1.0})
+    plan = plan_indices(req, train)
+    retained = np.flatnonzero(train.y.numpy() != REMOVED)
+    assert len(plan.validation) == 0
+    assert np.array_equal(plan.hessian, retained)
+    auto = plan_indices(req.model_copy(update={"step": req.step.model_copy(
+        update={"mode": "auto"})}), train)
+    assert len(auto.validation) > 0 and len(auto.hessian) == len(retained) - len(auto.validation)
     events = []
     outcome = run_edit(
-        request(edit={"kind": "remove_class", "class": REMOVED},
-                solver={"max_iter": 3, "hessian_samples": 128},
-                step={"mode": "fixed", "scale": 1e-9}),
-        LoadedModel(SPEC, clean_model), train, {},
-        EditHooks(event=lambda level, phase, message, data: events.append((level, phase))),
+        req, LoadedModel(SPEC, clean_model), train, {},
+        EditHooks(event=lambda level, phase, message, data: events.append((level, data))),
     )
-    step = outcome.result["step"]
-    assert step["improved"] is False
-    assert step["curve"][0]["objective"] == step["baseline"]["objective"]
-    assert ("warning", "step_search") in events
+    result = outcome.result
+    ready = next(data for level, data in events if "hessian_sample" in data)
+    assert ready["validation_split"] == 0 and ready["hessian_sample"] == len(retained)
+    assert result["path"] is None and result["step"]["improved"] is None
+    assert result["step"]["curve"] == [{"scale": 1.0, "objective": None}]
+    assert result["solver"]["stop_reason"] == "max_iter"
+    assert [w["code"] for w in result["warnings"]] == ["solver_not_converged"]
+
+
+def test_the_path_returns_its_best_candidate_and_never_reads_the_evaluation_sets(digits,
+                                                                                 clean_model):
+    """method.md E9: the edit returned is the candidate ``(k, α)`` the validation objective
+    prefers over the whole surface the path scored, the solve stops ``patience`` scored
+    iterates after it, and the evaluation sets play no part: an evaluation set of noise with
+    shuffled labels gives bit-identical weights and the same choice."""
+    train, test = digits
+    req = request(edit={"kind": "remove_class", "class": REMOVED},
+                  selection={"criterion": "topk_outputs", "ratio": 0.01},
+                  solver={"max_iter": 40, "hessian_samples": 256})
+    outcome = run_edit(req, LoadedModel(SPEC, clean_model), train, {"test": test})
+    result = outcome.result
+    path = result["path"]
+    chosen = path["chosen"]
+    top = max(row["objective"] for row in path["surface"])
+    assert chosen["objective"] >= top  # the refinement may only add better points
+    first_best = min(row["iteration"] for row in path["surface"] if row["objective"] == top)
+    assert chosen["iteration"] <= first_best  # ties go to the earlier iterate
+    assert result["scale"] == chosen["scale"] and result["step"]["improved"] is True
+    assert chosen["objective"] > path["baseline_objective"]
+    solver = result["solver"]
+    assert solver["stop_reason"] == "callback"
+    assert solver["iterations"] == path["iterates"][-1]["iteration"]
+    scored = [row["iteration"] for row in path["iterates"]]
+    assert len(scored) - 1 - scored.index(chosen["iteration"]) == path["patience"]
+    assert result["warnings"] == []  # stopped by the path on purpose: no solver warning
+    assert PLOTS["path"](result).startswith(b"\x89PNG")
+
+    generator = torch.Generator().manual_seed(5)
+    noise = ArrayDataset(x=torch.randint(0, 17, test.x.shape, generator=generator,
+                                         dtype=test.x.dtype),
+                         y=test.y[torch.randperm(len(test.y), generator=generator)], name="noise")
+    again = run_edit(req, LoadedModel(SPEC, clean_model), train, {"test": noise})
+    assert again.result["path"] == path
+    assert all(torch.equal(again.state_dict[k], outcome.state_dict[k]) for k in clean_model)
+
+
+def test_the_default_request_forgets_a_class_as_retraining_does(digits, clean_model):
+    """The defaults are the product (api.md): a request that sets only ``edit`` removes the
+    class (≤ 1 % removed-class test accuracy) and keeps the other classes within 2 points of a
+    model retrained without it the same way (docs/defaults.md has the benchmark behind it)."""
+    train, test = digits
+    keep = train.y != REMOVED
+    retained = ArrayDataset(x=train.x[keep], y=train.y[keep], name="retained")
+    retrained = train_mlp(retained, retained.y)
+    default = EditRequest.model_validate({"edit": {"kind": "remove_class", "class": REMOVED}})
+    outcome = run_edit(default, LoadedModel(SPEC, clean_model), train, {"test": test})
+    edited = accuracy_of(outcome.state_dict, test.x, test.y, removed_class=REMOVED)
+    reference = accuracy_of(retrained, test.x, test.y, removed_class=REMOVED)
+    assert edited["accuracy_removed_class"] <= 0.01
+    assert abs(edited["accuracy_remaining_classes"]
+               - reference["accuracy_remaining_classes"]) <= 0.02
+    result = outcome.result
+    assert result["selection"]["criterion"] == "topk_gradients"
+    assert result["path"]["chosen"]["iteration"] <= result["solver"]["iterations"] <= 50
+    assert result["warnings"] == []

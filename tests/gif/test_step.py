@@ -9,7 +9,9 @@ import pytest
 from gif.step import (
     DEFAULT_SCALES,
     REFINE_OCTAVES,
+    RegularisationPath,
     fixed_scale,
+    path_scores,
     search_scale,
     validate_scales,
 )
@@ -113,3 +115,66 @@ def test_should_stop_can_cancel_between_points():
     with pytest.raises(RuntimeError):
         search_scale(lambda a: seen.append(a) or a, lambda a: {"objective": a}, should_stop=stop)
     assert len(seen) == 2
+
+
+# --- the regularisation path (E9): candidates (k, α) over the solver's iterates ---------------
+
+
+def _path_objective(best_k: int, best_alpha: float):
+    """The candidate of iterate k is the number k; the objective peaks at (best_k, best_alpha)
+    (a bowl in (k, log2 α)), so the path must return exactly that pair."""
+
+    def objective(point: tuple[int, float]) -> dict[str, float]:
+        k, alpha = point
+        return {"objective": -((k - best_k) ** 2) - (math.log2(alpha) - math.log2(best_alpha)) ** 2}
+
+    return objective
+
+
+def test_path_returns_the_candidate_the_objective_prefers_and_stops_after_patience():
+    path = RegularisationPath(lambda k, alpha: (k, alpha), _path_objective(10, 0.25), patience=3)
+    stopped_at = None
+    for k in range(1, 50):
+        if path.wants(k) and path.observe(k, k):
+            stopped_at = k
+            break
+    assert stopped_at == 16  # scored 12, 14, 16 after the best (10) without a better score
+    chosen, candidate, curve = path.finish()
+    assert (chosen, candidate, curve.scale) == (10, 10, 0.25)
+    report = path.to_json(chosen, curve)
+    assert report["chosen"]["iteration"] == 10 and report["chosen"]["scale"] == 0.25
+    assert [row["iteration"] for row in report["iterates"]] == [1, 2, 3, 4, 5, 6, 7, 8, 10, 12,
+                                                                14, 16]
+    best = max(report["surface"], key=lambda row: row["objective"])
+    assert (best["iteration"], best["scale"]) == (10, 0.25)
+    # Later iterates search around the previous best α only: 3 points, not the 13 of the grid.
+    per_iterate = [sum(row["iteration"] == k for row in report["surface"]) for k in (1, 2)]
+    assert per_iterate[0] >= len(DEFAULT_SCALES) and per_iterate[1] < len(DEFAULT_SCALES)
+
+
+def test_path_prefers_the_earlier_iterate_on_ties():
+    path = RegularisationPath(lambda k, alpha: alpha, lambda alpha: {"objective": 1.0},
+                              patience=2)  # every scored iterate ties with the first
+    assert [path.observe(k, k) for k in (1, 2, 3)] == [False, False, True]
+    chosen, _, curve = path.finish()
+    assert chosen == 1 and curve.scale == min(DEFAULT_SCALES)
+
+
+def test_path_cancel_is_called_before_each_point():
+    calls = []
+
+    def stop():
+        calls.append(1)
+        if len(calls) > 3:
+            raise RuntimeError("cancelled")
+
+    path = RegularisationPath(lambda k, alpha: alpha, lambda alpha: {"objective": alpha},
+                              should_stop=stop)
+    with pytest.raises(RuntimeError, match="cancelled"):
+        path.observe(1, 1)
+    assert len(calls) == 4
+
+
+def test_path_scores_every_early_iterate_then_four_per_octave():
+    assert [k for k in range(0, 70) if path_scores(k)] == [
+        1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64]

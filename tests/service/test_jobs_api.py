@@ -43,7 +43,7 @@ def test_submit_returns_202_location_and_normalised_request(client, alice, uploa
     assert request["edit"] == {"kind": "remove_class", "class": 1}
     assert request["model_id"] == uploaded.model_id
     assert request["method"] == "gif" and request["solver"]["algorithm"] == "lsqr"
-    assert request["selection"] == {"criterion": "topk_outputs", "ratio": 0.1, "threshold": None}
+    assert request["selection"] == {"criterion": "topk_gradients", "ratio": 0.1, "threshold": None}
     assert app.state.dispatcher.submitted == [job["id"]]
     assert client.get(f"/v1/jobs/{job['id']}", headers=alice).json() == job
 
@@ -101,6 +101,9 @@ def test_idempotency_key_same_body_same_job_different_body_422(client, alice, up
         ({"eval": {"datasets": {"test": "ds_nope"}}}, ["body", "eval", "datasets", "test"]),
         ({"eval": {"datasets": {"retain": "builtin:digits:test"}}},
          ["body", "eval", "datasets", "retain"]),
+        ({"step": {"holdout_dataset_id": "ds_nope"}}, ["body", "step", "holdout_dataset_id"]),
+        ({"step": {"holdout_dataset_id": "builtin:digits:test"}},  # 64 features, not 4
+         ["body", "step", "holdout_dataset_id"]),
         # digits samples are 1×8×8 = 64 features; the model takes 4.
         ({"train_dataset_id": "builtin:digits:train"}, ["body", "train_dataset_id"]),
     ],

@@ -50,7 +50,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 EVIL_NAME = '<script>alert("model")</script>'
 EVIL_EVAL = "<img src=x onerror=alert(1)>"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-GIF_FIGURES = ("convergence", "scale", "per_class", "per_layer")
+GIF_FIGURES = ("convergence", "path", "scale", "per_class", "per_layer")  # path: E9's (k, α)
 SAMPLE_INDICES = list(range(0, 1200, 20))  # 60 training points
 
 
@@ -118,7 +118,9 @@ def run_tiny_edit(edit: dict, method: str = "gif", training: dict | None = None)
             "eval": {"datasets": {EVIL_EVAL: "test-digits"}, "mia": True, "retain_samples": 300}}
     if method == "gif":
         body |= {"selection": {"ratio": 0.2},
-                 "solver": {"max_iter": 30, "hessian_samples": 300, "edit_samples": 100}}
+                 # max_iter 3 stops the solve before the path can (it needs 3 scored iterates
+                 # after its best): an unconverged solve, whose warning the report must show
+                 "solver": {"max_iter": 3, "hessian_samples": 300, "edit_samples": 100}}
     else:
         body["training"] = training or {}
     outcome = run_edit(
@@ -435,7 +437,8 @@ def test_report_is_owner_scoped_and_needs_a_key(served):
 
 def test_an_unconverged_solve_is_a_warning_in_the_header(served, succeeded_report):
     result = served["result"]
-    assert result["solver"]["converged"] is False  # 30 iterations do not reach tol here
+    assert result["solver"]["converged"] is False  # 3 iterations do not reach tol here
+    assert result["solver"]["stop_reason"] == "max_iter"
     header = _header(succeeded_report.text)
     assert 'id="warnings"' in header and "solver_not_converged" in header
     assert result["solver"]["stop_reason"] in header

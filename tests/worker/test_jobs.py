@@ -250,3 +250,23 @@ def test_terminal_writes_survive_a_database_that_is_briefly_unavailable(tmp_path
     assert calls == ["stored", "stored"]
     with pytest.raises(sa.exc.OperationalError):
         jobs.with_db_retry(lambda: missing.connect(), attempts=2)
+
+
+def test_a_sample_removal_job_loads_its_holdout_set(seeded):
+    """``step.holdout_dataset_id`` (method.md E9) is loaded like an evaluation set and tunes the
+    sample removal: the result has no ``no_holdout`` warning and the path scored loss KS; the
+    holdout is never reported as an evaluation set."""
+    db, source, dataset = seeded
+    x, y = digits.digits_arrays(num_samples=1797, seed=0)
+    holdout = db.add_dataset(x[900:], y[900:], name="digits-holdout")  # not in the 900 trained
+    edit = {"kind": "remove_samples", "indices": list(range(0, 300, 3))}
+    with_holdout = db.add_job(source.id, dataset.id, digits.quick_request(
+        edit, step={"holdout_dataset_id": holdout.id}))
+    without = db.add_job(source.id, dataset.id, digits.quick_request(edit))
+    assert jobs.execute_job(with_holdout, db.settings) == "succeeded"
+    assert jobs.execute_job(without, db.settings) == "succeeded"
+    tuned, fallback = db.job(with_holdout).result, db.job(without).result
+    assert [w["code"] for w in tuned["warnings"]].count("no_holdout") == 0
+    assert "no_holdout" in [w["code"] for w in fallback["warnings"]]
+    assert "loss_ks" in tuned["path"]["chosen"]
+    assert set(tuned["metrics"]["after"]) == set(fallback["metrics"]["after"])
