@@ -183,7 +183,11 @@ def test_wait_reports_advancing_progress_and_returns_the_result(client: GifClien
     phases = [p.phase for p in seen]
     ranks = [PHASE_ORDER.index(p) for p in phases if p in PHASE_ORDER]
     assert ranks == sorted(ranks), f"phases went backwards: {phases}"
-    assert {"load", "solve", "save"} <= set(phases)
+    # Polling sees the long phases; a short one (load) may pass between two polls, so the
+    # job's events, which record every phase, are what shows it ran.
+    assert {"solve", "save"} <= set(phases)
+    event_phases = {event.phase for event in client.list_events(done.id)}
+    assert {"load", "select", "solve", "evaluate", "save"} <= event_phases
     solve_iterations = [p.iteration for p in seen if p.phase == "solve" and p.iteration]
     assert len(set(solve_iterations)) >= 2, f"the solve's iteration never advanced: {seen}"
     assert solve_iterations == sorted(solve_iterations)
