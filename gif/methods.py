@@ -25,10 +25,9 @@ import torch
 
 from gif.errors import InvalidRequest
 from gif.params import scatter
-from gif.request import Solver
+from gif.request import Solver, check_solver
 from gif.solvers import (
     ESTIMATES_CONDITION,
-    SYMMETRIC_ONLY,
     Callback,
     LinearOperator,
     ShouldStop,
@@ -135,30 +134,6 @@ def _with_delta(callback: Callback | None, method: str, selected: torch.Tensor):
         return callback({**info, "delta": iterate_delta(method, info["x"], selected)})
 
     return relay
-
-
-def check_solver(method: str, solver_cfg: Solver) -> None:
-    """``InvalidRequest`` (naming the field) when ``solver_cfg`` cannot solve ``method``'s system.
-
-    MINRES needs a symmetric operator: FIF's ``H[S,S]`` or IF/PIF's ``H``, not GIF's rectangular
-    ``H[:,S]``; and it solves the undamped system (a damped solve is LSQR's). Cheap and free of
-    torch work, so a caller may run it before anything else.
-    """
-    if solver_cfg.algorithm not in SYMMETRIC_ONLY:
-        return
-    if method == "gif":
-        raise InvalidRequest(
-            f"solver.algorithm {solver_cfg.algorithm!r} needs a symmetric system, and GIF's "
-            f"operator H[:,S] is rectangular (method.md E3, E6): use lsqr (or cg, neumann) for "
-            f"gif, or {solver_cfg.algorithm} with method fif, pif or if",
-            loc=("solver", "algorithm"),
-        )
-    if solver_cfg.damping > 0:
-        raise InvalidRequest(
-            f"solver.algorithm {solver_cfg.algorithm!r} solves the undamped system: set "
-            f"solver.damping to 0, or use lsqr for a damped solve",
-            loc=("solver", "damping"),
-        )
 
 
 def solver_options(solver_cfg: Solver) -> dict:

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
+from gif.errors import InvalidRequest
 from gif.spec import refuse_field_flood, refuse_long
 
 # Phases of an edit job, in order (api.md ``progress.phase``). GIF goes through ``select``,
@@ -153,6 +154,34 @@ class Solver(_Strict):
         512, ge=1, le=MAX_POINTS, description="Edited points in b; null: all."
     )
     batch_size: int = Field(256, ge=1, le=65_536, description="Micro-batch size of each HVP.")
+
+
+SYMMETRIC_ALGORITHMS = frozenset({"minres"})
+"""Solvers that need ``A = Aᵀ`` (the IF/PIF/FIF systems, not GIF's rectangular H[:,S])."""
+
+
+def check_solver(method: str, solver_cfg: Solver) -> None:
+    """``InvalidRequest`` (naming the field) when ``solver_cfg`` cannot solve ``method``'s system.
+
+    MINRES needs a symmetric operator: FIF's ``H[S,S]`` or IF/PIF's ``H``, not GIF's rectangular
+    ``H[:,S]``; and it solves the undamped system (a damped solve is LSQR's). Pure (no torch): the
+    API runs it at submission (a 422), the engine again before any gradient work.
+    """
+    if solver_cfg.algorithm not in SYMMETRIC_ALGORITHMS:
+        return
+    if method == "gif":
+        raise InvalidRequest(
+            f"solver.algorithm {solver_cfg.algorithm!r} needs a symmetric system, and GIF's "
+            f"operator H[:,S] is rectangular (method.md E3, E6): use lsqr (or cg, neumann) for "
+            f"gif, or {solver_cfg.algorithm} with method fif, pif or if",
+            loc=("solver", "algorithm"),
+        )
+    if solver_cfg.damping > 0:
+        raise InvalidRequest(
+            f"solver.algorithm {solver_cfg.algorithm!r} solves the undamped system: set "
+            f"solver.damping to 0, or use lsqr for a damped solve",
+            loc=("solver", "damping"),
+        )
 
 
 class Step(_Strict):

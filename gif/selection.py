@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from gif.errors import InvalidRequest, NonFinite
-from gif.hvp import eval_mode, resolve_loss
+from gif.hvp import ShouldStop, check_cancel, eval_mode, resolve_loss
 
 ELIGIBLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 CRITERIA = ("topk_outputs", "topk_gradients", "threshold", "random")
@@ -161,9 +161,10 @@ def _model_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def output_scores(model: nn.Module, layers: list[EligibleLayer], x: torch.Tensor,
-                  batch_size: int) -> dict[str, torch.Tensor]:
+                  batch_size: int, should_stop: ShouldStop | None = None
+                  ) -> dict[str, torch.Tensor]:
     """``s_j = |mean over batch and positions of output j|`` for every eligible layer, in eval
-    mode (training flags restored afterwards)."""
+    mode (training flags restored afterwards). ``should_stop`` is polled before every batch."""
     means = _UnitMeans(layers)
 
     def hook_for(layer: EligibleLayer) -> Callable:
@@ -174,7 +175,9 @@ def output_scores(model: nn.Module, layers: list[EligibleLayer], x: torch.Tensor
     handles = [layer.module.register_forward_hook(hook_for(layer)) for layer in layers]
     try:
         with torch.no_grad(), eval_mode(model):
-            for xb in x.split(batch_size):
+            batches = x.split(batch_size)
+            for done, xb in enumerate(batches):
+                check_cancel(should_stop, "the selection's output scores", done, len(batches))
                 model(_model_input(model, xb))
     finally:
         for handle in handles:
@@ -183,9 +186,11 @@ def output_scores(model: nn.Module, layers: list[EligibleLayer], x: torch.Tensor
 
 
 def gradient_scores(model: nn.Module, layers: list[EligibleLayer], x: torch.Tensor,
-                    y: torch.Tensor, batch_size: int, loss: str) -> dict[str, torch.Tensor]:
+                    y: torch.Tensor, batch_size: int, loss: str,
+                    should_stop: ShouldStop | None = None) -> dict[str, torch.Tensor]:
     """``s_j = |mean of ∂L_U/∂(output j)|``, ``L_U`` the mean loss over all of ``U``, in eval
-    mode; gradients are taken with respect to the outputs only (no ``.grad`` is written)."""
+    mode; gradients are taken with respect to the outputs only (no ``.grad`` is written).
+    ``should_stop`` is polled before every batch."""
     loss_fn = resolve_loss(loss)
     means = _UnitMeans(layers)
     captured: list[tuple[EligibleLayer, torch.Tensor]] = []
@@ -202,7 +207,9 @@ def gradient_scores(model: nn.Module, layers: list[EligibleLayer], x: torch.Tens
     total = x.shape[0]
     try:
         with torch.enable_grad(), eval_mode(model):
-            for xb, yb in _batches(x, y, batch_size):
+            num_batches = math.ceil(total / batch_size)
+            for done, (xb, yb) in enumerate(_batches(x, y, batch_size)):
+                check_cancel(should_stop, "the selection's gradient scores", done, num_batches)
                 captured.clear()
                 xb = _model_input(model, xb)
                 if xb.is_floating_point():
@@ -315,19 +322,21 @@ def select_parameters(
     seed: int,
     batch_size: int,
     loss: str = "cross_entropy",
+    should_stop: ShouldStop | None = None,
 ) -> Selection:
     """Paper §4 selection (method.md "Parameter selection") on the edited points ``U``.
 
     ``x``: the preprocessed float inputs of ``U``; ``y``: their targets (for ``topk_gradients``).
-    Returns masks for every trainable parameter; non-eligible ones are all False."""
+    Returns masks for every trainable parameter; non-eligible ones are all False.
+    ``should_stop`` (cancel) is polled before every scoring batch (``Cancelled``)."""
     _validate(criterion, ratio, threshold, batch_size, x, y)
     layers = eligible_layers(model)
     trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
     scores: dict[str, torch.Tensor] = {}
     if layers and criterion == "topk_gradients":
-        scores = gradient_scores(model, layers, x, y, batch_size, loss)
+        scores = gradient_scores(model, layers, x, y, batch_size, loss, should_stop)
     elif layers and criterion != "random":
-        scores = output_scores(model, layers, x, batch_size)
+        scores = output_scores(model, layers, x, batch_size, should_stop)
     for name, values in scores.items():
         if not bool(torch.isfinite(values).all()):
             raise NonFinite(f"non-finite {criterion} scores in layer {name!r} during selection")

@@ -787,8 +787,6 @@ def neumann(
 
 
 SOLVERS = {"lsqr": lsqr, "cg": cgls, "minres": minres, "neumann": neumann}
-SYMMETRIC_ONLY = frozenset({"minres"})
-"""Algorithms that need ``A = Aᵀ`` (the IF/PIF/FIF systems, not GIF's rectangular H[:,S])."""
 ESTIMATES_CONDITION = frozenset({"lsqr", "minres"})
 """Algorithms with a running condition estimate, which take ``conlim``."""
 SEEDED = frozenset({"neumann"})

@@ -64,7 +64,7 @@ def run_edit(
         })
 
     with reporter.phase("select"):
-        indices, selection_info = select_target(request, original, space, data)
+        indices, selection_info = select_target(request, original, space, data, reporter)
         reporter.event("info", "select", f"{len(indices):,} of {space.size:,} parameters move",
                        {"num_selected": len(indices), "criterion": request.selection.criterion})
 

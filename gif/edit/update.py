@@ -11,8 +11,10 @@ from gif.errors import InvalidRequest, NonFinite
 from gif.request import EditRequest
 
 
-def select_target(request: EditRequest, model: nn.Module, space, data: EditData):
-    """Paper §4 selection on the edit sample ``U`` → flat indices of ``S`` and a summary.
+def select_target(request: EditRequest, model: nn.Module, space, data: EditData,
+                  reporter: Reporter):
+    """Paper §4 selection on the edit sample ``U`` → flat indices of ``S`` and a summary; a
+    cancel (``reporter.should_stop``) is seen between scoring batches.
 
     IF (E2) moves every parameter, so it skips selection.
     """
@@ -26,6 +28,7 @@ def select_target(request: EditRequest, model: nn.Module, space, data: EditData)
         model, data.u_x, targets, criterion=request.selection.criterion,
         ratio=request.selection.ratio, threshold=request.selection.threshold,
         seed=request.seed, batch_size=request.solver.batch_size,
+        should_stop=reporter.should_stop,
     )
     indices = space.indices(selection.masks)
     if len(indices) == 0:

@@ -91,17 +91,18 @@ def random_labels(model: nn.Module, points: TrainingPoints, loop: TrainingLoop,
 
 
 def saliency_mask(model: nn.Module, points: TrainingPoints, ratio: float,
-                  batch_size: int) -> dict[str, torch.Tensor]:
+                  batch_size: int, should_stop=None) -> dict[str, torch.Tensor]:
     """SalUn's weight saliency (Fan et al., ICLR 2024, eq. 6; ``generate_mask.py``): the
     ``floor(ratio · p)`` entries of θ with the largest ``|∇_θ mean CE(forgotten)|``, ranked over
-    all parameters at once, in eval mode. Returns a boolean mask per parameter (True: moves)."""
+    all parameters at once, in eval mode. Returns a boolean mask per parameter (True: moves);
+    ``should_stop`` (cancel) is polled before every gradient batch."""
     from gif.hvp import mean_loss_grad
     from gif.params import ParamSpace
 
     space = ParamSpace.from_model(model)
     x = points.inputs(points.forgotten)
     y = points.labels[torch.as_tensor(points.forgotten)]
-    saliency = mean_loss_grad(model, x, y, batch_size=batch_size).abs()
+    saliency = mean_loss_grad(model, x, y, batch_size=batch_size, should_stop=should_stop).abs()
     count = max(1, int(ratio * space.size))
     chosen = torch.zeros(space.size, dtype=torch.bool, device=saliency.device)
     chosen[torch.topk(saliency, count, sorted=False).indices] = True
@@ -115,7 +116,8 @@ def salun(model: nn.Module, points: TrainingPoints, loop: TrainingLoop,
     at their values. The mask is the ``select`` phase."""
     training = loop.training
     with loop.reporter.phase("select"):
-        movable = saliency_mask(model, points, training.mask_ratio, training.batch_size)
+        movable = saliency_mask(model, points, training.mask_ratio, training.batch_size,
+                                loop.reporter.should_stop)
         num_selected = int(sum(int(mask.sum()) for mask in movable.values()))
         total = sum(mask.numel() for mask in movable.values())
         per_layer = [{"name": name, "num_parameters": mask.numel(),

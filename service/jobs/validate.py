@@ -11,7 +11,14 @@ from sqlalchemy.orm import Session
 from gif.builtins import is_builtin
 from gif.errors import InvalidRequest
 from gif.fit import ModelIO, check_fits
-from gif.request import RESERVED_SET_NAMES, Relabel, RemoveClass, RemoveSamples
+from gif.request import (
+    INFLUENCE_METHODS,
+    RESERVED_SET_NAMES,
+    Relabel,
+    RemoveClass,
+    RemoveSamples,
+    check_solver,
+)
 from service.catalog import BuiltinCatalog, DatasetSummary
 from service.db.models import SUMMARY_SET, Dataset, Model
 from service.db.owned import find_owned
@@ -86,6 +93,7 @@ def validate_job(
 
     Uses only metadata (rows and catalogue summaries), so submission stays cheap: no forward
     pass, no torch."""
+    _check_solver(body)
     model = find_owned(session, Model, owner_id, body.model_id)
     if model is None:
         raise _invalid(("model_id",), f"unknown model {body.model_id!r}")
@@ -109,6 +117,17 @@ def validate_job(
                                    holdout_loc)
         _check_fits(io, model, holdout, holdout_loc)
     _validate_edit(body, train.summary, io.num_outputs if io is not None else None)
+
+
+def _check_solver(body: JobCreate) -> None:
+    """A solver that cannot solve the method's system (MINRES on GIF's rectangular operator, a
+    damped MINRES) is a 422 now, not a failed job later; training methods ignore ``solver``."""
+    if body.method not in INFLUENCE_METHODS:
+        return
+    try:
+        check_solver(body.method, body.solver)
+    except InvalidRequest as err:
+        raise _invalid(err.loc, err.message) from None
 
 
 def _validate_edit(body: JobCreate, train: DatasetSummary, num_classes: int | None) -> None:

@@ -357,3 +357,23 @@ def test_selection_of_a_cuda_model_gives_cpu_masks_matching_the_cpu_run():
     torch.testing.assert_close(
         gradient_scores(on_gpu, eligible_layers(on_gpu), x, y, 4, "cross_entropy")["conv2"],
         gradient_scores(model, layers, x, y, 4, "cross_entropy")["conv2"], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("criterion", ["topk_outputs", "topk_gradients", "threshold"])
+def test_a_cancel_is_seen_between_scoring_batches(criterion):
+    """A job cancelled while selection scores a large edit set stops there (issue 9: cancel
+    during every phase), not after every batch has been scored."""
+    from gif.errors import Cancelled
+
+    x, y = _data("mlp", 40)
+    polls = []
+
+    def cancel_on_third_poll() -> bool:
+        polls.append(1)
+        return len(polls) >= 3
+
+    with pytest.raises(Cancelled):
+        _select(_mlp(), x, y, criterion, 0.5, batch_size=4, should_stop=cancel_on_third_poll)
+    assert len(polls) == 3  # stopped at the third of ten batches
+    never = _select(_mlp(), x, y, criterion, 0.5, batch_size=4, should_stop=lambda: False)
+    assert never.num_selected == _select(_mlp(), x, y, criterion, 0.5, batch_size=4).num_selected

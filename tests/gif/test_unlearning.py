@@ -465,3 +465,18 @@ def test_the_gif_cli_runs_a_training_method(tmp_path, data, model):
     assert report["metrics"]["after"]["test"]["accuracy_removed_class"] <= 0.05
     assert read_state_dict(out).keys() == model.keys()
     assert (tmp_path / "plots" / "per_class.png").exists()
+
+
+def test_salun_saliency_sees_a_cancel_between_gradient_batches():
+    from gif.errors import Cancelled
+
+    polls = []
+
+    def cancel_on_second_poll() -> bool:
+        polls.append(1)
+        return len(polls) >= 2
+
+    model, points = tiny_cnn(), bn_points()
+    with pytest.raises(Cancelled):
+        saliency_mask(model, points, 0.3, batch_size=7, should_stop=cancel_on_second_poll)
+    assert len(polls) == 2

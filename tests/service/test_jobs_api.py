@@ -106,6 +106,10 @@ def test_idempotency_key_same_body_same_job_different_body_422(client, alice, up
          ["body", "step", "holdout_dataset_id"]),
         # digits samples are 1×8×8 = 64 features; the model takes 4.
         ({"train_dataset_id": "builtin:digits:train"}, ["body", "train_dataset_id"]),
+        # MINRES needs a symmetric system (not GIF's H[:,S]) and solves it undamped.
+        ({"solver": {"algorithm": "minres"}}, ["body", "solver", "algorithm"]),
+        ({"method": "fif", "solver": {"algorithm": "minres", "damping": 0.01}},
+         ["body", "solver", "damping"]),
     ],
 )
 def test_invalid_requests_are_422_naming_the_field_and_queue_nothing(
@@ -328,3 +332,14 @@ def test_last_event_id_must_be_an_event_seq(client, alice, uploaded):
         response = client.get(f"/v1/jobs/{job_id}/events", headers={
             **alice, "Accept": "text/event-stream", "Last-Event-ID": bad})
         assert_problem(response, 422, loc=["header", "Last-Event-ID"])
+
+
+def test_minres_is_accepted_for_the_symmetric_methods_and_ignored_by_training_ones(
+    client, alice, uploaded
+):
+    for method in ("fif", "pif", "if"):
+        body = job_body(uploaded, method=method, solver={"algorithm": "minres"})
+        assert client.post("/v1/jobs", headers=alice, json=body).status_code == 202, method
+    body = job_body(uploaded, method="finetune", solver={"algorithm": "minres"})
+    assert client.post("/v1/jobs", headers=alice, json=body).status_code == 202
+
