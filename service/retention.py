@@ -17,13 +17,13 @@ erasure finds it gone (404) and skips it. Objects are judged by the database's r
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.background import PeriodicThread
 from service.db.models import TERMINAL_STATUSES, Dataset, Job, Model, utcnow
 from service.erasure import (
     ACTIVE_STATUSES,
@@ -130,31 +130,20 @@ class RetentionSweeper:
     factory: sessionmaker[Session]
     store: ArtifactStore
     settings: Settings
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def _loop(self) -> None:
-        try:
-            sweep_unreferenced(self.factory, self.store)
-        except Exception:
-            logger.warning("retention: sweep of unreferenced files failed", exc_info=True)
-        if self.settings.retention_job_s is None and self.settings.retention_upload_s is None:
-            return  # no limits: the start-up sweep was all there is to do
-        while not self._stop.wait(self.settings.retention_interval_s):
-            try:
-                sweep_retention(self.factory, self.store, self.settings)
-            except Exception:  # a database outage: the next sweep retries
-                logger.warning("retention: sweep failed", exc_info=True)
+    _thread: PeriodicThread | None = None
 
     def start(self) -> RetentionSweeper:
-        self._thread = threading.Thread(target=self._loop, name="gif-retention", daemon=True)
-        self._thread.start()
+        limits = (self.settings.retention_job_s, self.settings.retention_upload_s)
+        every = None if limits == (None, None) else (  # no limits: the start-up sweep only
+            lambda: sweep_retention(self.factory, self.store, self.settings))
+        self._thread = PeriodicThread(
+            "gif-retention", self.settings.retention_interval_s, every,
+            first=lambda: sweep_unreferenced(self.factory, self.store)).start()
         return self
 
     def close(self, timeout: float = 5.0) -> None:
-        self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._thread.close(timeout)
 
 
 def maybe_start_retention(settings: Settings, factory: sessionmaker[Session],

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -44,6 +43,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.background import PeriodicThread
 from service.db.models import Job, utcnow
 from service.dispatch import Dispatcher
 from service.jobs.state import MAX_ATTEMPTS, STALE_HEARTBEATS, end_job, lost_run_outcome
@@ -169,8 +169,7 @@ class Reaper:
     resend_after_s: float | None = None
     requeue_unsent_after_s: float = 30.0
     _sent: dict[tuple[str, int], float] = field(default_factory=dict)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    _thread: PeriodicThread | None = None
 
     @classmethod
     def from_settings(
@@ -243,22 +242,13 @@ class Reaper:
                     job.attempts,
                 )
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.sweep()
-            except Exception:  # a database or broker outage: the next sweep retries
-                logger.warning("reaper: sweep failed", exc_info=True)
-
     def start(self) -> Reaper:
-        self._thread = threading.Thread(target=self._loop, name="gif-reaper", daemon=True)
-        self._thread.start()
+        self._thread = PeriodicThread("gif-reaper", self.interval_s, self.sweep).start()
         return self
 
     def close(self, timeout: float = 5.0) -> None:
-        self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._thread.close(timeout)
 
 
 def maybe_start_reaper(
