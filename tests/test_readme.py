@@ -202,7 +202,9 @@ def test_worked_example_runs_verbatim_and_edits_the_model(session: Session):
     assert job["status"] == "succeeded", job
     metrics = _last_json_object(out, "removed_before")
     assert metrics["removed_after"] < metrics["removed_before"]
-    assert metrics["removed_after"] <= 0.2 and metrics["others_after"] >= 0.8, metrics
+    # The default request (the example sets only `edit` and `eval`): the class is gone and
+    # the others keep their accuracy, as the README reports (measured 0.0 and 1.0).
+    assert metrics["removed_after"] <= 0.01 and metrics["others_after"] >= 0.95, metrics
     # The ETag line and sha256sum agree, as the README says.
     etag = re.search(r'(?im)^etag: "([0-9a-f]{64})"', out)
     digest = re.search(r"(?m)^([0-9a-f]{64})  edited\.safetensors$", out)
