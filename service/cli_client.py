@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -175,15 +176,20 @@ def models_show(client: GifClient, as_json: bool, model_id: str) -> None:
 
 @models.command("download")
 @click.argument("model_id")
-@click.argument("dest", type=click.Path(path_type=Path), default=Path("."))
+@click.argument("dest", default=".")
 @click.option("--sha256", "expected_sha256", default=None,
               help="Expected sha256 (default: the model's own).")
 @client_command
-def models_download(client: GifClient, as_json: bool, model_id: str, dest: Path,
+def models_download(client: GifClient, as_json: bool, model_id: str, dest: str,
                     expected_sha256: str | None) -> None:
     """Download a model's safetensors checkpoint to DEST (a file, or a directory; default .),
-    verifying its sha256. On a mismatch nothing is written and the exit status is 1."""
-    path = client.download_model(model_id, dest, expected_sha256=expected_sha256)
+    verifying its sha256. On a mismatch nothing is written and the exit status is 1. A DEST
+    ending in "/" is a directory, made if missing (a Path would drop the slash and write a
+    file of that name)."""
+    target = Path(dest)
+    if dest.endswith(("/", os.sep)):
+        target.mkdir(parents=True, exist_ok=True)
+    path = client.download_model(model_id, target, expected_sha256=expected_sha256)
     if as_json:
         return echo_json({"id": model_id, "path": str(path)})
     click.echo(str(path))

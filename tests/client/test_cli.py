@@ -57,6 +57,17 @@ def test_models_upload_list_show_download(run, checkpoint: Path, tmp_path: Path)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == model["sha256"]
 
 
+def test_download_into_a_directory_named_with_a_trailing_slash(run, model: Model,
+                                                              tmp_path: Path):
+    """``models download ID ./edited/`` puts ``<id>.safetensors`` in ``edited/`` (made if
+    missing), never a file called ``edited``."""
+    result = run(models, "download", model.id, str(tmp_path / "edited") + "/")
+    assert result.exit_code == 0, result.output
+    path = Path(result.output.strip())
+    assert path.parent == tmp_path / "edited" and path.name == f"{model.id}.safetensors"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == model.sha256
+
+
 def test_download_with_a_wrong_sha_exits_nonzero(run, model: Model, tmp_path: Path):
     result = run(models, "download", model.id, str(tmp_path / "x.safetensors"),
                  "--sha256", "f" * 64)
