@@ -33,8 +33,10 @@ def tiny_run(tmp_path_factory):
     return bench, out, json.loads((out / "unlearning-tiny.json").read_text())
 
 
-def expected_rows(bench) -> list[str]:
+def expected_rows(bench, task: str) -> list[str]:
     rows = ["original (no edit)", *bench.GIF_FAMILY]
+    if task == "sample":  # the tiny test set leaves test points for a holdout
+        rows.append(bench.HOLDOUT_ROW)
     for method in bench.BASELINES:
         rows += [f"{method} 1 epoch", f"{method} recipe"]
     return [*rows, "retrain", "retrain seed+1"]
@@ -46,7 +48,7 @@ def test_every_method_and_task_has_a_row_with_sane_values(tiny_run):
     assert data["meta"]["status"] == "finished"
     for task in bench.TASKS:
         got = [r["row"] for r in records if r["task"] == task]
-        assert got == expected_rows(bench), task
+        assert got == expected_rows(bench, task), task
         for record in (r for r in records if r["task"] == task):
             method = record.get("method", "original")
             if (task, method) in NOT_APPLICABLE:
@@ -110,3 +112,24 @@ def test_retraining_cost_at_the_recipe_scales_only_the_training_loop():
     assert seconds == pytest.approx(12.0 + 9 * 10.0) and "loop" in how
     seconds, how = bench.retrain_cpu_at_recipe([{"cpu_s": 12.0}], 10.0)  # no loop seconds
     assert seconds == pytest.approx(120.0) and "upper bound" in how
+
+
+def test_the_holdout_row_tunes_on_non_members_the_default_row_does_not(tiny_run):
+    bench, _, data = tiny_run
+    rows = {r["row"]: r for r in data["records"] if r["task"] == "sample"}
+    assert "no_holdout" in rows["gif"]["details"]["warnings"]
+    assert "no_holdout" not in rows[bench.HOLDOUT_ROW]["details"]["warnings"]
+    assert rows[bench.HOLDOUT_ROW]["setting"].startswith("default request + step.holdout")
+
+
+def test_the_holdout_is_test_data_outside_the_measured_test_set():
+    import torch
+
+    bench = load_bench()
+    test_idx = torch.arange(0, 1000, 3)
+    chosen = bench.holdout_indices(1000, test_idx, 50)
+    assert len(chosen) == 50 and len(set(chosen.tolist())) == 50
+    assert not set(chosen.tolist()) & set(test_idx.tolist())
+    assert len(bench.holdout_indices(1000, test_idx, 5000)) == 1000 - len(test_idx)
+    assert bench.holdout_set(bench.fashion_mnist("test", image_size=28),
+                             torch.arange(10_000), 50) is None  # a full-split test set
