@@ -70,6 +70,18 @@ def _to_jsonable(value: Any) -> Any:
     return value
 
 
+def metadata_pairs(pairs: Sequence[str]) -> dict[str, str]:
+    """``--metadata KEY=VALUE`` options as a dict (the value may hold '='; the key may not)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}",
+                                     param_hint="'--metadata'")
+        out[key] = value
+    return out
+
+
 def echo_json(value: Any) -> None:
     click.echo(json.dumps(_to_jsonable(value), indent=2, sort_keys=False))
 
@@ -451,18 +463,23 @@ def _wait_options(func: F) -> F:
 @click.option("--train-dataset-id", default=None, help="Override the body's train_dataset_id.")
 @click.option("--idempotency-key", default=None,
               help="Reuse a key to make a resubmission return the same job (default: random).")
+@click.option("--metadata", "metadata", multiple=True, metavar="KEY=VALUE",
+              help="Add KEY=VALUE to the job's metadata (repeatable; over the body's own).")
 @click.option("--wait", "wait", is_flag=True, help="Wait for the job to end and report it.")
 @_wait_options
 @client_command
 def jobs_submit(client: GifClient, as_json: bool, body_file: Path, model_id: str | None,
-                train_dataset_id: str | None, idempotency_key: str | None, wait: bool,
-                poll_interval: float, timeout: float | None, progress: bool) -> None:
+                train_dataset_id: str | None, idempotency_key: str | None,
+                metadata: tuple[str, ...], wait: bool, poll_interval: float,
+                timeout: float | None, progress: bool) -> None:
     """Submit the edit job described by BODY_FILE (the JSON body of POST /v1/jobs)."""
     body = _load_json_arg(str(body_file), "BODY_FILE")
     if model_id is not None:
         body["model_id"] = model_id
     if train_dataset_id is not None:
         body["train_dataset_id"] = train_dataset_id
+    if metadata:
+        body["metadata"] = {**(body.get("metadata") or {}), **metadata_pairs(metadata)}
     job = client.submit_job(body, idempotency_key=idempotency_key)
     if not wait:
         return echo_json(job) if as_json else click.echo(job.id)
@@ -473,10 +490,13 @@ def jobs_submit(client: GifClient, as_json: bool, body_file: Path, model_id: str
 @jobs.command("list")
 @click.option("--status", type=click.Choice(["queued", "running", "succeeded", "failed",
                                              "cancelled"]), default=None)
+@click.option("--metadata", "metadata", multiple=True, metavar="KEY=VALUE",
+              help="Only jobs whose metadata holds KEY=VALUE (repeatable: all must hold).")
 @client_command
-def jobs_list(client: GifClient, as_json: bool, status: str | None) -> None:
+def jobs_list(client: GifClient, as_json: bool, status: str | None,
+              metadata: tuple[str, ...]) -> None:
     """List your jobs, newest first."""
-    items = client.list_jobs(status)
+    items = client.list_jobs(status, metadata=metadata_pairs(metadata) or None)
     if as_json:
         return echo_json(items)
     click.echo(format_table(

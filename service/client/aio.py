@@ -155,10 +155,12 @@ class AsyncGifClient(_ClientBase):
         return await self._execute(_Calls.get_job(job_id))
 
     async def list_jobs(self, status: str | None = None, *, model_id: str | None = None,
-                        method: str | None = None, page_size: int | None = None) -> list[Job]:
+                        method: str | None = None, metadata: Mapping[str, str] | None = None,
+                        page_size: int | None = None) -> list[Job]:
         filters = {"model_id": model_id, "method": method}
         return await self._run(
-            _paginate(lambda after: _Calls.list_jobs(status, page_size, after, filters))
+            _paginate(lambda after: _Calls.list_jobs(status, page_size, after, filters,
+                                                     metadata))
         )
 
     async def wait_for_job(self, job_id: str,

@@ -148,12 +148,15 @@ class _Calls:
 
     @staticmethod
     def list_jobs(status: str | None, limit: int | None, after: str | None,
-                  filters: Mapping[str, str | None] | None = None) -> _Call[_Page[Job]]:
+                  filters: Mapping[str, str | None] | None = None,
+                  metadata: Mapping[str, str] | None = None) -> _Call[_Page[Job]]:
         """``filters``: docs/api.md's list filters (``model_id``, ``method``); None values are not
-        sent."""
+        sent. ``metadata``: jobs whose metadata holds every ``key: value`` given
+        (``metadata[key]=value``)."""
         params = _page_params(limit, after)
         extra = {"status": status, **(filters or {})}
         params.update({name: value for name, value in extra.items() if value is not None})
+        params.update({f"metadata[{key}]": value for key, value in (metadata or {}).items()})
         return _Call("GET", "/v1/jobs", _parse_page(Job), params=params)
 
     @staticmethod

@@ -167,12 +167,13 @@ class GifClient(_ClientBase):
         return self._execute(_Calls.get_job(job_id))
 
     def list_jobs(self, status: str | None = None, *, model_id: str | None = None,
-                  method: str | None = None, page_size: int | None = None) -> list[Job]:
-        """All jobs (optionally of one ``status``, model or method), newest first, over every
-        page."""
+                  method: str | None = None, metadata: Mapping[str, str] | None = None,
+                  page_size: int | None = None) -> list[Job]:
+        """All jobs (optionally of one ``status``, model or method, and whose metadata holds
+        every ``key: value`` of ``metadata``), newest first, over every page."""
         filters = {"model_id": model_id, "method": method}
         return self._run(_paginate(lambda after: _Calls.list_jobs(status, page_size, after,
-                                                                  filters)))
+                                                                  filters, metadata)))
 
     def wait_for_job(self, job_id: str, on_progress: Callable[[JobProgress], Any] | None = None,
                      poll_interval: float = 0.5, timeout: float | None = None) -> Job:

@@ -145,3 +145,30 @@ def test_wait_on_a_failed_job_exits_nonzero_with_the_error_code(server: LiveServ
     assert waited.returncode == 1, waited
     assert f"job {job_id} failed" in waited.stdout
     assert re.search(rf"error: job {job_id} failed: non_finite: \S", waited.stderr), waited.stderr
+
+
+def test_jobs_submit_and_list_by_metadata(run, client, model: Model, tmp_path: Path):
+    """``--metadata KEY=VALUE`` tags a submission; ``jobs list --metadata`` (and the client's
+    ``list_jobs(metadata=...)``) return only the jobs whose metadata holds every pair."""
+    body = tmp_path / "job.json"
+    body.write_text(json.dumps({**edit_body(model.id), "metadata": {"team": "ml"}}))
+    ids = {}
+    for ticket in ("GDPR-1", "GDPR-2"):
+        submitted = run(jobs, "submit", str(body), "--metadata", f"ticket={ticket}",
+                        "--metadata", "note=a=b", "--json")
+        assert submitted.exit_code == 0, submitted.output
+        job = json.loads(submitted.output)
+        assert job["metadata"] == {"team": "ml", "ticket": ticket, "note": "a=b"}
+        ids[ticket] = job["id"]
+    try:
+        listed = run(jobs, "list", "--metadata", "ticket=GDPR-1", "--metadata", "team=ml",
+                     "--json")
+        assert listed.exit_code == 0, listed.output
+        assert [j["id"] for j in json.loads(listed.output)] == [ids["GDPR-1"]]
+        assert [j.id for j in client.list_jobs(metadata={"ticket": "GDPR-2"})] == [ids["GDPR-2"]]
+        assert client.list_jobs(metadata={"ticket": "GDPR-1", "team": "other"}) == []
+        bad = run(jobs, "list", "--metadata", "no-equals-sign")
+        assert bad.exit_code == 2 and "expected KEY=VALUE" in bad.output
+    finally:
+        for job_id in ids.values():
+            client.cancel_job(job_id)
