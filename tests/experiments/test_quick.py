@@ -163,3 +163,18 @@ def test_publish_replaces_only_the_marked_blocks(tmp_path):
     refreshed = refresh(page, tmp_path)
     assert refreshed == ("intro\n<!-- begin: alpha -->\n| a |\n<!-- end: alpha -->\nmiddle\n"
                          "<!-- begin: beta -->\n*(beta.md not produced yet)*\n<!-- end: beta -->\n")
+
+
+def test_relabel_defaults_prints_every_requested_row(capsys):
+    """``experiments.relabel_defaults`` on the benchmark's seconds-long scale: one row per
+    candidate, the reference retraining among them, metrics in [0, 1]."""
+    from experiments import relabel_defaults
+
+    assert relabel_defaults.main(["--scale", "tiny", "--candidates", "default",
+                                  "finetune 1 epoch", "retrain (reference)"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    names = [line.split("|")[1].strip() for line in lines[2:]]
+    assert names == ["original (no edit)", "default", "finetune 1 epoch", "retrain (reference)"]
+    for line in lines[2:]:
+        asr, clean = (float(cell) for cell in line.split("|")[3:5])
+        assert 0.0 <= asr <= 1.0 and 0.0 <= clean <= 1.0
