@@ -22,7 +22,8 @@ Cancelled messages: ``--cancelled`` jobs are submitted and cancelled while no wo
 then the Celery worker starts and drains their messages; Celery logs each task's own time
 (``succeeded in X s``), which is the worker time a cancelled message costs. For the local
 runner the same jobs are settled in the runner thread: the figure is the time of that one
-read (``service.jobs.state.needs_run``), taken in this process on the server's database."""
+read (``service.jobs.state.needs_run``), taken in this process on the server's database after
+the runner's own warm-up reads (``warm_up_reads``, which the runner thread makes at start)."""
 
 from __future__ import annotations
 
@@ -94,11 +95,12 @@ def _cancelled_jobs(client: httpx.Client, model_id: str, dataset_id: str, n: int
 
 def _needs_run_seconds(database_url: str, job_ids: list[str]) -> list[float]:
     from service.db.session import make_engine, make_session_factory
-    from service.jobs.state import needs_run
+    from service.jobs.state import needs_run, warm_up_reads
 
     engine = make_engine(database_url)
     factory = make_session_factory(engine)
     try:
+        warm_up_reads(factory)  # as the runner thread does at its start
         times = []
         for job_id in job_ids:
             started = time.perf_counter()

@@ -160,10 +160,15 @@ def worker(hostname: str | None, loglevel: str | None) -> None:
     _require_migrated(settings)
     _configure_logging(loglevel or settings.log_level)
     # Import the engine (torch, without touching CUDA) once in the parent: a pool child is
-    # forked with it loaded instead of importing it again.
+    # forked with it loaded instead of importing it again. Frozen, those objects are skipped
+    # by every later garbage collection (and their pages stay shared with the children).
+    import gc
+
     from worker.jobs import preload_engine
 
     preload_engine()
+    gc.collect()
+    gc.freeze()
 
     app = make_celery_app(settings)
     argv = [

@@ -3,9 +3,11 @@
 :mod:`service.runners.celery`).
 
 The worker's parent process never touches CUDA before it forks its pool child (``gif-service
-worker`` preloads the engine's modules only). The child is reused for up to
-``MAX_TASKS_PER_CHILD`` messages and frees its caches (GPU included) after every job; a message
-for a job already cancelled or ended costs one database read."""
+worker`` preloads the engine's modules only). The child warms up when it starts, before it
+takes its first message (``worker_process_init``: :func:`worker.process.warm_up` opens its
+database connection and prepares the engine), is reused for up to ``MAX_TASKS_PER_CHILD``
+messages and frees its caches (GPU included) after every job; a message for a job already
+cancelled or ended costs one database read on that open connection."""
 
 from __future__ import annotations
 
@@ -13,8 +15,8 @@ import logging
 
 from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.signals import worker_process_init, worker_process_shutdown
 
-from service.db.session import engine_from_settings, make_session_factory
 from service.jobs.state import fail_unfinished_job, needs_run
 from service.runners.celery import (
     DB_RETRY_COUNTDOWN_S,
@@ -23,6 +25,7 @@ from service.runners.celery import (
     celery_app_for,
 )
 from service.settings import Settings
+from worker.process import close_resources, resources, warm_up
 
 logger = logging.getLogger(__name__)
 
@@ -44,17 +47,24 @@ class JobTask(Task):
 
 
 def job_needs_run(settings: Settings, job_id: str) -> bool:
-    """:func:`service.jobs.state.needs_run` on its own short-lived engine."""
-    engine = engine_from_settings(settings)
-    try:
-        return needs_run(make_session_factory(engine), job_id)
-    finally:
-        engine.dispose()
+    """:func:`service.jobs.state.needs_run` on this process's engine (its connection stays
+    open between messages)."""
+    return needs_run(resources(settings).factory, job_id)
 
 
 def make_celery_app(settings: Settings) -> Celery:
-    """The Celery app on ``settings.broker_url`` with the ``gif.run_job`` task registered."""
+    """The Celery app on ``settings.broker_url`` with the ``gif.run_job`` task registered, and
+    the pool child's warm-up (at its start) and connection close (at its exit)."""
     app = celery_app_for(settings)
+
+    def warm_up_child(**_):
+        warm_up(settings)
+
+    def close_child(**_):
+        close_resources()
+
+    worker_process_init.connect(warm_up_child, weak=False, dispatch_uid="gif.warm_up")
+    worker_process_shutdown.connect(close_child, weak=False, dispatch_uid="gif.close")
 
     @app.task(
         name=RUN_JOB_TASK, base=JobTask, bind=True, settings=settings, max_retries=DB_RETRY_MAX

@@ -59,7 +59,6 @@ from service.db.models import (
     Model,
     new_id,
 )
-from service.db.session import engine_from_settings, make_session_factory
 from service.erasure import ensure_published, release_content
 from service.jobs import state
 from service.jobs.events import append_event
@@ -67,6 +66,7 @@ from service.jobs.state import Claim
 from service.observability import job_context
 from service.settings import Settings
 from service.storage import ArtifactStore, StorageError, is_disk_full
+from worker.process import JobProcess, resources
 
 logger = logging.getLogger(__name__)
 
@@ -114,42 +114,39 @@ def execute_job(
     ``orphaned``: the caller knows a ``running`` job's previous worker is gone (the local runner
     at start-up); otherwise a ``running`` job is only taken over once its heartbeat is stale.
     ``timeout_errors``: exceptions that mean "time limit reached" (Celery's soft time limit)."""
-    engine = engine_from_settings(settings)
-    factory = make_session_factory(engine)
-    try:
-        with job_context(job_id):
-            claim = state.claim_job(
-                factory,
-                job_id,
-                worker_id or default_worker_id(),
-                orphaned=orphaned,
-                stale_after_s=state.STALE_HEARTBEATS * settings.heartbeat_interval_s,
-                time_limit_s=settings.job_time_limit_s,
-            )
-            if claim is not None:
-                try:
-                    _run_claimed(factory, settings, claim, timeout_errors)
-                finally:
-                    release_memory()
-            with factory() as session:
-                job = session.get(Job, job_id)
-                return job.status if job is not None else None
-    finally:
-        engine.dispose()
+    process = resources(settings)  # kept between jobs: its connection is already open
+    factory = process.factory
+    with job_context(job_id):
+        claim = state.claim_job(
+            factory,
+            job_id,
+            worker_id or default_worker_id(),
+            orphaned=orphaned,
+            stale_after_s=state.STALE_HEARTBEATS * settings.heartbeat_interval_s,
+            time_limit_s=settings.job_time_limit_s,
+        )
+        if claim is not None:
+            try:
+                _run_claimed(process, settings, claim, timeout_errors)
+            finally:
+                release_memory()
+        with factory() as session:
+            job = session.get(Job, job_id)
+            return job.status if job is not None else None
 
 
 def _run_claimed(
-    factory: sessionmaker[Session],
+    process: JobProcess,
     settings: Settings,
     claim: Claim,
     timeout_errors: tuple[type[BaseException], ...],
 ) -> None:
     """Run a claimed job and write exactly one terminal state (if the job is still ours)."""
+    factory, store = process.factory, process.store
     reporter = JobReporter(factory, claim, settings.heartbeat_interval_s)
     reporter.event("info", "load", f"started on {claim.worker_id} (attempt {claim.attempt})")
     try:
         with reporter.heartbeat():
-            store = ArtifactStore(settings.artifacts_dir, min_free_bytes=settings.min_free_bytes)
             request = parse_request(claim.request)
             reporter.progress(Progress(phase="load", iteration=0, max_iter=0, residual=None))
             source, model = load_model(factory, store, claim)
@@ -166,7 +163,8 @@ def _run_claimed(
             edit_seconds = time.monotonic() - edit_started
             reporter.progress(Progress(phase="save", iteration=0, max_iter=0, residual=None))
             edited_model_id = store_outcome(factory, store, claim, source, outcome,
-                                            retained=retained_dataset(request, train))
+                                            retained=retained_dataset(request, train),
+                                            edit_seconds=edit_seconds)
     except Exception as exc:  # every failure ends the job; none may leave it `running`
         status, error = job_outcome(
             exc, time_limit_s=settings.job_time_limit_s, timeout_errors=timeout_errors
@@ -180,11 +178,6 @@ def _run_claimed(
     if edited_model_id is None:
         logger.warning("job %s: result not stored (the job is no longer ours)", claim.job_id)
         return
-    # The edit's own time, so a job's overhead (submission to terminal minus this) is known.
-    reporter.event(
-        "info", "save", "succeeded",
-        {"edited_model_id": edited_model_id, "edit_seconds": round(edit_seconds, 4)},
-    )
     logger.info("job %s succeeded: edited model %s", claim.job_id, edited_model_id)
 
 
@@ -482,11 +475,14 @@ def store_outcome(
     source: Model,
     outcome: EditOutcome,
     retained: ArrayDataset | None = None,
+    edit_seconds: float | None = None,
 ) -> str | None:
     """Write the edited checkpoint (and the ``retained`` dataset, if any) into the store
-    (atomic), then in one transaction the artifact, edited model, dataset and metrics rows and
-    the job's ``succeeded`` state. Returns the edited model's id, or None when the job was no
-    longer ours (nothing recorded)."""
+    (atomic), then in one transaction the artifact, edited model, dataset and metrics rows,
+    the job's ``succeeded`` state and its ``succeeded`` event (with ``edit_seconds``, the
+    edit's own time, so a job's overhead — submission to terminal minus this — is known).
+    Returns the edited model's id, or None when the job was no longer ours (nothing
+    recorded)."""
     _check_finite(outcome.state_dict)
     stagings: list[Any] = []
     placed: list[_Staged] = []
@@ -550,7 +546,11 @@ def store_outcome(
                 )
             )
 
-        committed = with_db_retry(state.commit_success, factory, claim, result, add_rows)
+        data = {"edited_model_id": model_id}
+        if edit_seconds is not None:
+            data["edit_seconds"] = round(edit_seconds, 4)
+        event = ("info", "save", "succeeded", data)
+        committed = with_db_retry(state.commit_success, factory, claim, result, add_rows, event)
     finally:
         for staging in stagings:
             staging.discard()

@@ -1,5 +1,6 @@
 """The embedded local runner's job process (:class:`service.runners.local.LocalRunner` starts
-it with ``spawn``): load the engine once, then run the jobs the runner sends, one at a time.
+it with ``spawn``): warm up once (:func:`worker.process.warm_up`: the engine's imports, the
+database connection), say ``ready``, then run the jobs the runner sends, one at a time.
 Module level and light to import: ``spawn`` pickles a reference to :func:`child_main`."""
 
 from __future__ import annotations
@@ -12,21 +13,25 @@ from service.settings import Settings
 
 
 def child_main(settings: Settings, connection: Connection) -> None:
-    """The child process: load the engine once, then run the jobs it is sent until told to
+    """The child process: warm up once, then run the jobs it is sent until told to
     stop (``None``) or its parent goes away. Module level: ``spawn`` pickles a reference."""
     # Ctrl-C in a terminal reaches the whole process group; the API decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from service.observability import configure_logging
-    from worker.jobs import execute_job, preload_engine
+    from worker.jobs import execute_job
+    from worker.process import close_resources, warm_up
 
     configure_logging(settings.log_level)
-    preload_engine()
+    warm_up(settings)  # before the first job arrives: imports, connection, gc.freeze
+    connection.send(("ready", None))
     while True:
         try:
             message = connection.recv()
         except EOFError:  # the parent closed its end or died
+            close_resources()
             return
         if message is None:
+            close_resources()
             return
         job_id, worker_id, orphaned = message
         connection.send(("started", None))  # the time limit counts from here

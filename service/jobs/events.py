@@ -1,5 +1,7 @@
 """The one writer of job events (``GET /v1/jobs/{id}/events``): every event of every job —
-the API's, the runners', the worker's — is appended by :func:`append_event`."""
+the API's, the runners', the worker's — is appended by :func:`append_event` (its own
+transaction) or, for the event of a transition that must be seen with it, by
+:func:`add_event` inside that transition's transaction (``state.commit_success``)."""
 
 from __future__ import annotations
 
@@ -35,25 +37,11 @@ def append_event(
     instead of colliding again in lockstep."""
     for attempt in range(EVENT_SEQ_ATTEMPTS):
         if attempt:
-            time.sleep(random.uniform(0.0, 0.002 * attempt))
+            seq_conflict_pause(attempt)
         with factory() as session:
-            last = session.scalar(
-                sa.select(sa.func.max(JobEvent.seq)).where(JobEvent.job_id == job_id)
-            )
-            seq = (last or 0) + 1
-            if seq > MAX_EVENTS_PER_JOB:
+            seq = add_event(session, job_id, level, phase, message, data)
+            if seq is None:
                 return None
-            session.add(
-                JobEvent(
-                    job_id=job_id,
-                    seq=seq,
-                    at=utcnow(),
-                    level=level,
-                    phase=phase,
-                    message=message[:MAX_MESSAGE_CHARS],
-                    data=data or {},
-                )
-            )
             try:
                 session.commit()
                 return seq
@@ -61,6 +49,40 @@ def append_event(
                 session.rollback()
     logger.warning("job %s: event dropped after repeated seq conflicts: %s", job_id, message)
     return None
+
+
+def seq_conflict_pause(attempt: int) -> None:
+    """The short random pause before a writer that lost a ``seq`` race tries again."""
+    time.sleep(random.uniform(0.0, 0.002 * attempt))
+
+
+def add_event(
+    session: Session,
+    job_id: str,
+    level: str,
+    phase: str | None,
+    message: str,
+    data: dict | None = None,
+) -> int | None:
+    """Add one event with the next ``seq`` of the job to ``session``'s transaction (the caller
+    commits, and retries the transaction on an ``IntegrityError``); the seq, or None when the
+    job has ``MAX_EVENTS_PER_JOB`` events already (nothing added)."""
+    last = session.scalar(sa.select(sa.func.max(JobEvent.seq)).where(JobEvent.job_id == job_id))
+    seq = (last or 0) + 1
+    if seq > MAX_EVENTS_PER_JOB:
+        return None
+    session.add(
+        JobEvent(
+            job_id=job_id,
+            seq=seq,
+            at=utcnow(),
+            level=level,
+            phase=phase,
+            message=message[:MAX_MESSAGE_CHARS],
+            data=data or {},
+        )
+    )
+    return seq
 
 
 def events_after(

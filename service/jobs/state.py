@@ -32,19 +32,21 @@ from service.db.models import (
     Job,
     JobEvent,
     Metric,
+    Model,
     WebhookDelivery,
     WebhookSubscription,
     utcnow,
 )
 from service.db.session import engine_from_settings
 from service.erasure import erased_input, input_deleted_error
-from service.jobs.events import append_event
+from service.jobs.events import add_event, append_event, seq_conflict_pause
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 2  # a job whose worker died is re-run once; a second loss fails it worker_lost
 STALE_HEARTBEATS = 3  # a running job is orphaned after this many missed heartbeats
+SUCCESS_ATTEMPTS = 5  # a success whose event lost its seq to another writer is committed again
 
 
 @dataclass(frozen=True)
@@ -249,35 +251,54 @@ def commit_success(
     claim: Claim,
     result: dict,
     add_rows: Callable[[Session], None],
+    event: tuple[str, str | None, str, dict | None] | None = None,
 ) -> bool:
     """In ONE transaction: ``running → succeeded`` with ``result`` (fenced), plus the rows
-    ``add_rows`` adds (artifact, edited model, metrics). If the job is no longer ours, or an
-    edited model already exists for it (``models.source_job_id`` is unique), nothing is
-    written and False is returned: a job never succeeds twice."""
-    now = utcnow()
-    with factory() as session:
-        try:
-            rows = _update(
-                session,
-                _fence(claim),
-                {
-                    "status": "succeeded",
-                    "result": result,
-                    "edited_model_id": result.get("edited_model_id"),
-                    "finished_at": now,
-                    "heartbeat_at": now,
-                },
-            )
-            if rows != 1:
+    ``add_rows`` adds (artifact, edited model, metrics) and ``event`` (``level, phase, message,
+    data``), so that whoever sees the job succeeded also sees its last event (a live event
+    stream ends at the terminal status). If the job is no longer ours, or an edited model
+    already exists for it (``models.source_job_id`` is unique), nothing is written and False
+    is returned: a job never succeeds twice. A lost race for the event's ``seq`` (another
+    writer's event of this job) repeats the transaction."""
+    for attempt in range(SUCCESS_ATTEMPTS):
+        if attempt:
+            seq_conflict_pause(attempt)
+        now = utcnow()
+        with factory() as session:
+            try:
+                rows = _update(
+                    session,
+                    _fence(claim),
+                    {
+                        "status": "succeeded",
+                        "result": result,
+                        "edited_model_id": result.get("edited_model_id"),
+                        "finished_at": now,
+                        "heartbeat_at": now,
+                    },
+                )
+                if rows != 1:
+                    session.rollback()
+                    return False
+                add_rows(session)
+                if event is not None:
+                    session.flush()  # the rows' own conflicts surface before the event's
+                    add_event(session, claim.job_id, *event)
+                session.commit()
+                return True
+            except IntegrityError:
                 session.rollback()
-                return False
-            add_rows(session)
-            session.commit()
-            return True
-        except IntegrityError:
-            session.rollback()
-            logger.warning("job %s already has an edited model: not stored twice", claim.job_id)
-            return False
+                if event is None or _has_edited_model(session, claim.job_id):
+                    logger.warning(
+                        "job %s already has an edited model: not stored twice", claim.job_id
+                    )
+                    return False
+    logger.warning("job %s: its success lost every race for an event seq", claim.job_id)
+    return False
+
+
+def _has_edited_model(session: Session, job_id: str) -> bool:
+    return session.scalar(sa.select(Model.id).where(Model.source_job_id == job_id)) is not None
 
 
 # ------------------------------------------------------------------ lost runs
@@ -316,6 +337,20 @@ def lost_run_outcome(
 
 
 # ------------------------------------------------------------------ claims
+
+
+# An id no job has (ids are ``job_`` + 24 hex digits): a runner's warm-up asks ``needs_run``
+# about it to open its connection and compile the read before the first real message.
+WARM_UP_JOB_ID = "job_warm-up"
+
+
+def warm_up_reads(factory: sessionmaker[Session]) -> None:
+    """Open a connection and run, once, the reads a message's first moments make (the
+    cancelled-message check, the claim's row load) on :data:`WARM_UP_JOB_ID`: nothing is
+    written, and the first real message finds its connection open and its SQL compiled."""
+    needs_run(factory, WARM_UP_JOB_ID)
+    with factory() as session:
+        session.get(Job, WARM_UP_JOB_ID)
 
 
 def needs_run(factory: sessionmaker[Session], job_id: str) -> bool:

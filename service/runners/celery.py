@@ -32,6 +32,9 @@ DB_RETRY_MAX = 60
 # (0.5-5 s on a loaded machine, even for a cancelled job), a bound on what a leak in one job's
 # libraries can accumulate; GPU memory is freed after each job (worker.jobs.release_memory).
 MAX_TASKS_PER_CHILD = 50
+# A new pool child warms up (worker.process.warm_up: its connection, the engine) before it
+# reports ready; Celery's default 4 s for that is tight on a loaded machine.
+PROC_ALIVE_TIMEOUT_S = 60.0
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +76,7 @@ def celery_config(settings: Settings) -> dict:
         "worker_prefetch_multiplier": 1,
         "worker_concurrency": 1,
         "worker_max_tasks_per_child": MAX_TASKS_PER_CHILD,
+        "worker_proc_alive_timeout": PROC_ALIVE_TIMEOUT_S,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
         "enable_utc": True,

@@ -7,8 +7,10 @@ method (:func:`worker.local.child_main`), which runs the very same
 API process never forks with CUDA (or torch threads) initialised, and a crash or out-of-memory
 kill of a job cannot take the API down.
 
-The child is kept between jobs (importing torch and the engine costs seconds, more than a small
-edit; it frees its caches after each job) and replaced after ``MAX_JOBS_PER_CHILD`` jobs it
+The child is started with the runner, before any job, and warms up at once (imports, its
+database connection: :func:`worker.process.warm_up`); it is kept between jobs (importing torch
+and the engine costs seconds, more than a small edit; it frees its caches after each job) and
+replaced after ``MAX_JOBS_PER_CHILD`` jobs it
 ran, after a job that ran past the time limit (it is terminated), or when it dies. A job
 already cancelled (or ended) is settled in the runner thread with one read and never reaches
 the child, so a burst of cancellations neither costs a process nor counts toward its budget.
@@ -40,7 +42,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from service.db.models import ACTIVE_STATUSES, Job
 from service.db.session import engine_from_settings, make_session_factory
-from service.jobs.state import fail_unfinished_job, needs_run
+from service.jobs.state import fail_unfinished_job, needs_run, warm_up_reads
 from service.settings import Settings
 from worker.local import child_main
 
@@ -59,19 +61,15 @@ class _Task:
     orphaned: bool  # a `running` job whose previous process is gone: re-run it without waiting
 
 
-def pending_jobs(settings: Settings) -> list[_Task]:
+def pending_jobs(engine: sa.Engine) -> list[_Task]:
     """Jobs a fresh runner must take over: ``queued`` ones, then ``running`` ones (orphaned),
     oldest first."""
-    engine = engine_from_settings(settings)
-    try:
-        with engine.connect() as connection:
-            rows = connection.execute(
-                sa.select(Job.id, Job.status)
-                .where(Job.status.in_(ACTIVE_STATUSES))
-                .order_by(Job.created_at)
-            ).all()
-    finally:
-        engine.dispose()
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.select(Job.id, Job.status)
+            .where(Job.status.in_(ACTIVE_STATUSES))
+            .order_by(Job.created_at)
+        ).all()
     return [_Task(job_id, orphaned=status == "running") for job_id, status in rows]
 
 
@@ -80,6 +78,7 @@ class _Child:
     process: multiprocessing.process.BaseProcess
     connection: Connection
     jobs_run: int = 0
+    ready: bool = False  # it said it warmed up (worker.process.warm_up)
 
 
 class LocalRunner:
@@ -149,10 +148,12 @@ class LocalRunner:
     def _loop(self) -> None:
         if self._scan_on_start:
             try:
-                for task in pending_jobs(self._settings):
+                for task in pending_jobs(self._engine):
                     self._queue.put(task)
             except Exception:  # the database may be briefly unavailable: submits still work
                 logger.exception("local runner: could not scan the database for pending jobs")
+        with contextlib.suppress(SQLAlchemyError):  # the first cancelled job's read, warm
+            warm_up_reads(self._factory)
         try:
             self._child_for_next_job()  # load the engine before the first job arrives
         except Exception:
@@ -305,6 +306,9 @@ class LocalRunner:
             try:
                 if child.connection.poll(POLL_INTERVAL_S):
                     kind, detail = child.connection.recv()
+                    if kind == "ready":  # warmed up (sent once, before its first job)
+                        child.ready = True
+                        continue
                     if kind == "started":
                         deadline = time.monotonic() + self._settings.job_time_limit_s
                         continue
