@@ -135,6 +135,13 @@ class LocalRunner:
         return child.process.pid if child is not None and child.process.is_alive() else None
 
     @property
+    def job_process_ready(self) -> bool:
+        """Whether the live job process said it warmed up (worker.process.warm_up)."""
+        with self._lock:
+            child = self._child
+        return child is not None and child.ready and child.process.is_alive()
+
+    @property
     def running_job(self) -> tuple[str, int] | None:
         """``(job_id, pid)`` of the job running now and its process, if any (for operators'
         diagnostics and fault-injection tests)."""
@@ -155,7 +162,9 @@ class LocalRunner:
         with contextlib.suppress(SQLAlchemyError):  # the first cancelled job's read, warm
             warm_up_reads(self._factory)
         try:
-            self._child_for_next_job()  # load the engine before the first job arrives
+            child = self._child_for_next_job()  # warm up before the first job arrives
+            if child is not None:
+                self._wait_until_ready(child)
         except Exception:
             logger.exception("local runner: could not start its job process")
         while not self._stopping.is_set():
@@ -193,6 +202,19 @@ class LocalRunner:
         child_end.close()
         logger.info("local runner: job process %s started", process.pid)
         return self._child
+
+    def _wait_until_ready(self, child: _Child) -> None:
+        """Wait for the first child's ``ready`` (its warm-up is done) before the first job, so
+        the runner knows its process is warm (:attr:`job_process_ready`); a child that dies
+        meanwhile is replaced at the first hand-over."""
+        while not self._stopping.is_set() and child.process.is_alive():
+            try:
+                if child.connection.poll(POLL_INTERVAL_S):
+                    kind, _ = child.connection.recv()
+                    child.ready = child.ready or kind == "ready"
+                    return
+            except (EOFError, OSError):
+                return
 
     def _stop_child(self, *, kill: bool = False) -> None:
         """Let the child exit after its current job (``kill``: terminate it now)."""

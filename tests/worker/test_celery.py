@@ -120,6 +120,9 @@ def test_celery_worker_times_out_and_recovers_a_killed_child(
             assert job.status == "succeeded", job.error
             assert worker.running
             pool_child = job.worker_id.rsplit(":", 1)[1]
+            # The pool child warmed up once, when it started (worker_process_init).
+            assert worker.logs().count(f"job process {pool_child} warmed up") == 1
+            assert db.events(quick)[-1].message == "succeeded"  # committed with the status
 
             # 4. Messages for jobs cancelled before a worker took them start no process and
             #    no edit; the same pool child then runs the next job (it is reused).

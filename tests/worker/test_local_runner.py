@@ -1,6 +1,6 @@
 """The embedded runner (service/runners/local.py) with real ``spawn`` child processes on a real
-SQLite database: the start-up scan, submit, cancelled jobs that never reach the child, a child
-killed mid-job, the time limit, and close().
+SQLite database: the job process's warm-up, the start-up scan, submit, cancelled jobs that never
+reach the child, a child killed mid-job, the time limit, and close().
 
 One runner serves the whole scenario: every child process imports torch afresh, which costs
 seconds on a loaded machine, so the steps share it instead of starting a runner per test."""
@@ -58,10 +58,20 @@ def test_local_runner_scans_runs_and_survives_a_killed_child(tmp_path, trained_s
     runner = LocalRunner(db.settings)
     try:
         assert runner.ready()
+        # 0. The job process warms up (imports, its connection) before the first job: the
+        # runner hands the first job over only once it said so, and that process runs it.
+        deadline = time.monotonic() + TIMEOUT_S
+        while not runner.job_process_ready and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert runner.job_process_ready
+        warm_pid = runner.job_process_pid
         # 1. The start-up scan runs both: the orphan is re-run as its second attempt.
         for job_id, attempts in ((queued, 1), (orphan, 2)):
             job = _wait_for(db, job_id, _terminal, "terminal")
             assert (job.status, job.attempts) == ("succeeded", attempts), job.error
+            assert job.worker_id.split(":")[-2] == str(warm_pid)
+            # Its last event came with its terminal state (one transaction).
+            assert db.events(job_id)[-1].message == "succeeded"
 
         # 1b. A burst of jobs cancelled before the runner got to them costs no process and no
         # place in the child's job budget: they never reach it (one read each, here).

@@ -3,6 +3,7 @@ claims, redelivery, fencing of a run that lost its job, terminal states that nev
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from datetime import timedelta
@@ -13,6 +14,7 @@ from service.db.models import JobEvent, Model, utcnow
 from service.jobs import state
 from service.jobs.events import append_event
 from tests.worker import digits
+from tests.worker.conftest import make_worker_db
 
 REQUEST = digits.quick_request({"kind": "remove_class", "class": 3})
 
@@ -283,3 +285,59 @@ def test_cancelling_a_running_job_only_flags_it_and_its_lost_run_ends_cancelled(
     assert _claim(db, job_id, "w2", orphaned=True) is None  # its worker is gone: end it
     assert db.job(job_id).status == "cancelled"
     assert [e.level for e in _events(db, job_id)] == ["info"]
+
+
+
+def test_a_refused_success_writes_no_event_and_a_success_writes_its_own(seeded):
+    """``commit_success``'s event is in the success's transaction: seen with the status."""
+    db, model, dataset = seeded
+    job_id = db.add_job(model.id, dataset.id, REQUEST)
+    claim = _claim(db, job_id)
+    event = ("info", "save", "succeeded", {"edited_model_id": "m1"})
+    before = [e.message for e in _events(db, job_id)]
+    stale = state.Claim(**{**claim.__dict__, "attempt": claim.attempt + 1})
+    assert not state.commit_success(db.factory, stale, {"edited_model_id": "m0"},
+                                    lambda session: None, event)
+    assert [e.message for e in _events(db, job_id)] == before
+    assert state.commit_success(db.factory, claim, {"edited_model_id": "m1"},
+                                lambda session: None, event)
+    assert [e.message for e in _events(db, job_id)] == [*before, "succeeded"]
+
+
+def test_a_success_whose_event_seq_was_taken_is_committed_again(tmp_path, postgres_url,
+                                                                trained_state, digits_data):
+    """On PostgreSQL another writer can take the seq the success's event read (SQLite has one
+    writer at a time): the success is committed again with the next seq, not mistaken for a
+    second edited model. The racing write is a real commit on another connection, made at
+    the success's flush of its event."""
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    name = f"gif_seq_{secrets.token_hex(6)}"
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = sa.make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    db, engine = make_worker_db(tmp_path / "data", database_url=url)
+    try:
+        x, y = digits_data
+        model, dataset = db.add_model(trained_state), db.add_dataset(x, y)
+        job_id = db.add_job(model.id, dataset.id, REQUEST)
+        claim = _claim(db, job_id)
+        raced = []
+
+        def race(session, _context, _instances):
+            if not raced and any(isinstance(row, JobEvent) for row in session.new):
+                raced.append(True)  # first: the racing writer's own flush comes here too
+                append_event(db.factory, job_id, "info", None, "a racing event")
+
+        sa.event.listen(db.factory, "before_flush", race)
+        event = ("info", "save", "succeeded", {"edited_model_id": "m1"})
+        assert state.commit_success(db.factory, claim, {"edited_model_id": "m1"},
+                                    lambda session: None, event)
+        sa.event.remove(db.factory, "before_flush", race)
+        messages = [e.message for e in _events(db, job_id)]
+        assert raced and messages[-2:] == ["a racing event", "succeeded"]
+        assert db.job(job_id).status == "succeeded"
+    finally:
+        engine.dispose()
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
