@@ -9,7 +9,8 @@ One run: claim → load the model and datasets from the artifact store (hashes v
 :func:`gif.edit.run_edit` with hooks that write throttled progress, events and heartbeats to the
 row and poll ``cancel_requested`` → store the edited state dict as a safetensors artifact →
 in ONE transaction: artifact row, edited model row (``source_job_id`` = the job), metrics rows,
-job ``result`` and ``status=succeeded``. Failures map to ``error = {code, message}``:
+job ``result``, ``status=succeeded`` and the ``succeeded`` event. The database engine and the
+store are the job process's own, kept between jobs (:mod:`worker.process`). Failures map to ``error = {code, message}``:
 ``GifError`` → its ``code``; ``Cancelled`` → ``cancelled``; CUDA or host OOM →
 ``out_of_memory``; a time limit → ``timeout``; anything else → ``internal_error`` with a short
 message (the traceback goes to the log only). The source model is never written."""
@@ -79,7 +80,8 @@ T = TypeVar("T")
 
 def preload_engine() -> None:
     """Import, once, what the engine imports lazily on its first job, so that processes forked
-    from the caller (Celery's pool children) start jobs at once. Touches no CUDA state.
+    from the caller (Celery's pool children) start jobs at once (the job process's
+    :func:`worker.process.warm_up` calls it too). Touches no CUDA state.
 
     ``torch._dynamo`` is loaded by the meta-device shape check of ``gif.data`` on first use
     and alone takes seconds to import; scikit-learn serves the digits built-in and the MIA."""
