@@ -10,10 +10,11 @@ One run: claim → load the model and datasets from the artifact store (hashes v
 row and poll ``cancel_requested`` → store the edited state dict as a safetensors artifact →
 in ONE transaction: artifact row, edited model row (``source_job_id`` = the job), metrics rows,
 job ``result``, ``status=succeeded`` and the ``succeeded`` event. The database engine and the
-store are the job process's own, kept between jobs (:mod:`worker.process`). Failures map to ``error = {code, message}``:
-``GifError`` → its ``code``; ``Cancelled`` → ``cancelled``; CUDA or host OOM →
-``out_of_memory``; a time limit → ``timeout``; anything else → ``internal_error`` with a short
-message (the traceback goes to the log only). The source model is never written."""
+store are the job process's own, kept between jobs (:mod:`worker.process`). Failures map to
+``error = {code, message}``: ``GifError`` → its ``code``; ``Cancelled`` → ``cancelled``; CUDA
+or host OOM → ``out_of_memory``; a time limit → ``timeout``; anything else →
+``internal_error`` with a short message (the traceback goes to the log only). The source
+model is never written."""
 
 from __future__ import annotations
 
