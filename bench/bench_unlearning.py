@@ -582,6 +582,7 @@ def plot(records: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     panels = list(dict.fromkeys((r["arch"], r["task"]) for r in records))
     figure, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 4.2), squeeze=False)
@@ -614,8 +615,13 @@ def plot(records: list[dict], path: Path) -> None:
         axis.set_ylabel("mean |gap| to retraining (lower is better)")
         axis.set_title(f"{arch}: {TASK_TITLES[task]}", fontsize=10)
         axis.grid(alpha=0.3, which="both")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="lower center", ncol=6, fontsize=7)
+        # a log axis over a narrow range labels its minor ticks too, and they overlap
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    legend: dict[str, object] = {}  # every panel's entries (the holdout row is in one panel only)
+    for axis in axes[0]:
+        for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    figure.legend(list(legend.values()), list(legend), loc="lower center", ncol=6, fontsize=7)
     figure.tight_layout(rect=(0, 0.16, 1, 1))
     figure.savefig(path, dpi=100)
     plt.close(figure)
