@@ -148,7 +148,7 @@ class Solver(_Strict):
                     "many iterations. 0: never (run to tol or max_iter).",
     )
     hessian_samples: int | None = Field(
-        256, ge=1, le=MAX_POINTS, description="Retained points in H; null: all."
+        512, ge=1, le=MAX_POINTS, description="Retained points in H; null: all."
     )
     edit_samples: int | None = Field(
         512, ge=1, le=MAX_POINTS, description="Edited points in b; null: all."
