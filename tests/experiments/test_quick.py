@@ -165,14 +165,15 @@ def test_publish_replaces_only_the_marked_blocks(tmp_path):
                          "<!-- begin: beta -->\n*(beta.md not produced yet)*\n<!-- end: beta -->\n")
 
 
-def test_relabel_defaults_prints_every_requested_row(capsys):
-    """``experiments.relabel_defaults`` on the benchmark's seconds-long scale: one row per
-    candidate, the reference retraining among them, metrics in [0, 1]."""
-    from experiments import relabel_defaults
+def test_candidates_print_every_requested_row(capsys):
+    """``experiments.candidates`` on the benchmark's seconds-long scale: one row per candidate,
+    the reference retraining among them, the task's metrics in [0, 1]."""
+    from experiments import candidates
 
-    assert relabel_defaults.main(["--scale", "tiny", "--candidates", "default",
-                                  "finetune 1 epoch", "retrain (reference)"]) == 0
+    assert candidates.main(["--scale", "tiny", "--task", "backdoor", "--candidates", "default",
+                            "finetune 1 epoch", "retrain (reference)"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert "| ASR |" in lines[0]
     names = [line.split("|")[1].strip() for line in lines[2:]]
     assert names == ["original (no edit)", "default", "finetune 1 epoch", "retrain (reference)"]
     for line in lines[2:]:

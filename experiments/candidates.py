@@ -1,15 +1,15 @@
-"""Does relabel want defaults of its own? (docs/defaults.md, "Relabel: the backdoor")
+"""Candidate defaults on the benchmark's own tasks (docs/defaults.md, "The medium benchmark").
 
-The backdoor task of ``bench/bench_unlearning.py`` (models.md's checkerboard → 4 on 10 % of the
-training images, relabelled to their true classes), on its ``medium`` scale by default: TinyNet
-on a class-balanced 6,000-point Fashion-MNIST subset trained with the benchmark's recipe (Adam,
-10 epochs), where the backdoor is implanted (ASR ≈ 0.97), unlike ``small``. The same tasks,
-cached original, metrics (``measure``) and rows (``run_row``) as the benchmark: the default
-request, candidates that change one field of it, one epoch of fine-tuning, and retraining on
-the corrected data (the reference).
+One task of ``bench/bench_unlearning.py`` (``class``: remove class 8; ``sample``: remove a random
+10 %; ``backdoor``: models.md's checkerboard → 4 on 10 % of the training images, relabelled to
+their true classes), on its ``medium`` scale by default: TinyNet on a class-balanced 6,000-point
+Fashion-MNIST subset trained with the benchmark's recipe (Adam, 10 epochs), converged, with the
+backdoor implanted (ASR ≈ 0.97), unlike ``small``. The same tasks, cached original, metrics
+(``measure``) and rows (``run_row``) as the benchmark: the default request, candidates that
+change one field of it, one epoch of fine-tuning, and retraining (the reference).
 
-    python -m experiments.relabel_defaults                 # every candidate (~15 CPU minutes)
-    python -m experiments.relabel_defaults --candidates default outputs
+    python -m experiments.candidates --task backdoor        # every candidate (~15 CPU minutes)
+    python -m experiments.candidates --task class --candidates default "method fif"
 
 Prints a markdown table; CPU seconds are process time of one thread.
 """
@@ -33,12 +33,13 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "ratio 0.05": {"selection": {"ratio": 0.05}},
     "ratio 0.2": {"selection": {"ratio": 0.2}},
     "ratio 1.0 (every parameter)": {"selection": {"ratio": 1.0}},
-    "hessian_samples 512": {"solver": {"hessian_samples": 512}},
+    "hessian_samples 256 (the old default)": {"solver": {"hessian_samples": 256}},
     "hessian_samples 1024": {"solver": {"hessian_samples": 1024}},
     "edit_samples 2048 (all edited points)": {"solver": {"edit_samples": 2048}},
     "damping 0.01": {"solver": {"damping": 0.01}},
     "damping 0.03": {"solver": {"damping": 0.03}},
     "damping 0.1": {"solver": {"damping": 0.1}},
+    "method fif": {"method": "fif"},
     "finetune 1 epoch": {"method": "finetune", "training": {"epochs": 1}},
     "retrain (reference)": {"method": "retrain"},
 }
@@ -57,17 +58,20 @@ def load_bench():
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", default="medium", help="a bench_unlearning scale")
+    parser.add_argument("--task", default="backdoor", choices=("class", "sample", "backdoor"))
     parser.add_argument("--candidates", nargs="*", default=list(CANDIDATES),
                         choices=list(CANDIDATES), metavar="NAME")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     bench = load_bench()
     scale = bench.SCALES[args.scale]
-    task = next(t for t in bench.build_tasks(bench.TINYNET, scale, 0) if t.name == "backdoor")
+    task = next(t for t in bench.build_tasks(bench.TINYNET, scale, 0) if t.name == args.task)
     spec = bench.TINYNET.spec
+    columns = COLUMNS[args.task]
     original, _ = bench.cached_original(spec, task.train, scale.training(), 0)
     bench.warm_up(spec, original, task)
-    rows = [["original (no edit)", "–", *_metrics(bench.measure(spec, original, task)), "–"]]
+    rows = [["original (no edit)", "–", *_metrics(bench.measure(spec, original, task), columns),
+             "–"]]
     for name in args.candidates:
         fields = dict(CANDIDATES[name])
         if fields.get("method") == "retrain":
@@ -75,21 +79,32 @@ def main(argv: list[str] | None = None) -> int:
         row = bench.Row(name, fields.get("method", "gif"), name, fields)
         record = bench.run_row(row, task, spec, original)
         if "error" in record:
-            rows.append([name, record["error"], "–", "–", "–", "–", f"{record['cpu_s']:.1f}"])
+            rows.append([name, record["error"], *["–"] * len(columns), f"{record['cpu_s']:.1f}"])
             continue
         details = record.get("details", {})
         chosen = (f"k={details['iterations']}, α={details['scale']:.3g}"
                   if "scale" in details else "–")
-        rows.append([name, chosen, *_metrics(record), f"{record['cpu_s']:.1f}"])
+        rows.append([name, chosen, *_metrics(record, columns), f"{record['cpu_s']:.1f}"])
         print(f"{name}: done ({record['cpu_s']:.1f} CPU s)", file=sys.stderr, flush=True)
-    print(f"Backdoor relabel, {scale.describe()}\n")
-    print(bench.markdown_table(["request", "chosen (k, α)", "ASR", "clean test acc",
-                                "retained-train acc", "forget acc (label 4)", "CPU s"], rows))
+    print(f"{bench.TASK_TITLES[args.task]}, {scale.describe()}\n")
+    print(bench.markdown_table(["request", "solver iterations, α", *columns.values(), "CPU s"],
+                               rows))
     return 0
 
 
-def _metrics(record: dict) -> list[str]:
-    return [f"{record[key]:.3f}" for key in ("asr", "test", "retain", "forget")]
+COLUMNS = {
+    "class": {"removed": "removed-class test acc", "test": "other-class test acc",
+              "retain": "retained-train acc", "forget": "forget acc"},
+    "sample": {"forget": "forget acc", "test": "test acc", "retain": "retained-train acc",
+               "mia": "MIA efficacy"},
+    "backdoor": {"asr": "ASR", "test": "clean test acc", "retain": "retained-train acc",
+                 "forget": "forget acc (label 4)"},
+}
+"""The metric columns of each task (``bench.measure``'s keys → headers)."""
+
+
+def _metrics(record: dict, columns: dict[str, str]) -> list[str]:
+    return [f"{record[key]:.3f}" for key in columns]
 
 
 if __name__ == "__main__":
