@@ -17,7 +17,6 @@ Prints a markdown table; CPU seconds are process time of one thread.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
