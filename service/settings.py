@@ -28,6 +28,11 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL. Default: the SQLite file <data_dir>/gif.db. "
         "PostgreSQL: postgresql+psycopg://user@host/db",
     )
+    database_pool_size: int = Field(
+        20, ge=1, le=1000,
+        description="Database connections each process keeps open for reuse (as many more "
+        "are opened under a burst, and closed after use). Default: 20",
+    )
     artifacts_dir: Path | None = Field(
         None, description="Content-addressed file store. Default: <data_dir>/artifacts"
     )
