@@ -11,8 +11,8 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import sqlalchemy as sa
 from fastapi import FastAPI
-from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -20,9 +20,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api import ROUTERS
 from service.api.deps import AUTH_FAILURE_STATE_KEY, OWNER_STATE_KEY
 from service.api.uploads import BODY_LIMIT_SCOPE_KEY, BodyLimit
-from service.auth import owner_for_authorization
+from service.auth import Caller, caller_for_authorization
 from service.catalog import BuiltinCatalog
-from service.db.models import Owner
 from service.db.session import engine_from_settings, make_session_factory
 from service.dispatch import Dispatcher, NoneDispatcher, make_dispatcher
 from service.jobs.reaper import maybe_start_reaper
@@ -57,14 +56,9 @@ class AuthenticationMiddleware:
     the app's problem handlers answer — 401 with the ``Bearer`` challenge, 503 — through the
     router, so the access log and the metrics count it by route."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        session_factory: sessionmaker[Session],
-        limiter: RateLimiter | None = None,
-    ):
+    def __init__(self, app: ASGIApp, engine: sa.Engine, limiter: RateLimiter | None = None):
         self.app = app
-        self.session_factory = session_factory
+        self.engine = engine
         self.limiter = limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -93,9 +87,9 @@ class AuthenticationMiddleware:
 
         await self.app(scope, refuse_body, send)
 
-    def _owner(self, header: str | None) -> Owner:
-        with self.session_factory() as session:
-            return owner_for_authorization(session, header)
+    def _owner(self, header: str | None) -> Caller:
+        with self.engine.connect() as connection:  # a connection, not a session: one query
+            return caller_for_authorization(connection, header)
 
 
 class BodySizeLimitMiddleware:
@@ -216,7 +210,7 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None) -> Fast
     # before the bound is even consulted.
     app.add_middleware(
         AuthenticationMiddleware,
-        session_factory=app.state.session_factory,
+        engine=engine,
         limiter=rate_limiter(settings),
     )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=MAX_JSON_BODY_BYTES)

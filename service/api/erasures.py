@@ -10,8 +10,8 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.common import AUTH_PROBLEMS, paginate
 from service.api.deps import OwnerDep, PageDep, SessionDep
-from service.auth import bearer_key, key_for
-from service.db.models import Erasure, Owner
+from service.auth import Caller
+from service.db.models import Erasure
 from service.erasure import erase
 from service.schemas import ErasureOut, Page
 from service.storage import ArtifactStore
@@ -19,25 +19,18 @@ from service.storage import ArtifactStore
 router = APIRouter(prefix="/v1/erasures", tags=["erasures"], responses=AUTH_PROBLEMS)
 
 
-def request_key_id(session: Session, request: Request) -> str | None:
-    """The id of the API key that authenticated ``request`` (the middleware checked it)."""
-    key = key_for(session, bearer_key(request.headers.get("authorization")))
-    return key.id if key is not None else None
+def _erase_now(factory: sessionmaker[Session], store: ArtifactStore, kind: str,
+               caller: Caller, object_id: str) -> Erasure:
+    return erase(factory, store, kind, caller.id, object_id, reason="request",
+                 api_key_id=caller.key_id)
 
 
-def _erase_now(request: Request, factory: sessionmaker[Session], store: ArtifactStore,
-               kind: str, owner_id: str, object_id: str) -> Erasure:
-    with factory() as session:
-        key_id = request_key_id(session, request)
-    return erase(factory, store, kind, owner_id, object_id, reason="request",
-                 api_key_id=key_id)
-
-
-async def erase_by_request(request: Request, kind: str, owner: Owner, object_id: str) -> None:
-    """Erase ``kind`` ``object_id`` of ``owner`` for this request (404/409 problems)."""
+async def erase_by_request(request: Request, kind: str, owner: Caller, object_id: str) -> None:
+    """Erase ``kind`` ``object_id`` of ``owner`` for this request (404/409 problems), recorded
+    with the key that asked."""
     state = request.app.state
-    await run_in_threadpool(_erase_now, request, state.session_factory, state.store, kind,
-                            owner.id, object_id)
+    await run_in_threadpool(_erase_now, state.session_factory, state.store, kind, owner,
+                            object_id)
 
 
 @router.get("", response_model=Page[ErasureOut],
