@@ -16,7 +16,15 @@ from service.settings import Settings
 
 @runtime_checkable
 class Dispatcher(Protocol):
-    """What the API needs from a job runner."""
+    """What the API needs from a job runner.
+
+    ``in_process``: True when a submitted job cannot be lost between the commit of its row and
+    ``submit`` in a way the reaper would repair (the runner lives in the API process and takes
+    over every ``queued`` row when it starts): the row is then inserted with ``enqueued_at``
+    set, in the submission's one commit (``service.jobs.submit``). A broker's dispatcher says
+    False: its mark is written after the broker took the message."""
+
+    in_process: bool
 
     def submit(self, job_id: str) -> None:
         """Hand a committed, queued job to the runner (must not block on the job itself)."""
@@ -30,6 +38,8 @@ class Dispatcher(Protocol):
 
 class NoneDispatcher:
     """Runner ``none``: accepts nothing for execution; jobs stay ``queued``."""
+
+    in_process = True
 
     def __init__(self) -> None:
         self.submitted: list[str] = []

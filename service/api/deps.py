@@ -4,7 +4,11 @@ store, dispatcher, the authenticated owner, pagination parameters, ``If-None-Mat
 Authentication happens before any of these, and before any body is read: FastAPI reads a
 route's body before it solves its dependencies, so a dependency would come too late. The app's
 ``AuthenticationMiddleware`` checks the key first and leaves the owner in the request's state;
-``current_owner`` hands it to the route (and declares the ``Bearer`` scheme in OpenAPI)."""
+``current_owner`` hands it to the route (and declares the ``Bearer`` scheme in OpenAPI).
+
+The dependencies that only read ``app.state`` or the request are ``async def``: FastAPI runs a
+plain ``def`` dependency in the thread pool, and a hop there (a thread wake-up under the GIL)
+costs more than the whole lookup — five of them made a third of a submission's latency."""
 
 from __future__ import annotations
 
@@ -16,9 +20,8 @@ from fastapi import Depends, Header, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.auth import EXPECTED_HEADER
+from service.auth import EXPECTED_HEADER, Caller
 from service.catalog import BuiltinCatalog
-from service.db.models import Owner
 from service.dispatch import Dispatcher
 from service.problems import ProblemError, unauthorized
 from service.settings import Settings
@@ -37,39 +40,44 @@ _bearer = HTTPBearer(
 )
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_session_factory(request: Request) -> sessionmaker[Session]:
+async def get_session_factory(request: Request) -> sessionmaker[Session]:
     return request.app.state.session_factory
 
 
 def get_session(request: Request) -> Iterator[Session]:
     """A session per request, rolled back if the handler did not commit."""
-    with get_session_factory(request)() as session:
+    with request.app.state.session_factory() as session:
         yield session
 
 
-def get_store(request: Request) -> ArtifactStore:
+async def get_store(request: Request) -> ArtifactStore:
     return request.app.state.store
 
 
-def get_catalog(request: Request) -> BuiltinCatalog:
+async def get_catalog(request: Request) -> BuiltinCatalog:
     return request.app.state.catalog
 
 
-def get_dispatcher(request: Request) -> Dispatcher:
+def app_dispatcher(request: Request) -> Dispatcher:
+    """The app's dispatcher; 503 while it is not started."""
     dispatcher = getattr(request.app.state, "dispatcher", None)
     if dispatcher is None:
         raise ProblemError(503, "the job runner is not started yet", slug="runner-unavailable")
     return dispatcher
 
 
-def current_owner(
+async def get_dispatcher(request: Request) -> Dispatcher:
+    return app_dispatcher(request)
+
+
+async def current_owner(
     request: Request,
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Owner:
+) -> Caller:
     """The owner of the request's bearer key, as the ``AuthenticationMiddleware`` found it
     before anything of the request was read; raises what it found instead (401 for a missing,
     unknown or revoked key). Its lookup session is closed, so no handler holds a database
@@ -95,7 +103,7 @@ class IfNoneMatch:
         return "*" in self.tags or etag.removeprefix("W/") in self.tags
 
 
-def if_none_match(
+async def if_none_match(
     header: Annotated[
         str | None,
         Header(
@@ -115,7 +123,7 @@ class PageParams:
     after: str | None
 
 
-def page_params(
+async def page_params(
     limit: Annotated[
         int, Query(ge=1, le=MAX_PAGE_SIZE, description="Items per page (1–100).")
     ] = DEFAULT_PAGE_SIZE,
@@ -133,6 +141,6 @@ SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 CatalogDep = Annotated[BuiltinCatalog, Depends(get_catalog)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
-OwnerDep = Annotated[Owner, Depends(current_owner)]
+OwnerDep = Annotated[Caller, Depends(current_owner)]
 PageDep = Annotated[PageParams, Depends(page_params)]
 IfNoneMatchDep = Annotated[IfNoneMatch, Depends(if_none_match)]

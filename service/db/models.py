@@ -214,6 +214,8 @@ class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         sa.UniqueConstraint("owner_id", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
+        # The queued-jobs limit counts an owner's queued jobs on every submission (index only).
+        sa.Index("ix_jobs_owner_id_status", "owner_id", "status"),
     )
 
     id: Mapped[str] = mapped_column(sa.String(40), primary_key=True, default=lambda: new_id("job"))

@@ -1,9 +1,17 @@
 """Submission (docs/api.md ``POST /v1/jobs``): validate on metadata, insert idempotently, hand the
 job to the runner, mark it sent. The route only calls :func:`submit_job`.
 
+One session, one commit: the idempotency lookup, the queued-jobs count, the model and dataset
+reads and the insert (with its webhook subscription) share one transaction, and nothing is read
+back — the answer is built from the row in memory.
+
 The job row is committed before the runner hears of it (transactional outbox): a runner that
-refuses it gets the row withdrawn (503); an API that dies between the send and the mark leaves
-``enqueued_at`` NULL and the reaper sends it again (harmless: a worker claims it once)."""
+refuses it gets the row withdrawn (503). For a broker (Celery) the ``enqueued_at`` mark is a
+second, later write, after the broker took the message: an API that dies between the send and
+the mark leaves it NULL and the reaper sends it again (harmless: a worker claims it once). An
+in-process runner (``Dispatcher.in_process``: the local runner, ``none``) cannot lose a message
+the reaper would resend — the local runner takes over every ``queued`` row when it starts — so
+its row is inserted already marked, in the same commit."""
 
 from __future__ import annotations
 
@@ -13,10 +21,10 @@ import logging
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.orm import Session, joinedload, make_transient_to_detached, sessionmaker
 
 from service.catalog import BuiltinCatalog
-from service.db.models import Job
+from service.db.models import Job, new_id, utcnow
 from service.dispatch import Dispatcher
 from service.jobs.state import mark_enqueued, withdraw
 from service.jobs.summary import list_columns
@@ -36,18 +44,65 @@ def request_hash(normalised: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
+# Built once: every submission with a key runs it; a new key (the common case) costs one
+# narrow indexed read, and only a repeat loads its job.
+_IDEMPOTENT_TWIN = sa.select(Job.id, Job.request_hash).where(
+    Job.owner_id == sa.bindparam("owner_id"), Job.idempotency_key == sa.bindparam("key")
+)
+_INSERT_JOB = sa.insert(Job)
+
+
 def _find_idempotent(session: Session, owner_id: str, key: str, digest: str) -> Job | None:
-    job = session.scalar(
-        sa.select(Job)
-        .where(Job.owner_id == owner_id, Job.idempotency_key == key)
-        .options(selectinload(Job.webhook_subscription))  # the route echoes it, detached
-    )
-    if job is not None and job.request_hash != digest:
+    twin = session.connection().execute(
+        _IDEMPOTENT_TWIN, {"owner_id": owner_id, "key": key}
+    ).first()
+    if twin is None:
+        return None
+    if twin.request_hash != digest:
         raise validation_problem(
             "this Idempotency-Key was used with a different request body",
             [(("header", "Idempotency-Key"), "reused with a different body")],
         )
-    return job
+    # The route echoes the subscription after the session is closed: load it with the job.
+    return session.get(Job, twin.id, options=[joinedload(Job.webhook_subscription)])
+
+
+def _new_job(
+    owner_id: str, body: JobCreate, idempotency_key: str | None, digest: str, enqueued: bool
+) -> Job:
+    """The new row, every column given (nothing is left for the database to fill in, so
+    nothing needs reading back)."""
+    normalised = body.normalised()
+    now = utcnow()
+    return Job(
+        id=new_id("job"),
+        owner_id=owner_id,
+        status="queued",
+        request=normalised,
+        request_hash=digest,
+        idempotency_key=idempotency_key,
+        model_id=body.model_id,
+        train_dataset_id=body.train_dataset_id,
+        progress=None,
+        error=None,
+        result=None,
+        edited_model_id=None,
+        cancel_requested=False,
+        attempts=0,
+        worker_id=None,
+        heartbeat_at=None,
+        enqueued_at=now if enqueued else None,
+        created_at=now,
+        started_at=None,
+        finished_at=None,
+        deleted_at=None,
+        **list_columns(body, normalised),
+    )
+
+
+def _row_values(job: Job) -> dict[str, Any]:
+    return {column.key: getattr(job, attribute.key)
+            for attribute in sa.inspect(Job).column_attrs for column in attribute.columns}
 
 
 def create_job_row(
@@ -57,34 +112,32 @@ def create_job_row(
     body: JobCreate,
     idempotency_key: str | None,
     settings: Settings | None = None,
+    *,
+    enqueued: bool = False,
 ) -> tuple[Job, bool]:
     """Validate and insert the job; returns ``(job, created)`` — ``created`` False when the
     Idempotency-Key matched an earlier submission of the same body. With ``settings``, the
     owner's queued-jobs limit applies to new jobs (a repeat is answered whatever it is). The
-    key is held to the whole body (metadata and webhook included)."""
-    normalised = body.normalised()
+    key is held to the whole body (metadata and webhook included). ``enqueued``: insert the
+    row with ``enqueued_at`` set (an in-process runner; see the module docstring).
+
+    A new job's reads and inserts are prebuilt Core statements on the session's connection
+    (the ORM's unit of work cost more than the rest of the request); the returned job is the
+    row as inserted, detached, with its subscription."""
     digest = request_hash(body.fingerprint())
     with factory() as session:
         if idempotency_key is not None:
             existing = _find_idempotent(session, owner_id, idempotency_key, digest)
             if existing is not None:
                 return existing, False
+        connection = session.connection()
         if settings is not None:
-            check_queued_jobs(session, owner_id, settings)
-        validate_job(session, catalog, owner_id, body)
-        job = Job(
-            owner_id=owner_id,
-            status="queued",
-            request=normalised,
-            request_hash=digest,
-            idempotency_key=idempotency_key,
-            model_id=body.model_id,
-            train_dataset_id=body.train_dataset_id,
-            **list_columns(body, normalised),
-        )
-        session.add(job)
-        subscribe(session, job, body.webhook)
+            check_queued_jobs(connection, owner_id, settings)
+        validate_job(connection, catalog, owner_id, body)
+        job = _new_job(owner_id, body, idempotency_key, digest, enqueued)
         try:
+            connection.execute(_INSERT_JOB, _row_values(job))
+            subscribe(connection, job, body.webhook)
             session.commit()
         except sa.exc.IntegrityError:
             # A concurrent request with the same Idempotency-Key won the insert.
@@ -95,7 +148,8 @@ def create_job_row(
             if existing is None:
                 raise
             return existing, False
-        return job, True
+    make_transient_to_detached(job)  # it is the stored row now, as if loaded
+    return job, True
 
 
 def submit_job(
@@ -107,9 +161,12 @@ def submit_job(
     idempotency_key: str | None,
     settings: Settings | None = None,
 ) -> tuple[Job, bool]:
-    """Create the job (or find the idempotent twin), send it, mark it sent. A runner that
-    refuses the job → 503 ``runner-unavailable`` and the row is withdrawn."""
-    job, created = create_job_row(factory, catalog, owner_id, body, idempotency_key, settings)
+    """Create the job (or find the idempotent twin), send it, mark it sent (in the insert's
+    commit for an in-process runner). A runner that refuses the job → 503
+    ``runner-unavailable`` and the row is withdrawn."""
+    in_process = bool(getattr(dispatcher, "in_process", False))
+    job, created = create_job_row(factory, catalog, owner_id, body, idempotency_key, settings,
+                                  enqueued=in_process)
     if not created:
         return job, False
     try:
@@ -121,6 +178,8 @@ def submit_job(
             f"the job runner did not accept the job ({type(err).__name__}); retry later",
             slug="runner-unavailable",
         ) from None
+    if in_process:
+        return job, True
     # Sent: tell the reaper not to send it again. Dying (or failing to write) here leaves the
     # job unmarked and the reaper sends it a second time: harmless, the worker claims it once.
     try:

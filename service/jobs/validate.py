@@ -5,7 +5,9 @@ an array or a checkpoint, so a submission stays cheap."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from gif.builtins import is_builtin
@@ -21,7 +23,7 @@ from gif.request import (
 )
 from service.catalog import BuiltinCatalog, DatasetSummary
 from service.db.models import SUMMARY_SET, Dataset, Model
-from service.db.owned import find_owned
+from service.db.owned import find_owned_columns, owned_columns
 from service.problems import ProblemError, validation_problem
 from service.schemas import JobCreate
 
@@ -31,6 +33,16 @@ RESERVED_EVAL_NAMES = (*RESERVED_SET_NAMES, SUMMARY_SET)
 
 Loc = tuple[str | int, ...]
 
+# Built once (prebuilt statements skip SQLAlchemy's per-call construction and cache-key work):
+# only the columns validation reads, no ORM objects.
+_MODEL_COLUMNS = owned_columns(
+    Model, Model.arch, Model.input, Model.input_shape, Model.flat_input, Model.num_outputs
+)
+_DATASET_COLUMNS = owned_columns(
+    Dataset, Dataset.num_samples, Dataset.sample_shape, Dataset.dtype, Dataset.num_classes,
+    Dataset.class_counts,
+)
+
 
 @dataclass(frozen=True)
 class ResolvedDataset:
@@ -39,12 +51,13 @@ class ResolvedDataset:
 
 
 def _resolve_dataset(
-    session: Session, catalog: BuiltinCatalog, owner_id: str, dataset_id: str, loc: Loc
+    session: Session | sa.Connection, catalog: BuiltinCatalog, owner_id: str, dataset_id: str,
+    loc: Loc,
 ) -> ResolvedDataset:
     if is_builtin(dataset_id):
         summary = catalog.get(dataset_id)
     else:
-        row = find_owned(session, Dataset, owner_id, dataset_id)
+        row = find_owned_columns(session, _DATASET_COLUMNS, owner_id, dataset_id)
         summary = (
             DatasetSummary(
                 num_samples=row.num_samples,
@@ -65,7 +78,7 @@ def _invalid(loc: Loc, msg: str) -> ProblemError:
     return validation_problem(msg, [(("body", *loc), msg)])
 
 
-def _stored_io(model: Model) -> ModelIO | None:
+def _stored_io(model: Any) -> ModelIO | None:
     """The model's :class:`~gif.fit.ModelIO` as stored at upload (None: not known)."""
     if model.flat_input is None:
         return None
@@ -73,7 +86,7 @@ def _stored_io(model: Model) -> ModelIO | None:
     return ModelIO(model.arch, shape, model.flat_input, model.num_outputs)
 
 
-def _check_fits(io: ModelIO | None, model: Model, dataset: ResolvedDataset, loc: Loc) -> None:
+def _check_fits(io: ModelIO | None, model: Any, dataset: ResolvedDataset, loc: Loc) -> None:
     """The engine's own fit rules (``gif.fit``: shape, channels, labels vs outputs), on what
     was stored at upload — no forward pass, no torch."""
     if io is None:
@@ -87,14 +100,14 @@ def _check_fits(io: ModelIO | None, model: Model, dataset: ResolvedDataset, loc:
 
 
 def validate_job(
-    session: Session, catalog: BuiltinCatalog, owner_id: str, body: JobCreate
+    session: Session | sa.Connection, catalog: BuiltinCatalog, owner_id: str, body: JobCreate
 ) -> None:
     """Every reason the job could not run that is knowable now → 422 naming the field.
 
     Uses only metadata (rows and catalogue summaries), so submission stays cheap: no forward
     pass, no torch."""
     _check_solver(body)
-    model = find_owned(session, Model, owner_id, body.model_id)
+    model = find_owned_columns(session, _MODEL_COLUMNS, owner_id, body.model_id)
     if model is None:
         raise _invalid(("model_id",), f"unknown model {body.model_id!r}")
     io = _stored_io(model)

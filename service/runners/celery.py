@@ -96,6 +96,8 @@ def celery_app_for(settings: Settings) -> Celery:
 class CeleryDispatcher:
     """The API side of the distributed mode: sends ``gif.run_job`` by name (no torch import)."""
 
+    in_process = False  # a message can be lost: marked enqueued after the broker took it
+
     def __init__(self, settings: Settings):
         self._app = celery_app_for(settings)
         self._queue = settings.job_queue

@@ -85,6 +85,8 @@ class LocalRunner:
     """Runs submitted jobs one at a time in a ``spawn`` child process (see the module
     docstring). Implements ``service.dispatch.Dispatcher``: ``submit``, ``ready``, ``close``."""
 
+    in_process = True  # queued rows are taken over at start: a row is inserted marked sent
+
     def __init__(self, settings: Settings, *, scan_on_start: bool = True):
         self._settings = settings
         self._context = multiprocessing.get_context("spawn")
