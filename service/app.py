@@ -1,6 +1,7 @@
 """``create_app(settings) -> FastAPI``: the HTTP API of api.md.
 
-The app holds (on ``app.state``) the settings, one engine and session factory, the artifact
+The app holds (on ``app.state``) the settings, one engine (and ``read_engine``, the same pool in
+autocommit mode, for single-statement reads) and session factory, the artifact
 store, the built-in dataset catalogue and the dispatcher. The dispatcher is created at startup
 (lifespan) — or at once for runner ``none`` or when one is passed in — and closed at shutdown.
 The schema is not created here: run the migrations first (``gif-service migrate``)."""
@@ -22,7 +23,7 @@ from service.api.deps import AUTH_FAILURE_STATE_KEY, OWNER_STATE_KEY
 from service.api.uploads import BODY_LIMIT_SCOPE_KEY, BodyLimit
 from service.auth import Caller, caller_for_authorization
 from service.catalog import BuiltinCatalog
-from service.db.session import engine_from_settings, make_session_factory
+from service.db.session import autocommit_reads, engine_from_settings, make_session_factory
 from service.dispatch import Dispatcher, NoneDispatcher, make_dispatcher
 from service.jobs.reaper import maybe_start_reaper
 from service.limits import RateLimiter, rate_limiter
@@ -198,6 +199,7 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None) -> Fast
     assert settings.artifacts_dir is not None
     app.state.settings = settings
     app.state.engine = engine
+    app.state.read_engine = autocommit_reads(engine)
     app.state.session_factory = make_session_factory(engine)
     app.state.store = ArtifactStore(settings.artifacts_dir, min_free_bytes=settings.min_free_bytes)
     app.state.catalog = BuiltinCatalog()
@@ -210,7 +212,7 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None) -> Fast
     # before the bound is even consulted.
     app.add_middleware(
         AuthenticationMiddleware,
-        engine=engine,
+        engine=app.state.read_engine,
         limiter=rate_limiter(settings),
     )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=MAX_JSON_BODY_BYTES)

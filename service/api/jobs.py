@@ -34,14 +34,13 @@ from service.api.job_lists import (
     summary_query,
 )
 from service.api.webhooks import refuse_webhook_host
-from service.db.models import SUMMARY_SET, TERMINAL_STATUSES, Job, Metric, WebhookSubscription
-from service.db.owned import find_owned_columns, owned_columns
+from service.db.models import SUMMARY_SET, TERMINAL_STATUSES, Job, Metric
 from service.jobs.events import events_after
 from service.jobs.state import cancel_job
 from service.jobs.submit import submit_job
+from service.jobs.view import read_job_object
 from service.problems import ProblemError, not_found, validation_problem
 from service.schemas import (
-    EditSummary,
     JobCreate,
     JobEventOut,
     JobMetricsOut,
@@ -49,9 +48,7 @@ from service.schemas import (
     JobStatus,
     JobSummary,
     Page,
-    Webhook,
 )
-from service.webhooks.subscriptions import webhook_of
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=AUTH_PROBLEMS)
 
@@ -60,54 +57,13 @@ SSE_POLL_INTERVAL_S = 0.5
 SSE_KEEPALIVE_S = 15.0
 
 
-def job_out(job: Job) -> JobOut:
-    """The job object of a job row (its webhook subscription loaded or set)."""
-    return _job_out(job, webhook_of(job))
-
-
-def _job_out(job: Any, webhook: Webhook | None) -> JobOut:
-    """``job``: a :class:`Job` or a row of :data:`_JOB_READ` (the same attribute names)."""
-    return JobOut(
-        id=job.id,
-        status=job.status,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        request=job.request,
-        progress=job.progress,
-        error=job.error,
-        result=job.result,
-        model_id=job.model_id,
-        train_dataset_id=job.train_dataset_id,
-        edited_model_id=job.edited_model_id,
-        cancel_requested=job.cancel_requested,
-        method=job.method,
-        edit=EditSummary.model_validate(job.edit_summary) if job.edit_summary else None,
-        metadata=job.job_metadata or {},
-        webhook=webhook,
-    )
-
-
-# GET /v1/jobs/{id}, built once: the columns of the job object and its subscription's, in one
-# Core query on a plain connection — an ORM load of the row cost four times as much.
-_JOB_READ = owned_columns(
-    Job, Job.id, Job.status, Job.created_at, Job.started_at, Job.finished_at, Job.request,
-    Job.progress, Job.error, Job.result, Job.model_id, Job.train_dataset_id,
-    Job.edited_model_id, Job.cancel_requested, Job.method, Job.edit_summary,
-    Job.job_metadata.label("job_metadata"), WebhookSubscription.url.label("webhook_url"),
-    WebhookSubscription.events.label("webhook_events"),
-).outerjoin(WebhookSubscription, WebhookSubscription.job_id == Job.id)
-
-
 def read_job(engine: sa.Engine, owner_id: str, job_id: str) -> JobOut:
     """The owner's job as served, or 404."""
     with engine.connect() as connection:
-        row = find_owned_columns(connection, _JOB_READ, owner_id, job_id)
-    if row is None:
+        job = read_job_object(connection, owner_id, job_id)
+    if job is None:
         raise not_found("job", job_id)
-    webhook = (Webhook(url=row.webhook_url, events=row.webhook_events)
-               if row.webhook_url is not None else None)
-    return _job_out(row, webhook)
+    return job
 
 
 @router.post(
@@ -148,7 +104,7 @@ async def create_job(
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:
         response.status_code = 200
-    return job_out(job)
+    return job
 
 
 @router.get(
@@ -181,7 +137,7 @@ def list_jobs(
 )
 async def get_job(job_id: str, request: Request, owner: OwnerDep) -> JobOut:
     # One thread hop for the read (a ``def`` route with a session dependency took three).
-    return await run_in_threadpool(read_job, request.app.state.engine, owner.id, job_id)
+    return await run_in_threadpool(read_job, request.app.state.read_engine, owner.id, job_id)
 
 
 @router.delete(
@@ -203,12 +159,11 @@ async def delete_job(job_id: str, request: Request, owner: OwnerDep) -> Response
     summary="Cancel a job (idempotent); returns the job",
     responses=problem_responses(404),
 )
-def cancel(job_id: str, owner: OwnerDep, factory: SessionFactoryDep) -> JobOut:
-    with factory() as session:
-        get_owned(session, Job, "job", owner.id, job_id)
+def cancel(job_id: str, request: Request, owner: OwnerDep, factory: SessionFactoryDep) -> JobOut:
+    engine = request.app.state.read_engine
+    read_job(engine, owner.id, job_id)  # 404 before any change
     cancel_job(factory, job_id)
-    with factory() as session:
-        return job_out(get_owned(session, Job, "job", owner.id, job_id))
+    return read_job(engine, owner.id, job_id)
 
 
 async def _read_events(

@@ -1,9 +1,10 @@
 """Submission (docs/api.md ``POST /v1/jobs``): validate on metadata, insert idempotently, hand the
 job to the runner, mark it sent. The route only calls :func:`submit_job`.
 
-One session, one commit: the idempotency lookup, the queued-jobs count, the model and dataset
-reads and the insert (with its webhook subscription) share one transaction, and nothing is read
-back — the answer is built from the row in memory.
+One connection, one commit: the idempotency lookup, the queued-jobs count, the model and dataset
+reads and the insert (with its webhook subscription) are prebuilt Core statements on one plain
+connection (no session, no ORM objects: their unit of work and instrumentation cost more than
+the statements), and nothing is read back — the answer is built from the values inserted.
 
 The job row is committed before the runner hears of it (transactional outbox): a runner that
 refuses it gets the row withdrawn (503). For a broker (Celery) the ``enqueued_at`` mark is a
@@ -21,17 +22,19 @@ import logging
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session, joinedload, make_transient_to_detached, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from service.catalog import BuiltinCatalog
 from service.db.models import Job, new_id, utcnow
+from service.db.session import engine_of
 from service.dispatch import Dispatcher
 from service.jobs.state import mark_enqueued, withdraw
 from service.jobs.summary import list_columns
 from service.jobs.validate import validate_job
+from service.jobs.view import job_object, read_job_object
 from service.limits import check_queued_jobs
 from service.problems import ProblemError, validation_problem
-from service.schemas import JobCreate
+from service.schemas import JobCreate, JobOut
 from service.settings import Settings
 from service.webhooks.subscriptions import subscribe
 
@@ -45,17 +48,17 @@ def request_hash(normalised: dict[str, Any]) -> str:
 
 
 # Built once: every submission with a key runs it; a new key (the common case) costs one
-# narrow indexed read, and only a repeat loads its job.
+# narrow indexed read, and only a repeat reads its job.
 _IDEMPOTENT_TWIN = sa.select(Job.id, Job.request_hash).where(
     Job.owner_id == sa.bindparam("owner_id"), Job.idempotency_key == sa.bindparam("key")
 )
 _INSERT_JOB = sa.insert(Job)
 
 
-def _find_idempotent(session: Session, owner_id: str, key: str, digest: str) -> Job | None:
-    twin = session.connection().execute(
-        _IDEMPOTENT_TWIN, {"owner_id": owner_id, "key": key}
-    ).first()
+def _find_idempotent(
+    connection: sa.Connection, owner_id: str, key: str, digest: str
+) -> JobOut | None:
+    twin = connection.execute(_IDEMPOTENT_TWIN, {"owner_id": owner_id, "key": key}).first()
     if twin is None:
         return None
     if twin.request_hash != digest:
@@ -63,46 +66,43 @@ def _find_idempotent(session: Session, owner_id: str, key: str, digest: str) -> 
             "this Idempotency-Key was used with a different request body",
             [(("header", "Idempotency-Key"), "reused with a different body")],
         )
-    # The route echoes the subscription after the session is closed: load it with the job.
-    return session.get(Job, twin.id, options=[joinedload(Job.webhook_subscription)])
+    return read_job_object(connection, owner_id, twin.id)
 
 
-def _new_job(
+def _new_row(
     owner_id: str, body: JobCreate, idempotency_key: str | None, digest: str, enqueued: bool
-) -> Job:
-    """The new row, every column given (nothing is left for the database to fill in, so
-    nothing needs reading back)."""
+) -> dict[str, Any]:
+    """The new row's values, keyed by column, every column given (nothing is left for the
+    database to fill in, so nothing needs reading back)."""
     normalised = body.normalised()
     now = utcnow()
-    return Job(
-        id=new_id("job"),
-        owner_id=owner_id,
-        status="queued",
-        request=normalised,
-        request_hash=digest,
-        idempotency_key=idempotency_key,
-        model_id=body.model_id,
-        train_dataset_id=body.train_dataset_id,
-        progress=None,
-        error=None,
-        result=None,
-        edited_model_id=None,
-        cancel_requested=False,
-        attempts=0,
-        worker_id=None,
-        heartbeat_at=None,
-        enqueued_at=now if enqueued else None,
-        created_at=now,
-        started_at=None,
-        finished_at=None,
-        deleted_at=None,
-        **list_columns(body, normalised),
-    )
-
-
-def _row_values(job: Job) -> dict[str, Any]:
-    return {column.key: getattr(job, attribute.key)
-            for attribute in sa.inspect(Job).column_attrs for column in attribute.columns}
+    listed = list_columns(body, normalised)
+    return {
+        "id": new_id("job"),
+        "owner_id": owner_id,
+        "status": "queued",
+        "request": normalised,
+        "request_hash": digest,
+        "idempotency_key": idempotency_key,
+        "model_id": body.model_id,
+        "train_dataset_id": body.train_dataset_id,
+        "progress": None,
+        "error": None,
+        "result": None,
+        "edited_model_id": None,
+        "cancel_requested": False,
+        "attempts": 0,
+        "worker_id": None,
+        "heartbeat_at": None,
+        "enqueued_at": now if enqueued else None,
+        "created_at": now,
+        "started_at": None,
+        "finished_at": None,
+        "deleted_at": None,
+        "method": listed["method"],
+        "edit_summary": listed["edit_summary"],
+        "metadata": listed["job_metadata"],
+    }
 
 
 def create_job_row(
@@ -114,42 +114,38 @@ def create_job_row(
     settings: Settings | None = None,
     *,
     enqueued: bool = False,
-) -> tuple[Job, bool]:
-    """Validate and insert the job; returns ``(job, created)`` — ``created`` False when the
-    Idempotency-Key matched an earlier submission of the same body. With ``settings``, the
-    owner's queued-jobs limit applies to new jobs (a repeat is answered whatever it is). The
-    key is held to the whole body (metadata and webhook included). ``enqueued``: insert the
-    row with ``enqueued_at`` set (an in-process runner; see the module docstring).
-
-    A new job's reads and inserts are prebuilt Core statements on the session's connection
-    (the ORM's unit of work cost more than the rest of the request); the returned job is the
-    row as inserted, detached, with its subscription."""
+) -> tuple[JobOut, bool]:
+    """Validate and insert the job; returns ``(job, created)`` — the job object, and
+    ``created`` False when the Idempotency-Key matched an earlier submission of the same body.
+    With ``settings``, the owner's queued-jobs limit applies to new jobs (a repeat is answered
+    whatever it is). The key is held to the whole body (metadata and webhook included).
+    ``enqueued``: insert the row with ``enqueued_at`` set (an in-process runner; see the module
+    docstring)."""
     digest = request_hash(body.fingerprint())
-    with factory() as session:
+    with engine_of(factory).connect() as connection:
         if idempotency_key is not None:
-            existing = _find_idempotent(session, owner_id, idempotency_key, digest)
+            existing = _find_idempotent(connection, owner_id, idempotency_key, digest)
             if existing is not None:
                 return existing, False
-        connection = session.connection()
         if settings is not None:
             check_queued_jobs(connection, owner_id, settings)
         validate_job(connection, catalog, owner_id, body)
-        job = _new_job(owner_id, body, idempotency_key, digest, enqueued)
+        row = _new_row(owner_id, body, idempotency_key, digest, enqueued)
         try:
-            connection.execute(_INSERT_JOB, _row_values(job))
-            subscribe(connection, job, body.webhook)
-            session.commit()
+            connection.execute(_INSERT_JOB, row)
+            webhook = (subscribe(connection, row["id"], owner_id, body.webhook)
+                       if body.webhook is not None else None)
+            connection.commit()
         except sa.exc.IntegrityError:
             # A concurrent request with the same Idempotency-Key won the insert.
-            session.rollback()
+            connection.rollback()
             if idempotency_key is None:
                 raise
-            existing = _find_idempotent(session, owner_id, idempotency_key, digest)
+            existing = _find_idempotent(connection, owner_id, idempotency_key, digest)
             if existing is None:
                 raise
             return existing, False
-    make_transient_to_detached(job)  # it is the stored row now, as if loaded
-    return job, True
+    return job_object(row, webhook), True
 
 
 def submit_job(
@@ -160,7 +156,7 @@ def submit_job(
     body: JobCreate,
     idempotency_key: str | None,
     settings: Settings | None = None,
-) -> tuple[Job, bool]:
+) -> tuple[JobOut, bool]:
     """Create the job (or find the idempotent twin), send it, mark it sent (in the insert's
     commit for an in-process runner). A runner that refuses the job → 503
     ``runner-unavailable`` and the row is withdrawn."""
