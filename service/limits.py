@@ -28,19 +28,28 @@ def too_many(detail: str, retry_after_s: float, slug: str) -> ProblemError:
     return ProblemError(429, detail, slug=slug, headers={"Retry-After": str(seconds)})
 
 
-# Built once: every submission runs it (a prebuilt statement skips the per-call construction).
-_QUEUED_JOBS = (
-    sa.select(sa.func.count()).select_from(Job)
+# The owner's queued jobs (``:owner_id``), counted up to ``:queued_cap`` (the limit: enough to
+# decide, and bounded however long the queue): a scalar subquery a submission's read embeds;
+# answered from the (owner_id, status) index.
+QUEUED_JOBS = sa.select(sa.func.count()).select_from(
+    sa.select(sa.literal_column("1"))
     .where(Job.owner_id == sa.bindparam("owner_id"), Job.status == "queued")
-)
+    .limit(sa.bindparam("queued_cap"))
+    .subquery()
+).scalar_subquery()
 
 
-def check_queued_jobs(db: Session | sa.Connection, owner_id: str, settings: Settings) -> None:
-    """Refuse a submission while the owner already has the maximum of queued jobs."""
+def queued_cap(settings: Settings) -> int:
+    """``:queued_cap`` of :data:`QUEUED_JOBS` (0 without a limit: nothing to count)."""
+    return settings.max_queued_jobs_per_owner or 0
+
+
+def refuse_queued_jobs(queued: int, settings: Settings) -> None:
+    """429 when ``queued`` (the owner's queued jobs, counted by :data:`QUEUED_JOBS`) is at the
+    limit."""
     limit = settings.max_queued_jobs_per_owner
     if limit is None:
         return
-    queued = db.execute(_QUEUED_JOBS, {"owner_id": owner_id}).scalar() or 0
     if queued >= limit:
         raise too_many(
             f"you have {queued} queued jobs, the most allowed (GIF_MAX_QUEUED_JOBS_PER_OWNER="

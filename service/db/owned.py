@@ -18,15 +18,21 @@ def owned_rows(entity: type[Any], owner_id: str) -> sa.Select:
     return query if deleted_at is None else query.where(deleted_at.is_(None))
 
 
+def owned_condition(entity: type[Any], row_id: str = "row_id") -> sa.ColumnElement[bool]:
+    """The row whose id is the bind parameter ``row_id``, owned by ``:owner_id``, not deleted
+    (for a prebuilt statement: a join's condition, or :func:`owned_columns`'s)."""
+    condition = sa.and_(
+        entity.id == sa.bindparam(row_id), entity.owner_id == sa.bindparam("owner_id")
+    )
+    deleted_at = getattr(entity, "deleted_at", None)
+    return condition if deleted_at is None else sa.and_(condition, deleted_at.is_(None))
+
+
 def owned_columns(entity: type[Any], *columns: Any) -> sa.Select:
     """``SELECT columns`` of the row ``:row_id`` if ``:owner_id`` owns it and it is not deleted
     — a statement to build once (at import) and run with :func:`find_owned_columns`, for a hot
-    path that needs a few columns and no ORM object (a job submission's validation)."""
-    query = sa.select(*columns).where(
-        entity.id == sa.bindparam("row_id"), entity.owner_id == sa.bindparam("owner_id")
-    )
-    deleted_at = getattr(entity, "deleted_at", None)
-    return query if deleted_at is None else query.where(deleted_at.is_(None))
+    path that needs a few columns and no ORM object."""
+    return sa.select(*columns).where(owned_condition(entity))
 
 
 def find_owned_columns(

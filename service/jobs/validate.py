@@ -33,15 +33,24 @@ RESERVED_EVAL_NAMES = (*RESERVED_SET_NAMES, SUMMARY_SET)
 
 Loc = tuple[str | int, ...]
 
-# Built once (prebuilt statements skip SQLAlchemy's per-call construction and cache-key work):
-# only the columns validation reads, no ORM objects.
-_MODEL_COLUMNS = owned_columns(
-    Model, Model.arch, Model.input, Model.input_shape, Model.flat_input, Model.num_outputs
-)
-_DATASET_COLUMNS = owned_columns(
-    Dataset, Dataset.num_samples, Dataset.sample_shape, Dataset.dtype, Dataset.num_classes,
-    Dataset.class_counts,
-)
+# The columns validation reads (no ORM objects), and their statements, built once (prebuilt
+# statements skip SQLAlchemy's per-call construction and cache-key work).
+MODEL_COLUMNS = (Model.arch, Model.input, Model.input_shape, Model.flat_input, Model.num_outputs)
+DATASET_COLUMNS = (Dataset.num_samples, Dataset.sample_shape, Dataset.dtype, Dataset.num_classes,
+                   Dataset.class_counts)
+_MODEL_COLUMNS = owned_columns(Model, *MODEL_COLUMNS)
+_DATASET_COLUMNS = owned_columns(Dataset, *DATASET_COLUMNS)
+_UNREAD: Any = object()
+
+
+@dataclass(frozen=True)
+class Prefetched:
+    """The model's and the train set's validation columns (rows with the attributes of
+    :data:`MODEL_COLUMNS` and :data:`DATASET_COLUMNS`) that the caller read with its own query
+    (a submission reads them with its other reads, in one); None where no such owned row is."""
+
+    model: Any
+    train: Any
 
 
 @dataclass(frozen=True)
@@ -53,11 +62,13 @@ class ResolvedDataset:
 def _resolve_dataset(
     session: Session | sa.Connection, catalog: BuiltinCatalog, owner_id: str, dataset_id: str,
     loc: Loc,
+    row: Any = _UNREAD,
 ) -> ResolvedDataset:
     if is_builtin(dataset_id):
         summary = catalog.get(dataset_id)
     else:
-        row = find_owned_columns(session, _DATASET_COLUMNS, owner_id, dataset_id)
+        if row is _UNREAD:
+            row = find_owned_columns(session, _DATASET_COLUMNS, owner_id, dataset_id)
         summary = (
             DatasetSummary(
                 num_samples=row.num_samples,
@@ -100,19 +111,22 @@ def _check_fits(io: ModelIO | None, model: Any, dataset: ResolvedDataset, loc: L
 
 
 def validate_job(
-    session: Session | sa.Connection, catalog: BuiltinCatalog, owner_id: str, body: JobCreate
+    session: Session | sa.Connection, catalog: BuiltinCatalog, owner_id: str, body: JobCreate,
+    prefetched: Prefetched | None = None,
 ) -> None:
     """Every reason the job could not run that is knowable now → 422 naming the field.
 
     Uses only metadata (rows and catalogue summaries), so submission stays cheap: no forward
-    pass, no torch."""
+    pass, no torch. ``prefetched``: the model's and train set's rows, already read."""
     _check_solver(body)
-    model = find_owned_columns(session, _MODEL_COLUMNS, owner_id, body.model_id)
+    model = (prefetched.model if prefetched is not None
+             else find_owned_columns(session, _MODEL_COLUMNS, owner_id, body.model_id))
     if model is None:
         raise _invalid(("model_id",), f"unknown model {body.model_id!r}")
     io = _stored_io(model)
     train = _resolve_dataset(
-        session, catalog, owner_id, body.train_dataset_id, ("train_dataset_id",)
+        session, catalog, owner_id, body.train_dataset_id, ("train_dataset_id",),
+        prefetched.train if prefetched is not None else _UNREAD,
     )
     evals = {}
     for name, dataset_id in body.eval.datasets.items():
