@@ -80,23 +80,28 @@ def test_a_real_job_delivers_running_and_succeeded_signed_and_a_500_is_retried(
                          and all(x["status"] == "delivered" for x in d) and d, 60,
                          "both deliveries delivered")
 
-    assert [d["event"] for d in log] == ["running", "succeeded"]
-    running, succeeded = log
-    assert [a["status_code"] for a in running["attempts"]] == [500, 200]
-    assert running["attempts"][0]["error"] and running["attempts"][1]["error"] is None
-    assert [a["status_code"] for a in succeeded["attempts"]] == [200]
+    # A tiny job can end within one outbox poll, so both deliveries may be planned together
+    # and either can reach the receiver first (api.md: order by data.status, not arrival):
+    # the scripted 500 answers whichever does.
+    assert sorted(d["event"] for d in log) == ["running", "succeeded"]
+    retried = next(d for d in log if len(d["attempts"]) == 2)
+    (once,) = (d for d in log if d is not retried)
+    assert [a["status_code"] for a in retried["attempts"]] == [500, 200]
+    assert retried["attempts"][0]["error"] and retried["attempts"][1]["error"] is None
+    assert [a["status_code"] for a in once["attempts"]] == [200]
 
     got = receiver.for_job(job["id"])
     by_id = {d["id"]: [r for r in got if r.headers["webhook-id"] == d["id"]] for d in log}
-    assert [r.answered for r in by_id[running["id"]]] == [500, 200]
-    assert [r.answered for r in by_id[succeeded["id"]]] == [200] and len(got) == 3
-    first, retry = by_id[running["id"]]
+    assert [r.answered for r in by_id[retried["id"]]] == [500, 200]
+    assert [r.answered for r in by_id[once["id"]]] == [200] and len(got) == 3
+    first, retry = by_id[retried["id"]]
     assert first.body == retry.body  # a retry sends the same body, freshly signed
     assert retry.at - first.at >= 0.25  # the backoff (0.3 s) was waited
     payloads = {d["event"]: [assert_signed(r, secret) for r in by_id[d["id"]]] for d in log}
-    assert [p["type"] for p in payloads["running"]] == ["job.running"] * 2
-    (final,) = payloads["succeeded"]
-    assert final["type"] == "job.succeeded" and final["data"]["id"] == job["id"]
+    assert {p["type"] for p in payloads["running"]} == {"job.running"}
+    assert {p["type"] for p in payloads["succeeded"]} == {"job.succeeded"}
+    final = payloads["succeeded"][-1]
+    assert final["data"]["id"] == job["id"]
     assert final["data"]["status"] == "succeeded" and final["data"]["edited_model_id"]
     assert final["data"]["metadata"] == {"suite": "webhooks"} and "request" not in final["data"]
 
