@@ -27,7 +27,7 @@ import gc
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, configure_mappers, sessionmaker
@@ -48,7 +48,6 @@ class JobProcess:
     engine: sa.Engine
     factory: sessionmaker[Session]
     store: ArtifactStore
-    verified: dict[str, tuple] = field(default_factory=dict)  # sha256 → file identity
 
 
 _current: JobProcess | None = None
