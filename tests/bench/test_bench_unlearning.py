@@ -133,3 +133,23 @@ def test_the_holdout_is_test_data_outside_the_measured_test_set():
     assert len(bench.holdout_indices(1000, test_idx, 5000)) == 1000 - len(test_idx)
     assert bench.holdout_set(bench.fashion_mnist("test", image_size=28),
                              torch.arange(10_000), 50) is None  # a full-split test set
+
+
+def test_a_stopped_run_has_the_reference_and_the_default_request_before_the_costly_rows():
+    """The run order (``priority``): the reference retrain, then the default request (gif and
+    gif + holdout), the 1-epoch baselines, the noise floor, fif/pif, the recipes last."""
+    bench = load_bench()
+
+    class Holdout:
+        num_samples = 10
+
+    task = bench.Task("sample", {"kind": "remove_samples", "indices": [0]}, None, None, None,
+                      None, None, holdout=Holdout())
+    rows = bench.rows_for(task, bench.SCALES["full-tinynet"], 0)
+    ordered = [row.label for row in sorted(rows, key=bench.priority)]
+    assert ordered[0] == "retrain"
+    assert ordered[1:3] == ["gif", bench.HOLDOUT_ROW]
+    assert ordered[3:3 + len(bench.BASELINES)] == [f"{m} 1 epoch" for m in bench.BASELINES]
+    assert ordered[3 + len(bench.BASELINES)] == "retrain seed+1"
+    assert set(ordered[-len(bench.BASELINES):]) == {f"{m} recipe" for m in bench.BASELINES}
+    assert sorted(ordered) == sorted(row.label for row in rows)
