@@ -79,3 +79,40 @@ def test_nul_characters_are_a_client_error_on_postgresql(pg_settings):
         response = client.post("/v1/jobs", headers=headers, json=body)
         assert response.status_code == 422, response.text
         assert response.headers["content-type"].startswith("application/problem+json")
+
+
+def test_a_submission_is_committed_when_answered_and_leaves_no_transaction_open(pg_settings):
+    """Without a webhook the insert commits by itself (autocommit), with one both inserts
+    commit together: either way another connection sees the rows once the answer is sent, and
+    none of the app's pooled connections is left inside a transaction."""
+    engine = engine_from_settings(pg_settings)
+    with session_scope(make_session_factory(engine)) as session:
+        headers = bearer(create_key(session, "pg-commit"))
+    engine.dispose()
+    settings = pg_settings.model_copy(update={"webhook_allow_private": True})
+    other = sa.create_engine(pg_settings.database_url, poolclass=sa.NullPool)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        model = upload_model(client, headers).json()
+        x, y = tiny_dataset()
+        dataset = upload_dataset(client, headers, x, y).json()
+        body = {"model_id": model["id"], "train_dataset_id": dataset["id"],
+                "edit": {"kind": "remove_class", "class": 1}}
+        plain = client.post("/v1/jobs", headers=headers, json=body)
+        hooked = client.post("/v1/jobs", headers=headers, json={
+            **body, "webhook": {"url": "http://127.0.0.1:9/hook"}})
+        assert (plain.status_code, hooked.status_code) == (202, 202), hooked.text
+        with other.connect() as connection:
+            jobs = connection.exec_driver_sql(
+                "SELECT id, status FROM jobs WHERE id IN (%(a)s, %(b)s) ORDER BY created_at",
+                {"a": plain.json()["id"], "b": hooked.json()["id"]}).all()
+            hooks = connection.exec_driver_sql(
+                "SELECT job_id FROM webhook_subscriptions WHERE job_id = %(b)s",
+                {"b": hooked.json()["id"]}).all()
+            open_transactions = connection.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND state LIKE 'idle in transaction%%'").scalar()
+        assert [tuple(row) for row in jobs] == [(plain.json()["id"], "queued"),
+                                                (hooked.json()["id"], "queued")]
+        assert [row.job_id for row in hooks] == [hooked.json()["id"]]
+        assert open_transactions == 0
+    other.dispose()
