@@ -11,7 +11,8 @@ the process's CPU time per request is the request's own and a profile sees all o
 bodies are those of ``bench/bench_load.py`` (a new Idempotency-Key and seed each time).
 
 Printed per kind: wall and CPU (``time.process_time``) per request, mean and median over
-``--requests`` after a warm-up, and the ratio to ``/healthz``. With ``--postgres`` the app runs
+``--requests`` after a warm-up (the two kinds alternate in blocks of 20), and the ratio to
+``/healthz``. With ``--postgres`` the app runs
 on a fresh PostgreSQL database (dropped afterwards). ``--profile KIND``: cProfile over that
 kind's requests, the ``--top`` entries by cumulative and by own time."""
 
@@ -32,6 +33,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+BLOCK = 20
 
 
 async def _inline_run_sync(func, *args, abandon_on_cancel=False, cancellable=None,
@@ -159,15 +163,22 @@ def run(database_url: str | None, requests: int, profile: str | None, top: int,
                 return walls, cpus
 
             async def main():
-                results = {}
+                results = {kind: ([], []) for kind in kinds}
+                profilers = {kind: cProfile.Profile() if kind.endswith(profile or "-") else None
+                             for kind in kinds}
                 offset = 0
                 for kind in kinds:  # warm-up: statement caches, first connections
                     await measure(kind, offset, 30)
                     offset += 30
-                for kind in kinds:
-                    profiler = cProfile.Profile() if kind.endswith(profile or "-") else None
-                    results[kind] = await measure(kind, offset, requests, profiler)
-                    offset += requests
+                # The kinds alternate in blocks of BLOCK requests, so that a change of the
+                # machine's speed during the run (other work on it) weighs on both alike.
+                for _ in range(max(1, requests // BLOCK)):
+                    for kind in kinds:
+                        walls, cpus = await measure(kind, offset, BLOCK, profilers[kind])
+                        results[kind][0].extend(walls)
+                        results[kind][1].extend(cpus)
+                        offset += BLOCK
+                for profiler in profilers.values():
                     if profiler is not None:
                         for order in ("cumulative", "tottime"):
                             out = io.StringIO()
