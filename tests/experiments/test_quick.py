@@ -205,3 +205,19 @@ def test_sample_removal_diagnosis_decomposes_the_gradient_exactly(capsys):
     for line in models:
         accuracy, ks, noise = (float(cell) for cell in line.split("|")[2:5])
         assert 0.0 <= accuracy <= 1.0 and 0.0 <= ks <= 1.0 and 0.0 <= noise <= 1.0
+
+
+def test_path_surface_prints_every_scored_iterate_and_the_patience_stops_the_solve(capsys):
+    """``experiments.path_surface`` on the tiny scale with patience 1: a row per scored
+    iterate, and the solve stopped one scored iterate after the chosen one (or at its end)."""
+    from experiments import path_surface
+
+    assert path_surface.main(["--scale", "tiny", "--task", "class", "--patience", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    iterations = [int(line.split("|")[1]) for line in rows]
+    assert iterations == sorted(iterations) and iterations[0] == 1
+    chosen = int(out.split("chosen: k = ")[1].split(",")[0])
+    assert chosen in iterations
+    assert iterations.index(chosen) >= len(iterations) - 2
+    assert "patience 1" in out

@@ -1,0 +1,71 @@
+"""The regularisation path's scored iterates (method.md E9) of one default-request edit on a
+``bench/bench_unlearning.py`` task, optionally with another patience than the default.
+
+Why: on the full-data TinyNet (``--scale full-tinynet``) the default GIF class removal stopped
+at iteration 5 with α at the edge of its range and wrecked the model; this prints each scored
+iterate's best α, objective and components, so the surface behind a choice can be read.
+
+    python -m experiments.path_surface --scale full-tinynet --task class
+    python -m experiments.path_surface --scale full-tinynet --task class --patience 50
+
+Prints a markdown table, then the chosen (k, α) and the task's metrics (``bench.measure``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+
+import torch
+
+from experiments.candidates import load_bench
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", default="medium", help="a bench_unlearning scale")
+    parser.add_argument("--task", default="class", choices=("class", "sample", "backdoor"))
+    parser.add_argument("--patience", type=int, default=None,
+                        help="scored iterates without a better score before the path stops "
+                             "the solve (default: gif.step.PATH_PATIENCE)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    import gif.edit.run as edit_run
+    from gif.edit import LoadedModel, run_edit
+    from gif.step import PATH_PATIENCE, RegularisationPath
+
+    patience = PATH_PATIENCE if args.patience is None else args.patience
+    bench = load_bench()
+    scale = bench.SCALES[args.scale]
+    spec = bench.TINYNET.spec
+    task = next(t for t in bench.build_tasks(bench.TINYNET, scale, 0) if t.name == args.task)
+    original, _ = bench.cached_original(spec, task.train, scale.training(), 0)
+    request = bench.request_for(bench.Row("gif", "gif", "default request",
+                                          dict(scale.influence_overrides)), task)
+    default_path = edit_run.RegularisationPath
+    edit_run.RegularisationPath = functools.partial(RegularisationPath, patience=patience)
+    try:
+        started = time.process_time()
+        outcome = run_edit(request, LoadedModel(spec=spec, state_dict=original), task.train, {})
+        cpu = time.process_time() - started
+    finally:
+        edit_run.RegularisationPath = default_path
+    path = outcome.result["path"]
+    components = sorted({key for it in path["iterates"] for key in it}
+                        - {"iteration", "scale", "objective"})
+    rows = [[str(it["iteration"]), f"{it['scale']:.3g}", f"{it['objective']:.4f}",
+             *(f"{it.get(key, float('nan')):.3f}" for key in components)]
+            for it in path["iterates"]]
+    print(f"{bench.TASK_TITLES[args.task]}, {scale.describe()}; patience {patience}\n")
+    print(bench.markdown_table(["iteration k", "best α", "objective", *components], rows))
+    chosen = path["chosen"]
+    metrics = bench.measure(spec, outcome.state_dict, task)
+    print(f"\nchosen: k = {chosen['iteration']}, α = {chosen['scale']:.4g}; solver iterations "
+          f"{outcome.result['solver']['iterations']}; {cpu:.1f} CPU s; metrics: "
+          + ", ".join(f"{key} {value:.3f}" for key, value in metrics.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
