@@ -5,8 +5,8 @@ One connection, one commit: the idempotency lookup, the queued-jobs count, the m
 reads and the insert (with its webhook subscription) are prebuilt Core statements on one plain
 connection (no session, no ORM objects: their unit of work and instrumentation cost more than
 the statements), and nothing is read back — the answer is built from the values inserted.
-Without a webhook the insert is the only write and commits by itself (autocommit): no BEGIN and
-COMMIT round trips on PostgreSQL.
+On PostgreSQL a submission without a webhook inserts in autocommit (the insert is its only
+write): no BEGIN and COMMIT round trips.
 
 The job row is committed before the runner hears of it (transactional outbox): a runner that
 refuses it gets the row withdrawn (503). For a broker (Celery) the ``enqueued_at`` mark is a
@@ -152,12 +152,14 @@ def create_job_row(
     docstring)."""
     digest = request_hash(body.fingerprint())
     with engine_of(factory).connect() as connection:
-        if body.webhook is None:
-            # One write, the insert: in autocommit it is its own transaction, committed (and
-            # on PostgreSQL flushed to the WAL) before it returns — without the BEGIN and COMMIT
+        if body.webhook is None and connection.dialect.name != "sqlite":
+            # PostgreSQL, one write (the insert): in autocommit it is its own transaction,
+            # committed and flushed to the WAL before it returns, without the BEGIN and COMMIT
             # round trips. The reads need no transaction: at READ COMMITTED each statement sees
-            # its own snapshot anyway (pysqlite opens none for a SELECT). With a webhook the
-            # two inserts commit together, in one transaction.
+            # its own snapshot anyway. With a webhook the two inserts commit together. SQLite
+            # has no round trips to save, and autocommit there would cost a PRAGMA on every
+            # checkin (SQLAlchemy resets the isolation level) and hold the process's write lock
+            # (SerialWriterConnection) until that reset instead of until the commit below.
             connection.execution_options(isolation_level="AUTOCOMMIT")
         reads = connection.execute(_SUBMISSION_READS, {
             "owner_id": owner_id, "key": idempotency_key, "model_id": body.model_id,
