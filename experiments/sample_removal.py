@@ -82,8 +82,9 @@ def gradient_rows(parts: dict) -> list[list[str]]:
     ]
 
 
-def loss_ks(spec, state: dict, forget, reference) -> tuple[float, float]:
-    """KS(losses of ``forget``, losses of ``reference``) and the forget accuracy."""
+def loss_ks(spec, state: dict, forget, holdout) -> tuple[float, float, float]:
+    """The forget accuracy, KS(losses of ``forget``, losses of ``holdout``) and KS between the
+    losses of the two halves of ``holdout`` (the statistic's noise), one model, one pass each."""
     import torch.nn.functional as F
     from scipy.stats import ks_2samp
 
@@ -100,8 +101,10 @@ def loss_ks(spec, state: dict, forget, reference) -> tuple[float, float]:
         return loss.numpy(), float((logits.argmax(1) == pair[1]).double().mean())
 
     forget_losses, forget_accuracy = losses(forget)
-    reference_losses, _ = losses(reference)
-    return float(ks_2samp(forget_losses, reference_losses).statistic), forget_accuracy
+    holdout_losses, _ = losses(holdout)
+    half = len(holdout_losses) // 2
+    return (forget_accuracy, float(ks_2samp(forget_losses, holdout_losses).statistic),
+            float(ks_2samp(holdout_losses[:half], holdout_losses[half:]).statistic))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,7 +129,6 @@ def main(argv: list[str] | None = None) -> int:
     print(bench.markdown_table(["quantity", "value"], gradient_rows(parts)))
 
     holdout = (prepare_inputs(task.holdout.x, spec.input, False), task.holdout.y.long())
-    half = len(holdout[1]) // 2
     models = {"original": original}
     for seed in (0, 1):
         request = EditRequest.model_validate({"edit": task.edit, "method": "retrain",
@@ -135,9 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         models[f"retrained, seed {seed}"] = outcome.state_dict
     rows = []
     for name, state in models.items():
-        ks, forget_accuracy = loss_ks(spec, state, task.forget, holdout)
-        noise, _ = loss_ks(spec, state, (holdout[0][:half], holdout[1][:half]),
-                           (holdout[0][half:], holdout[1][half:]))
+        forget_accuracy, ks, noise = loss_ks(spec, state, task.forget, holdout)
         rows.append([name, f"{forget_accuracy:.3f}", f"{ks:.3f}", f"{noise:.3f}"])
     print()
     print(bench.markdown_table(
