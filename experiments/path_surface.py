@@ -27,8 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", default="medium", help="a bench_unlearning scale")
     parser.add_argument("--task", default="class", choices=("class", "sample", "backdoor"))
     parser.add_argument("--patience", type=int, default=None,
-                        help="scored iterates without a better score before the path stops "
-                             "the solve (default: gif.step.PATH_PATIENCE)")
+                        help="solver iterations beyond 2·k_best without a better score "
+                             "before the path stops the solve (default: "
+                             "gif.step.PATH_PATIENCE)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     import gif.edit.run as edit_run

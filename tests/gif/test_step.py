@@ -8,6 +8,7 @@ import pytest
 
 from gif.step import (
     DEFAULT_SCALES,
+    PATH_PATIENCE,
     REFINE_OCTAVES,
     RegularisationPath,
     fixed_scale,
@@ -131,20 +132,21 @@ def _path_objective(best_k: int, best_alpha: float):
     return objective
 
 
-def test_path_returns_the_candidate_the_objective_prefers_and_stops_after_patience():
+def test_path_returns_the_candidate_the_objective_prefers_and_waits_as_long_again_plus_patience():
     path = RegularisationPath(lambda k, alpha: (k, alpha), _path_objective(10, 0.25), patience=3)
     stopped_at = None
     for k in range(1, 50):
         if path.wants(k) and path.observe(k, k):
             stopped_at = k
             break
-    assert stopped_at == 16  # scored 12, 14, 16 after the best (10) without a better score
+    # the best is k = 10: the solve goes on to the first scored k >= 2·10 + 3 (20 is too early)
+    assert stopped_at == 24
     chosen, candidate, curve = path.finish()
     assert (chosen, candidate, curve.scale) == (10, 10, 0.25)
     report = path.to_json(chosen, curve)
     assert report["chosen"]["iteration"] == 10 and report["chosen"]["scale"] == 0.25
     assert [row["iteration"] for row in report["iterates"]] == [1, 2, 3, 4, 5, 6, 7, 8, 10, 12,
-                                                                14, 16]
+                                                                14, 16, 20, 24]
     best = max(report["surface"], key=lambda row: row["objective"])
     assert (best["iteration"], best["scale"]) == (10, 0.25)
     # Later iterates search around the previous best α only: 3 points, not the 13 of the grid.
@@ -155,7 +157,7 @@ def test_path_returns_the_candidate_the_objective_prefers_and_stops_after_patien
 def test_path_prefers_the_earlier_iterate_on_ties():
     path = RegularisationPath(lambda k, alpha: alpha, lambda alpha: {"objective": 1.0},
                               patience=2)  # every scored iterate ties with the first
-    assert [path.observe(k, k) for k in (1, 2, 3)] == [False, False, True]
+    assert [path.observe(k, k) for k in (1, 2, 3, 4)] == [False, False, False, True]
     chosen, _, curve = path.finish()
     assert chosen == 1 and curve.scale == min(DEFAULT_SCALES)
 
@@ -173,6 +175,19 @@ def test_path_cancel_is_called_before_each_point():
     with pytest.raises(RuntimeError, match="cancelled"):
         path.observe(1, 1)
     assert len(calls) == 4
+
+
+def test_path_waits_longer_for_a_late_climb_after_an_early_dip():
+    """The full-data TinyNet class removal's shape (benchmarks.md): a best at k = 2, a dip to
+    k = 5, then a climb that peaks at k = 24. Three scored iterates of patience stopped at k = 5;
+    the default waits to 2·2 + PATH_PATIENCE = 8, sees the climb, and follows it to its peak."""
+    scores = {1: 0.0, 2: 0.45, 3: 0.40, 4: 0.38, 5: 0.42, 6: 0.44, 7: 0.44, 8: 0.52, 10: 0.6,
+              12: 0.78, 14: 0.8, 16: 0.85, 20: 0.86, 24: 0.89}
+    path = RegularisationPath(lambda k, alpha: k, lambda k: {"objective": scores.get(k, 0.88)})
+    assert PATH_PATIENCE == 4
+    stopped_at = next(k for k in range(1, 200) if path.wants(k) and path.observe(k, k))
+    assert stopped_at == 56  # the first scored k >= 2·24 + 4
+    assert path.finish()[0] == 24
 
 
 def test_path_scores_every_early_iterate_then_four_per_octave():
