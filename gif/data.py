@@ -34,11 +34,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import gzip
-import importlib.util
 import math
 import os
-import struct
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -50,9 +47,15 @@ import torch
 from gif.builtins import (
     BUILTIN_NAMES,
     SPLITS,
+    builtin_available,
     builtin_id,
+    builtin_source,
+    digits_split_indices,
+    fashion_files,
     is_builtin,
     parse_builtin_id,
+    read_idx_bytes,
+    torchvision_root,
 )
 from gif.checkpoint import (
     SAFETENSORS_DTYPES,
@@ -78,7 +81,6 @@ _RATIO_EXEMPT_BYTES = 1024**2  # small members (e.g. all-zero labels) may compre
 # MAX_LABEL (gif.request): class_counts has max_label + 1 entries; keep it bounded.
 _NPY_MAX_HEADER = 10_000
 
-DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 
 # --------------------------------------------------------------------------- ArrayDataset
@@ -450,105 +452,20 @@ def scan_dataset(path: str | os.PathLike, name: str | None = None, *,
 
 
 def read_idx(path: str | os.PathLike, *, max_elements: int = 2**31) -> torch.Tensor:
-    """An IDX file (``.gz`` or plain) of unsigned bytes, e.g. MNIST/Fashion-MNIST's, as uint8."""
-    opener = gzip.open if str(path).endswith(".gz") else open
-    try:
-        with opener(path, "rb") as f:
-            head = f.read(4)
-            if len(head) < 4 or head[:2] != b"\0\0" or head[2] != 0x08:
-                raise InvalidDataset(f"{path}: not an unsigned-byte IDX file")
-            ndim = head[3]
-            dims = struct.unpack(f">{ndim}I", f.read(4 * ndim))
-            count = math.prod(dims)
-            if count > max_elements:
-                raise InvalidDataset(f"{path}: IDX dimensions {dims} exceed {max_elements:,}")
-            data = f.read(count + 1)
-    except (OSError, EOFError, struct.error) as err:
-        raise InvalidDataset(f"{path}: corrupt IDX file: {err}") from None
-    if len(data) != count:
-        raise InvalidDataset(f"{path}: IDX header declares {count:,} values but the file holds "
-                             f"{len(data):,}" + ("+" if len(data) > count else ""))
+    """An IDX file (``.gz`` or plain) of unsigned bytes, e.g. MNIST/Fashion-MNIST's, as uint8
+    (the format's reader is ``gif.builtins.read_idx_bytes``)."""
+    dims, data = read_idx_bytes(path, max_elements=max_elements)
     return torch.frombuffer(bytearray(data), dtype=torch.uint8).reshape(dims)
 
 
-def _fashion_dir() -> Path:
-    return Path(os.environ.get("GIF_FASHION_MNIST_DIR") or DEFAULT_FASHION_MNIST_DIR)
-
-
-def _fashion_files(split: str) -> tuple[Path, Path]:
-    prefix = "train" if split == "train" else "t10k"
-    folder = _fashion_dir()
-    return (folder / f"{prefix}-images-idx3-ubyte.gz", folder / f"{prefix}-labels-idx1-ubyte.gz")
-
-
-def _torchvision_root() -> Path | None:
-    root = os.environ.get("GIF_TORCHVISION_ROOT")
-    return Path(root) if root else None
-
-
-def _mnist_files(split: str) -> list[Path]:
-    # torchvision's MNIST opens either split only when all four raw files are present.
-    root = _torchvision_root()
-    if root is None:
-        return []
-    return [root / "MNIST" / "raw" / f"{prefix}-{kind}-idx{dims}-ubyte"
-            for prefix in ("train", "t10k") for kind, dims in (("images", 3), ("labels", 1))]
-
-
-def _cifar10_files(split: str) -> list[Path]:
-    root = _torchvision_root()
-    if root is None:
-        return []
-    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-    return [root / "cifar-10-batches-py" / n for n in names]
-
-
-def _present(files: list[Path]) -> bool:
-    return bool(files) and all(f.is_file() for f in files)
-
-
-def _has_sklearn_digits() -> bool:
-    # find_spec, not import: importing scikit-learn takes seconds and listing must stay cheap.
-    return importlib.util.find_spec("sklearn") is not None
-
-
-def _available(name: str, split: str) -> bool:
-    if name == "fashion-mnist":
-        return _present(list(_fashion_files(split)))
-    if name == "digits":
-        return _has_sklearn_digits()
-    if name == "mnist":
-        return _present(_mnist_files(split))
-    if name == "cifar10":
-        return _present(_cifar10_files(split))
-    return False
-
-
-def builtin_dataset_ids() -> list[str]:
-    """Ids of the built-in datasets whose files are present on this machine."""
-    return [builtin_id(name, split) for name in BUILTIN_NAMES for split in SPLITS
-            if _available(name, split)]
-
-
 def _load_fashion(split: str, dataset_id: str) -> ArrayDataset:
-    images, labels = _fashion_files(split)
+    images, labels = fashion_files(split)
     x = read_idx(images)
     y = read_idx(labels)
     if x.ndim != 3 or y.ndim != 1:
         raise InvalidDataset(f"{dataset_id}: unexpected IDX shapes {list(x.shape)}, "
                              f"{list(y.shape)}")
     return ArrayDataset(x.unsqueeze(1).contiguous(), y.to(torch.int64), dataset_id)
-
-
-DIGITS_SPLIT_SEED = 0
-DIGITS_TRAIN_FRACTION = 0.8
-
-
-def digits_split_indices(num_samples: int) -> dict[str, np.ndarray]:
-    """The documented digits split: seeded permutation, first 80 % train (sorted), rest test."""
-    order = np.random.default_rng(DIGITS_SPLIT_SEED).permutation(num_samples)
-    cut = math.floor(DIGITS_TRAIN_FRACTION * num_samples)
-    return {"train": np.sort(order[:cut]), "test": np.sort(order[cut:])}
 
 
 def _load_digits(split: str, dataset_id: str) -> ArrayDataset:
@@ -565,7 +482,7 @@ def _load_digits(split: str, dataset_id: str) -> ArrayDataset:
 def _load_torchvision(name: str, split: str, dataset_id: str) -> ArrayDataset:
     from torchvision import datasets
 
-    root = str(_torchvision_root())
+    root = str(torchvision_root())
     try:
         if name == "mnist":
             ds = datasets.MNIST(root, train=split == "train", download=False)
@@ -602,15 +519,10 @@ def _load_builtin_cached(dataset_id: str, source: str) -> ArrayDataset:
 def load_builtin(dataset_id: str) -> ArrayDataset:
     """A built-in dataset by id, cached per process; ``InvalidDataset`` when unknown or absent."""
     name, split = _parse_builtin_id(dataset_id)
-    if not _available(name, split):
-        where = {"fashion-mnist": str(_fashion_dir()), "digits": "scikit-learn",
-                 "mnist": f"GIF_TORCHVISION_ROOT={_torchvision_root()}",
-                 "cifar10": f"GIF_TORCHVISION_ROOT={_torchvision_root()}"}[name]
+    if not builtin_available(name, split):
         raise InvalidDataset(f"built-in dataset {dataset_id!r} is not available on this server "
-                             f"(files not found: {where})")
-    source = {"fashion-mnist": str(_fashion_dir()), "digits": ""}.get(
-        name, str(_torchvision_root()))
-    return _load_builtin_cached(dataset_id, source)
+                             f"(files not found: {builtin_source(name)})")
+    return _load_builtin_cached(dataset_id, builtin_source(name))
 
 
 def load_dataset(id_or_path: str | os.PathLike) -> ArrayDataset:

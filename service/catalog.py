@@ -2,7 +2,9 @@
 built-in datasets present on this server (``builtin:fashion-mnist:train``, …).
 
 A built-in's summary needs its labels, so it is computed once per process, on first use, and
-kept by the :class:`BuiltinCatalog` instance the app holds (no module-level state)."""
+kept by the :class:`BuiltinCatalog` instance the app holds (no module-level state). It is read
+without torch (the IDX headers and labels), so the API process never loads the engine for it
+(except for CIFAR-10, whose pickled batches only torchvision reads)."""
 
 from __future__ import annotations
 
@@ -28,6 +30,19 @@ def summarize(dataset: Any) -> DatasetSummary:
     return DatasetSummary(**dataset.summary())
 
 
+def _builtin_summary(dataset_id: str) -> DatasetSummary:
+    """Read without torch (``gif.builtins.builtin_summary``: IDX headers and labels, digits'
+    targets); only CIFAR-10's pickled batches need the engine's reader, and with it torch."""
+    from gif.builtins import builtin_summary
+
+    summary = builtin_summary(dataset_id)
+    if summary is None:
+        from gif.data import load_builtin
+
+        return summarize(load_builtin(dataset_id))
+    return DatasetSummary(**summary)
+
+
 class BuiltinCatalog:
     """Summaries of the built-in datasets whose files are present, computed lazily, thread-safe."""
 
@@ -37,7 +52,7 @@ class BuiltinCatalog:
 
     def ids(self) -> list[str]:
         """The built-in ids available here, in the engine's order."""
-        from gif.data import builtin_dataset_ids
+        from gif.builtins import builtin_dataset_ids
 
         return list(builtin_dataset_ids())
 
@@ -47,9 +62,7 @@ class BuiltinCatalog:
             return None
         with self._lock:
             if dataset_id not in self._summaries:
-                from gif.data import load_builtin
-
-                self._summaries[dataset_id] = summarize(load_builtin(dataset_id))
+                self._summaries[dataset_id] = _builtin_summary(dataset_id)
             return self._summaries[dataset_id]
 
     def unknown(self, dataset_id: str) -> str:

@@ -14,13 +14,16 @@ import numpy as np
 import pytest
 import torch
 
+from gif.builtins import (
+    DEFAULT_FASHION_MNIST_DIR,
+    builtin_dataset_ids,
+    builtin_summary,
+    digits_split_indices,
+)
 from gif.checkpoint import write_safetensors
 from gif.data import (
-    DEFAULT_FASHION_MNIST_DIR,
     ArrayDataset,
-    builtin_dataset_ids,
     check_dataset_fits,
-    digits_split_indices,
     load_builtin,
     load_dataset,
     prepare_inputs,
@@ -337,6 +340,32 @@ def test_real_fashion_mnist_test_split(monkeypatch):
     test = load_builtin("builtin:fashion-mnist:test")
     assert test.x.shape == (10_000, 1, 28, 28) and test.dtype == "uint8"
     assert test.class_counts == [1000] * 10  # Fashion-MNIST's test split is balanced
+
+
+def test_builtin_summary_read_without_the_arrays_equals_the_loaded_datasets(fake_fashion,
+                                                                          tmp_path,
+                                                                          monkeypatch):
+    """``gif.builtins.builtin_summary`` (the API's, torch-free: IDX headers and labels only)
+    says what the engine's loaded dataset says, for every built-in it reads, including an
+    MNIST directory; CIFAR-10 is left to the engine (None); an IDX whose images and labels
+    disagree on the count is refused."""
+    monkeypatch.setenv("GIF_TORCHVISION_ROOT", str(tmp_path / "tv"))
+    raw = tmp_path / "tv" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    images = np.zeros((5, 28, 28), dtype=np.uint8)
+    for prefix, labels in (("t10k", [3, 1, 4, 1, 5]), ("train", [7, 7, 0, 2, 9])):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", images, compress=False)
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.array(labels), compress=False)
+    ids = ["builtin:fashion-mnist:train", "builtin:fashion-mnist:test", "builtin:digits:train",
+           "builtin:digits:test", "builtin:mnist:test", "builtin:mnist:train"]
+    for dataset_id in ids:
+        assert builtin_summary(dataset_id) == load_builtin(dataset_id).summary(), dataset_id
+    assert builtin_summary("builtin:mnist:test")["class_counts"] == [0, 2, 0, 1, 1, 1]
+    _write_idx(raw / "t10k-labels-idx1-ubyte", np.array([3, 1, 4]), compress=False)
+    with pytest.raises(InvalidDataset, match="unexpected IDX shapes"):
+        builtin_summary("builtin:mnist:test")
+    with pytest.raises(InvalidDataset, match="not available"):
+        builtin_summary("builtin:cifar10:test")
 
 
 def test_digits_split_is_the_documented_seeded_80_20(monkeypatch):

@@ -125,7 +125,7 @@ def test_authorization_errors_say_what_the_header_must_be(client, make_key):
 
 
 def test_an_unknown_builtin_dataset_lists_the_valid_ones(client, alice):
-    from gif.data import builtin_dataset_ids
+    from gif.builtins import builtin_dataset_ids
 
     body = assert_problem(client.get("/v1/datasets/builtin:nope:train", headers=alice), 404)
     assert "builtin:nope:train" in body["detail"]

@@ -100,3 +100,45 @@ def test_a_submission_is_validated_and_queued_without_importing_torch(tmp_path):
     assert "labels up to 3" in labels and "3 outputs" in labels
     assert "label 3 is outside the label range 0..2" in outside
     assert outcome["torch"] is False
+
+
+def test_built_in_datasets_are_listed_and_described_without_importing_torch(tmp_path):
+    """A built-in's summary (what listing, ``GET /v1/datasets/{id}`` and submission validation
+    need) is read from its IDX headers and labels or scikit-learn's targets, not loaded by the
+    engine: the API process describes Fashion-MNIST and digits with torch never imported."""
+    outcome = _run(
+        """
+        import json, sys
+        from fastapi.testclient import TestClient
+        from service.app import create_app
+        from service.auth import create_key
+        from service.db.migrate import upgrade
+        from service.db.session import engine_from_settings, make_session_factory, session_scope
+        from service.settings import Settings
+
+        settings = Settings(runner="none")
+        upgrade(settings)
+        factory = make_session_factory(engine_from_settings(settings))
+        with session_scope(factory) as session:
+            key = create_key(session, "alice")
+        headers = {"Authorization": f"Bearer {key}"}
+        with TestClient(create_app(settings)) as client:
+            listed = client.get("/v1/datasets", headers=headers).json()["data"]
+            fashion = client.get("/v1/datasets/builtin:fashion-mnist:test", headers=headers)
+            digits = client.get("/v1/datasets/builtin:digits:train", headers=headers)
+        print(json.dumps({
+            "torch": "torch" in sys.modules,
+            "listed": [d["id"] for d in listed],
+            "fashion": [fashion.status_code, fashion.json()],
+            "digits": [digits.status_code, digits.json()],
+        }))
+        """,
+        tmp_path,
+    )
+    assert {"builtin:fashion-mnist:test", "builtin:digits:train"} <= set(outcome["listed"])
+    status, fashion = outcome["fashion"]
+    assert status == 200 and fashion["num_samples"] == 10_000
+    assert fashion["sample_shape"] == [1, 28, 28] and fashion["class_counts"] == [1000] * 10
+    status, digits = outcome["digits"]
+    assert status == 200 and digits["num_samples"] == 1437 and digits["sample_shape"] == [1, 8, 8]
+    assert outcome["torch"] is False
