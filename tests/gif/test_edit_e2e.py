@@ -334,7 +334,7 @@ def test_the_path_returns_its_best_candidate_and_never_reads_the_evaluation_sets
                                                                                  clean_model):
     """method.md E9: the edit returned is the candidate ``(k, α)`` the validation objective
     prefers over the whole surface the path scored, the solve stops at the first scored iterate
-    ``k ≥ 2·k_best + patience`` (E9), and the evaluation sets play no part: an evaluation set
+    ``k ≥ 2·k_ref + patience`` (E9), and the evaluation sets play no part: an evaluation set
     of noise with shuffled labels gives bit-identical weights and the same choice."""
     train, test = digits
     req = request(edit={"kind": "remove_class", "class": REMOVED},
@@ -354,7 +354,8 @@ def test_the_path_returns_its_best_candidate_and_never_reads_the_evaluation_sets
     assert solver["stop_reason"] == "callback"
     assert solver["iterations"] == path["iterates"][-1]["iteration"]
     scored = [row["iteration"] for row in path["iterates"]]
-    first_allowed = 2 * chosen["iteration"] + path["patience"]
+    assert path["reference_iteration"] <= chosen["iteration"]
+    first_allowed = 2 * path["reference_iteration"] + path["patience"]
     assert scored[-1] >= first_allowed and all(k < first_allowed for k in scored[:-1])
     assert result["warnings"] == []  # stopped by the path on purpose: no solver warning
     assert PLOTS["path"](result).startswith(b"\x89PNG")

@@ -8,6 +8,7 @@ import pytest
 
 from gif.step import (
     DEFAULT_SCALES,
+    PATH_MIN_GAIN,
     PATH_PATIENCE,
     REFINE_OCTAVES,
     RegularisationPath,
@@ -184,10 +185,32 @@ def test_path_waits_longer_for_a_late_climb_after_an_early_dip():
     scores = {1: 0.0, 2: 0.45, 3: 0.40, 4: 0.38, 5: 0.42, 6: 0.44, 7: 0.44, 8: 0.52, 10: 0.6,
               12: 0.78, 14: 0.8, 16: 0.85, 20: 0.86, 24: 0.89}
     path = RegularisationPath(lambda k, alpha: k, lambda k: {"objective": scores.get(k, 0.88)})
-    assert PATH_PATIENCE == 4
+    assert PATH_PATIENCE == 4 and PATH_MIN_GAIN == 0.005
     stopped_at = next(k for k in range(1, 200) if path.wants(k) and path.observe(k, k))
     assert stopped_at == 56  # the first scored k >= 2·24 + 4
     assert path.finish()[0] == 24
+
+
+def test_gains_below_min_gain_are_chosen_but_do_not_extend_the_wait():
+    """Ever smaller gains after a clear best at k = 3, all of them together under 0.004: the
+    path still returns the highest score, but counts its wait from k = 3 (no later iterate beats
+    it by more than ``min_gain``), so it stops at the first scored k >= 2·3 + 4 = 10 instead of
+    doubling k at every small gain; with min_gain 0 each gain extends it past max_iter."""
+    def scores(k):
+        return {"objective": 0.5 if k < 3 else 0.8 + 0.004 * (1 - 2 ** (-k / 4))}
+
+    def stop_at(min_gain):
+        path = RegularisationPath(lambda k, alpha: k, scores, min_gain=min_gain)
+        stopped = next((k for k in range(1, 51) if path.wants(k) and path.observe(k, k)), None)
+        return stopped, path.finish()[0], path.to_json(*path.finish()[::2])
+
+    stopped, chosen, report = stop_at(0.005)
+    assert (stopped, chosen) == (10, 10)  # the best so far is chosen: 10 scores 0.810
+    assert report["reference_iteration"] == 3 and report["min_gain"] == 0.005
+    stopped, chosen, _ = stop_at(0.0)
+    assert stopped is None  # 2·k + 4 moved ahead at every scored iterate up to 50
+    with pytest.raises(ValueError, match="min_gain"):
+        RegularisationPath(lambda k, alpha: k, scores, min_gain=-1.0)
 
 
 def test_path_scores_every_early_iterate_then_four_per_octave():
