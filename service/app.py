@@ -2,8 +2,7 @@
 
 The app holds (on ``app.state``) the settings, one engine (and ``read_engine``, the same pool in
 autocommit mode, for single-statement reads; on SQLite also ``loop_reader``, a read-only
-connection for the event loop's own one-statement reads, and ``loop_writer``, for a
-submission's transaction run by the loop) and session factory, the artifact
+connection for the event loop's own one-statement reads) and session factory, the artifact
 store, the built-in dataset catalogue and the dispatcher. The dispatcher is created at startup
 (lifespan) — or at once for runner ``none`` or when one is passed in — and closed at shutdown.
 The schema is not created here: run the migrations first (``gif-service migrate``)."""
@@ -31,7 +30,6 @@ from service.db.session import (
     autocommit_reads,
     engine_from_settings,
     loop_reader,
-    loop_writer,
     make_session_factory,
 )
 from service.dispatch import Dispatcher, NoneDispatcher, make_dispatcher
@@ -218,9 +216,8 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None) -> Fast
             if reaper is not None:
                 reaper.close()
             app.state.dispatcher.close()
-            for loop_connection in (app.state.loop_reader, app.state.loop_writer):
-                if loop_connection is not None:
-                    loop_connection.dispose()
+            if app.state.loop_reader is not None:
+                app.state.loop_reader.dispose()
             app.state.engine.dispose()
 
     app = FastAPI(
@@ -235,7 +232,6 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None) -> Fast
     app.state.engine = engine
     app.state.read_engine = autocommit_reads(engine)
     app.state.loop_reader = loop_reader(engine)  # SQLite: one-statement reads on the loop
-    app.state.loop_writer = loop_writer(engine)  # SQLite: a submission's transaction likewise
     app.state.session_factory = make_session_factory(engine)
     app.state.store = ArtifactStore(settings.artifacts_dir, min_free_bytes=settings.min_free_bytes)
     app.state.catalog = BuiltinCatalog()

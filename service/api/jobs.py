@@ -38,7 +38,7 @@ from service.db.models import SUMMARY_SET, TERMINAL_STATUSES, Job, Metric
 from service.db.session import LoopReadUnavailable
 from service.jobs.events import events_after
 from service.jobs.state import cancel_job
-from service.jobs.submit import submit_job, submit_job_on_loop
+from service.jobs.submit import submit_job
 from service.jobs.view import read_job_object
 from service.problems import ProblemError, not_found, validation_problem
 from service.schemas import (
@@ -98,16 +98,10 @@ async def create_job(
     dispatcher = app_dispatcher(request)
     if body.webhook is not None:
         refuse_webhook_host(body.webhook, settings)
-    if state.loop_writer is not None and getattr(dispatcher, "in_process", False):
-        job, created = await submit_job_on_loop(
-            state.loop_writer, state.session_factory, state.catalog, dispatcher, owner.id,
-            body, idempotency_key, settings,
-        )
-    else:
-        job, created = await run_in_threadpool(
-            submit_job, state.session_factory, state.catalog, dispatcher, owner.id, body,
-            idempotency_key, settings,
-        )
+    job, created = await run_in_threadpool(
+        submit_job, state.session_factory, state.catalog, dispatcher, owner.id, body,
+        idempotency_key, settings,
+    )
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:
         response.status_code = 200

@@ -71,8 +71,6 @@ class SerialWriterConnection(sqlite3.Connection):
     "database is locked"."""
 
     write_lock: threading.Lock | None = None  # set on connect (service.db.session)
-    # How long a write waits for the lock; 0: not at all (LoopWriter: the event loop's writes).
-    write_lock_wait_s: float = SQLITE_BUSY_TIMEOUT_MS / 1000
     _holds_write_lock = False
 
     def cursor(self, factory=None):  # SQLAlchemy executes every statement on a cursor()
@@ -81,9 +79,7 @@ class SerialWriterConnection(sqlite3.Connection):
     def before_write(self) -> None:
         if self._holds_write_lock or self.write_lock is None:
             return
-        wait = self.write_lock_wait_s
-        if not (self.write_lock.acquire(timeout=wait) if wait > 0
-                else self.write_lock.acquire(blocking=False)):
+        if not self.write_lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
             raise sqlite3.OperationalError("database is locked")
         self._holds_write_lock = True
 
@@ -286,100 +282,3 @@ def loop_reader(engine: sa.Engine) -> LoopReader | None:
     if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
         return None
     return LoopReader(url.render_as_string(hide_password=False))
-
-
-class LoopWriteUnavailable(Exception):
-    """:meth:`LoopWriter.write` could not run its transaction now without waiting: run it in
-    the thread pool instead."""
-
-
-class LoopWriter:
-    """One SQLite connection for the event loop's own short write transactions (a submission:
-    its reads, its insert, one commit), without the thread-pool hop. It never makes the loop
-    wait: the process's write lock is taken only if free (``write_lock_wait_s`` 0), SQLite's
-    own lock likewise (no busy timeout: another process's writer makes it SQLITE_BUSY at
-    once), and its commits never checkpoint (``wal_autocheckpoint=0``; every
-    :data:`CHECKPOINT_EVERY` commits a PASSIVE checkpoint runs on a thread of its own). Any
-    database error rolls the transaction back (nothing of it was committed) and
-    :meth:`write` raises :class:`LoopWriteUnavailable`: the caller runs the whole transaction
-    again in the thread pool, where it waits for the lock as before. The commit is the same
-    as any other (WAL, ``synchronous=NORMAL``)."""
-
-    CHECKPOINT_EVERY = 100
-
-    def __init__(self, database_url: str, write_lock: threading.Lock, checkpoint_engine: sa.Engine):
-        self.engine = sa.create_engine(
-            database_url,
-            poolclass=sa.pool.StaticPool,
-            connect_args={"check_same_thread": False, "timeout": 0,
-                          "factory": SerialWriterConnection},
-        )
-        self._lock = threading.Lock()
-        self._commits = 0
-        self._checkpoint_engine = checkpoint_engine
-        self._checkpoint_due = threading.Event()
-        self._closed = False
-        self._checkpointer: threading.Thread | None = None
-
-        def on_connect(dbapi_connection, record) -> None:
-            dbapi_connection.write_lock = write_lock
-            dbapi_connection.write_lock_wait_s = 0
-            _sqlite_pragmas(dbapi_connection, record)
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA busy_timeout=0")
-            cursor.execute("PRAGMA wal_autocheckpoint=0")
-            cursor.close()
-
-        sa.event.listen(self.engine, "connect", on_connect)
-
-    def write(self, func, *args):
-        """``func(engine, *args)``, which runs one transaction on ``engine`` (this writer's);
-        what it raises, it raises, but a database error is :class:`LoopWriteUnavailable`."""
-        if not self._lock.acquire(blocking=False):
-            raise LoopWriteUnavailable("the loop's connection is in use")
-        try:
-            result = func(self.engine, *args)
-        except sa.exc.DBAPIError as err:
-            raise LoopWriteUnavailable(str(err)) from err
-        finally:
-            self._lock.release()
-        self._commits += 1
-        if self._commits % self.CHECKPOINT_EVERY == 0:
-            self._request_checkpoint()
-        return result
-
-    def _request_checkpoint(self) -> None:
-        if self._checkpointer is None:
-            self._checkpointer = threading.Thread(target=self._checkpoint_loop,
-                                                  name="gif-wal-checkpoint", daemon=True)
-            self._checkpointer.start()
-        self._checkpoint_due.set()
-
-    def _checkpoint_loop(self) -> None:
-        while True:
-            self._checkpoint_due.wait()
-            self._checkpoint_due.clear()
-            if self._closed:
-                return
-            try:
-                with self._checkpoint_engine.connect() as connection:
-                    connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").all()
-            except Exception:  # noqa: BLE001 - the next one, or any other commit, will do
-                pass
-
-    def dispose(self) -> None:
-        self._closed = True
-        self._checkpoint_due.set()
-        if self._checkpointer is not None:
-            self._checkpointer.join(timeout=5)
-        self.engine.dispose()
-
-
-def loop_writer(engine: sa.Engine) -> LoopWriter | None:
-    """A :class:`LoopWriter` for a SQLite file database (sharing ``engine``'s process write
-    lock; ``engine`` runs its checkpoints); None for any other."""
-    url = engine.url
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-        return None
-    return LoopWriter(url.render_as_string(hide_password=False), _write_lock(url.database),
-                      engine)

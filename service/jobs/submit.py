@@ -25,12 +25,11 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, aliased, sessionmaker
-from starlette.concurrency import run_in_threadpool
 
 from service.catalog import BuiltinCatalog
 from service.db.models import Dataset, Job, Model, new_id, utcnow
 from service.db.owned import owned_condition
-from service.db.session import LoopWriter, LoopWriteUnavailable, engine_of
+from service.db.session import engine_of
 from service.dispatch import Dispatcher
 from service.jobs.state import mark_enqueued, withdraw
 from service.jobs.summary import list_columns
@@ -144,18 +143,16 @@ def create_job_row(
     settings: Settings | None = None,
     *,
     enqueued: bool = False,
-    engine: sa.Engine | None = None,
 ) -> tuple[JobOut, bool]:
     """Validate and insert the job; returns ``(job, created)`` — the job object, and
     ``created`` False when the Idempotency-Key matched an earlier submission of the same body.
     With ``settings``, the owner's queued-jobs limit applies to new jobs (a repeat is answered
     whatever it is). The key is held to the whole body (metadata and webhook included).
     ``enqueued``: insert the row with ``enqueued_at`` set (an in-process runner; see the module
-    docstring). ``engine``: run the transaction there instead of on ``factory``'s engine (the
-    event loop's :class:`~service.db.session.LoopWriter`)."""
+    docstring)."""
     fingerprint, normalised = body.fingerprint_and_normalised()
     digest = request_hash(fingerprint)
-    with (engine or engine_of(factory)).connect() as connection:
+    with engine_of(factory).connect() as connection:
         if body.webhook is None and connection.dialect.name != "sqlite":
             # PostgreSQL, one write (the insert): in autocommit it is its own transaction,
             # committed and flushed to the WAL before it returns, without the BEGIN and COMMIT
@@ -197,14 +194,6 @@ def create_job_row(
     return job_object(row, webhook), True
 
 
-def _runner_refused(err: Exception) -> ProblemError:
-    return ProblemError(
-        503,
-        f"the job runner did not accept the job ({type(err).__name__}); retry later",
-        slug="runner-unavailable",
-    )
-
-
 def submit_job(
     factory: sessionmaker[Session],
     catalog: BuiltinCatalog,
@@ -226,7 +215,11 @@ def submit_job(
         dispatcher.submit(job.id)
     except Exception as err:
         withdraw(factory, job.id)
-        raise _runner_refused(err) from None
+        raise ProblemError(
+            503,
+            f"the job runner did not accept the job ({type(err).__name__}); retry later",
+            slug="runner-unavailable",
+        ) from None
     if in_process:
         return job, True
     # Sent: tell the reaper not to send it again. Dying (or failing to write) here leaves the
@@ -235,36 +228,4 @@ def submit_job(
         mark_enqueued(factory, job.id)
     except Exception:
         logger.warning("job %s was sent but not marked enqueued", job.id, exc_info=True)
-    return job, True
-
-
-async def submit_job_on_loop(
-    writer: LoopWriter,
-    factory: sessionmaker[Session],
-    catalog: BuiltinCatalog,
-    dispatcher: Dispatcher,
-    owner_id: str,
-    body: JobCreate,
-    idempotency_key: str | None,
-    settings: Settings | None = None,
-) -> tuple[JobOut, bool]:
-    """:func:`submit_job` for an in-process runner on SQLite, its transaction run by the event
-    loop itself on ``writer`` (no thread hop) when that needs no waiting; otherwise (the
-    write lock taken, SQLite busy) the whole submission in the thread pool, as before. The
-    same reads, insert and commit either way; the runner's ``submit`` is a queue put."""
-    assert dispatcher.in_process
-    try:
-        job, created = writer.write(
-            lambda engine: create_job_row(factory, catalog, owner_id, body, idempotency_key,
-                                          settings, enqueued=True, engine=engine))
-    except LoopWriteUnavailable:
-        return await run_in_threadpool(submit_job, factory, catalog, dispatcher, owner_id, body,
-                                       idempotency_key, settings)
-    if not created:
-        return job, False
-    try:
-        dispatcher.submit(job.id)
-    except Exception as err:
-        await run_in_threadpool(withdraw, factory, job.id)
-        raise _runner_refused(err) from None
     return job, True
