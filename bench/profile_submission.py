@@ -1,7 +1,7 @@
 """CPU and wall time of one request in-process: ``POST /v1/jobs`` against ``GET /healthz``.
 
     .venv/bin/python bench/profile_submission.py [--requests 300] [--postgres URL]
-        [--profile submit|healthz] [--top 40]
+        [--profile submit|healthz] [--top 40] [--dump FILE]
 
 The app of ``gif-service serve`` (``create_app``, runner ``none``, log level warning, the same
 middleware stack) is called as an ASGI application by hand — no server, no client, no socket —
@@ -109,7 +109,7 @@ def _setup(settings, client) -> tuple[dict[str, str], str, str]:
 
 
 def run(database_url: str | None, requests: int, profile: str | None, top: int,
-        inline: bool = True) -> None:
+        inline: bool = True, dump: str | None = None) -> None:
     import anyio.to_thread
     from fastapi.testclient import TestClient
 
@@ -180,6 +180,8 @@ def run(database_url: str | None, requests: int, profile: str | None, top: int,
                         offset += BLOCK
                 for profiler in profilers.values():
                     if profiler is not None:
+                        if dump:
+                            profiler.dump_stats(dump)
                         for order in ("cumulative", "tottime"):
                             out = io.StringIO()
                             pstats.Stats(profiler, stream=out).sort_stats(order).print_stats(top)
@@ -217,13 +219,16 @@ def main() -> int:
                         help="a PostgreSQL server URL: run on a fresh database there")
     parser.add_argument("--profile", choices=("submit", "healthz"), default=None)
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--dump", default=None,
+                        help="with --profile: also write the cProfile stats to this file "
+                             "(for pstats: callers, callees)")
     parser.add_argument("--threads", action="store_true",
                         help="run the thread pool as served (each hop a thread wake-up) "
                              "instead of inline")
     args = parser.parse_args()
     profile = {"submit": "jobs", "healthz": "healthz"}.get(args.profile)
     if args.postgres is None:
-        run(None, args.requests, profile, args.top, not args.threads)
+        run(None, args.requests, profile, args.top, not args.threads, args.dump)
         return 0
     import psycopg
     import sqlalchemy as sa
@@ -235,7 +240,7 @@ def main() -> int:
         connection.execute(f'CREATE DATABASE "{name}"')
     try:
         run(url.set(database=name).render_as_string(False), args.requests, profile, args.top,
-            not args.threads)
+            not args.threads, args.dump)
     finally:
         with psycopg.connect(admin, autocommit=True) as connection:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

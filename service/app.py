@@ -1,7 +1,8 @@
 """``create_app(settings) -> FastAPI``: the HTTP API of api.md.
 
 The app holds (on ``app.state``) the settings, one engine (and ``read_engine``, the same pool in
-autocommit mode, for single-statement reads) and session factory, the artifact
+autocommit mode, for single-statement reads; on SQLite also ``loop_reader``, a read-only
+connection for the event loop's own one-statement reads) and session factory, the artifact
 store, the built-in dataset catalogue and the dispatcher. The dispatcher is created at startup
 (lifespan) — or at once for runner ``none`` or when one is passed in — and closed at shutdown.
 The schema is not created here: run the migrations first (``gif-service migrate``)."""
@@ -21,9 +22,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api import ROUTERS
 from service.api.deps import AUTH_FAILURE_STATE_KEY, OWNER_STATE_KEY
 from service.api.uploads import BODY_LIMIT_SCOPE_KEY, BodyLimit
-from service.auth import Caller, caller_for_authorization
+from service.auth import Caller, caller_for_authorization, lookup_authorization, touch_key
 from service.catalog import BuiltinCatalog
-from service.db.session import autocommit_reads, engine_from_settings, make_session_factory
+from service.db.session import (
+    LoopReader,
+    LoopReadUnavailable,
+    autocommit_reads,
+    engine_from_settings,
+    loop_reader,
+    make_session_factory,
+)
 from service.dispatch import Dispatcher, NoneDispatcher, make_dispatcher
 from service.jobs.reaper import maybe_start_reaper
 from service.limits import RateLimiter, rate_limiter
@@ -57,10 +65,12 @@ class AuthenticationMiddleware:
     the app's problem handlers answer — 401 with the ``Bearer`` challenge, 503 — through the
     router, so the access log and the metrics count it by route."""
 
-    def __init__(self, app: ASGIApp, engine: sa.Engine, limiter: RateLimiter | None = None):
+    def __init__(self, app: ASGIApp, engine: sa.Engine, limiter: RateLimiter | None = None,
+                 loop_reader: LoopReader | None = None):
         self.app = app
         self.engine = engine
         self.limiter = limiter
+        self.loop_reader = loop_reader
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or _path(scope) in PUBLIC_PATHS:
@@ -72,7 +82,7 @@ class AuthenticationMiddleware:
         state.pop(OWNER_STATE_KEY, None)
         state.pop(AUTH_FAILURE_STATE_KEY, None)
         try:
-            owner = await run_in_threadpool(self._owner, header)
+            owner = await self._authenticate(header)
             if self.limiter is not None:  # past the rate: refused like a bad key, body unread
                 self.limiter.check(owner.id)
             state[OWNER_STATE_KEY] = owner
@@ -88,9 +98,28 @@ class AuthenticationMiddleware:
 
         await self.app(scope, refuse_body, send)
 
+    async def _authenticate(self, header: str | None) -> Caller:
+        """The key's lookup on the loop's own SQLite connection (no thread hop) when it can
+        answer, its rare write (``last_used_at``, once a minute) in the thread pool; otherwise
+        lookup and write in the thread pool."""
+        if self.loop_reader is not None:
+            try:
+                caller, stale = self.loop_reader.read(lookup_authorization, header)
+            except LoopReadUnavailable:
+                pass
+            else:
+                if stale:
+                    await run_in_threadpool(self._touch, caller.key_id)
+                return caller
+        return await run_in_threadpool(self._owner, header)
+
     def _owner(self, header: str | None) -> Caller:
         with self.engine.connect() as connection:  # a connection, not a session: one query
             return caller_for_authorization(connection, header)
+
+    def _touch(self, key_id: str) -> None:
+        with self.engine.connect() as connection:
+            touch_key(connection, key_id)
 
 
 class BodySizeLimitMiddleware:
@@ -187,6 +216,8 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None) -> Fast
             if reaper is not None:
                 reaper.close()
             app.state.dispatcher.close()
+            if app.state.loop_reader is not None:
+                app.state.loop_reader.dispose()
             app.state.engine.dispose()
 
     app = FastAPI(
@@ -200,6 +231,7 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None) -> Fast
     app.state.settings = settings
     app.state.engine = engine
     app.state.read_engine = autocommit_reads(engine)
+    app.state.loop_reader = loop_reader(engine)  # SQLite: one-statement reads on the loop
     app.state.session_factory = make_session_factory(engine)
     app.state.store = ArtifactStore(settings.artifacts_dir, min_free_bytes=settings.min_free_bytes)
     app.state.catalog = BuiltinCatalog()
@@ -214,6 +246,7 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None) -> Fast
         AuthenticationMiddleware,
         engine=app.state.read_engine,
         limiter=rate_limiter(settings),
+        loop_reader=app.state.loop_reader,
     )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=MAX_JSON_BODY_BYTES)
     for router in ROUTERS:

@@ -103,18 +103,33 @@ def caller_for_key(db: Session | sa.Connection, key: str) -> Caller | None:
     """The :class:`Caller` of a valid, unrevoked ``key``, or None. ``db`` is a session or a
     connection; when ``last_used_at`` is older than :data:`LAST_USED_RESOLUTION` it is
     refreshed and committed."""
+    found = lookup_key(db, key)
+    if found is None:
+        return None
+    caller, stale = found
+    if stale:
+        touch_key(db, caller.key_id)
+    return caller
+
+
+def lookup_key(db: Session | sa.Connection, key: str) -> tuple[Caller, bool] | None:
+    """The :class:`Caller` of a valid, unrevoked ``key`` and whether its ``last_used_at`` is
+    due a refresh (:func:`touch_key`), or None. Reads only: one statement."""
     if not key.startswith(KEY_PREFIX) or len(key) <= LOOKUP_PREFIX_LENGTH:
         return None
     digest = hash_key(key)
     for row in db.execute(_KEY_LOOKUP, {"prefix": key[:LOOKUP_PREFIX_LENGTH]}).all():
         if not hmac.compare_digest(row.key_hash, digest):
             continue
-        now = utcnow()
-        if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
-            db.execute(_TOUCH_KEY, {"key_id": row.id, "now": now})
-            db.commit()
-        return Caller(id=row.owner_id, name=row.name, key_id=row.id)
+        stale = row.last_used_at is None or utcnow() - row.last_used_at > LAST_USED_RESOLUTION
+        return Caller(id=row.owner_id, name=row.name, key_id=row.id), stale
     return None
+
+
+def touch_key(db: Session | sa.Connection, key_id: str) -> None:
+    """Set the key's ``last_used_at`` to now, and commit."""
+    db.execute(_TOUCH_KEY, {"key_id": key_id, "now": utcnow()})
+    db.commit()
 
 
 def authenticate(session: Session, key: str) -> Owner | None:
@@ -152,6 +167,15 @@ def caller_for_authorization(db: Session | sa.Connection, header: str | None) ->
     if caller is None:
         raise NotAuthenticated("invalid or revoked API key")
     return caller
+
+
+def lookup_authorization(db: Session | sa.Connection, header: str | None) -> tuple[Caller, bool]:
+    """:func:`caller_for_authorization` without its write: the caller and whether its key's
+    ``last_used_at`` is due a refresh (the caller of this runs :func:`touch_key` then)."""
+    found = lookup_key(db, bearer_key(header))
+    if found is None:
+        raise NotAuthenticated("invalid or revoked API key")
+    return found
 
 
 def list_keys(session: Session, owner_name: str | None = None) -> list[tuple[ApiKey, str]]:

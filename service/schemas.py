@@ -149,6 +149,10 @@ class Webhook(BaseModel):
         return list(dict.fromkeys(events))
 
 
+# JobCreate's fields that are the job's, not the edit's: not in the stored ``request``.
+_JOB_FIELDS = frozenset({"metadata", "webhook"})
+
+
 class JobCreate(EditRequest):
     """The body of ``POST /v1/jobs``: the edit request plus the model and the train dataset,
     the user's ``metadata`` and an optional ``webhook``."""
@@ -174,11 +178,19 @@ class JobCreate(EditRequest):
     def normalised(self) -> dict:
         """The stored ``request``: the edit request and the two ids, defaults filled in. The
         metadata and the webhook are the job's, not the edit's: stored beside it."""
-        return self.model_dump(mode="json", by_alias=True, exclude={"metadata", "webhook"})
+        return self.model_dump(mode="json", by_alias=True, exclude=set(_JOB_FIELDS))
 
     def fingerprint(self) -> dict:
         """Everything the client sent, normalised: what an Idempotency-Key is held to."""
         return self.model_dump(mode="json", by_alias=True)
+
+    def fingerprint_and_normalised(self) -> tuple[dict, dict]:
+        """``(fingerprint(), normalised())`` from one dump: the stored request is the
+        fingerprint less its two top-level job fields (a submission needs both, and a dump of
+        the whole request is most of what its validation of the body costs again)."""
+        fingerprint = self.model_dump(mode="json", by_alias=True)
+        normalised = {k: v for k, v in fingerprint.items() if k not in _JOB_FIELDS}
+        return fingerprint, normalised
 
 
 class JobError(BaseModel):

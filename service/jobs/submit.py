@@ -99,11 +99,11 @@ def _find_idempotent(
 
 
 def _new_row(
-    owner_id: str, body: JobCreate, idempotency_key: str | None, digest: str, enqueued: bool
+    owner_id: str, body: JobCreate, normalised: dict[str, Any], idempotency_key: str | None,
+    digest: str, enqueued: bool,
 ) -> dict[str, Any]:
     """The new row's values, keyed by column, every column given (nothing is left for the
-    database to fill in, so nothing needs reading back)."""
-    normalised = body.normalised()
+    database to fill in, so nothing needs reading back). ``normalised``: ``body.normalised()``."""
     now = utcnow()
     listed = list_columns(body, normalised)
     return {
@@ -150,7 +150,8 @@ def create_job_row(
     whatever it is). The key is held to the whole body (metadata and webhook included).
     ``enqueued``: insert the row with ``enqueued_at`` set (an in-process runner; see the module
     docstring)."""
-    digest = request_hash(body.fingerprint())
+    fingerprint, normalised = body.fingerprint_and_normalised()
+    digest = request_hash(fingerprint)
     with engine_of(factory).connect() as connection:
         if body.webhook is None and connection.dialect.name != "sqlite":
             # PostgreSQL, one write (the insert): in autocommit it is its own transaction,
@@ -175,7 +176,7 @@ def create_job_row(
             model=reads if reads.found_model is not None else None,
             train=reads if reads.found_dataset is not None else None,
         ))
-        row = _new_row(owner_id, body, idempotency_key, digest, enqueued)
+        row = _new_row(owner_id, body, normalised, idempotency_key, digest, enqueued)
         try:
             connection.execute(_INSERT_JOB, row)
             webhook = (subscribe(connection, row["id"], owner_id, body.webhook)
