@@ -7,12 +7,12 @@ occupied loop connection falls back to the thread pool."""
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
 
-from service.auth import revoke_key
 from service.db.models import ApiKey, utcnow
 from service.db.session import LoopReadUnavailable, session_scope
 from service.schemas import JobCreate
@@ -25,13 +25,17 @@ def _job_body(uploaded, **extra) -> dict:
 
 
 class Statements:
-    """The statements each engine's cursors execute (connect-time PRAGMAs aside)."""
+    """The statements each engine's cursors execute for requests (connect-time PRAGMAs aside):
+    the app's background threads (``gif-webhooks`` polls the delivery queue, the reaper) are
+    left out, or their polls would land in a request's count whenever their interval ends."""
 
     def __init__(self, **engines: sa.Engine):
         self.seen: dict[str, list[str]] = {name: [] for name in engines}
         self._hooks = []
         for name, engine in engines.items():
             def hook(conn, cursor, statement, params, context, executemany, name=name):
+                if threading.current_thread().name.startswith("gif-"):
+                    return
                 self.seen[name].append(statement.split()[0].upper())
             sa.event.listen(engine, "before_cursor_execute", hook)
             self._hooks.append((engine, hook))
@@ -79,14 +83,6 @@ def test_a_submission_is_three_statements_and_its_job_read_one_none_in_the_pool(
 def test_the_loop_connection_cannot_write(app):
     with pytest.raises(LoopReadUnavailable, match="readonly"):
         app.state.loop_reader.read(lambda c: c.exec_driver_sql("DELETE FROM jobs"))
-
-
-def test_a_revoked_key_is_refused_at_once_on_the_loop_path(client, session_factory, make_key):
-    key = make_key("erin")
-    assert client.get("/v1/models", headers=bearer(key)).status_code == 200
-    with session_scope(session_factory) as session:
-        assert revoke_key(session, key[:12]) == 1
-    assert_problem(client.get("/v1/models", headers=bearer(key)), 401)
 
 
 def test_a_stale_last_used_at_is_still_refreshed(client, session_factory, make_key, app,

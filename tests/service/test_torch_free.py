@@ -15,14 +15,33 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run(code: str, tmp_path: Path) -> dict:
+def _run(code: str, tmp_path: Path, prelude: str = "") -> dict:
     done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
+        [sys.executable, "-c", prelude + textwrap.dedent(code)],
         capture_output=True, text=True, timeout=120, cwd=ROOT,
         env={"PYTHONPATH": str(ROOT), "GIF_DATA_DIR": str(tmp_path / "data"), "PATH": "/usr/bin"},
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# A fresh interpreter's prelude: a migrated SQLite database under GIF_DATA_DIR, alice's key,
+# and what the snippets after it use (json, sys, TestClient, create_app, session_scope).
+_MIGRATED_APP = """
+import json, sys
+from fastapi.testclient import TestClient
+from service.app import create_app
+from service.auth import create_key
+from service.db.migrate import upgrade
+from service.db.session import engine_from_settings, make_session_factory, session_scope
+from service.settings import Settings
+
+settings = Settings(runner="none")
+upgrade(settings)
+factory = make_session_factory(engine_from_settings(settings))
+with session_scope(factory) as session:
+    key = create_key(session, "alice")
+"""
 
 
 def test_importing_the_app_does_not_import_torch(tmp_path):
@@ -44,21 +63,8 @@ def test_a_submission_is_validated_and_queued_without_importing_torch(tmp_path):
     with torch); then good and bad submissions through the real app and HTTP stack."""
     outcome = _run(
         """
-        import json, sys
-        from fastapi.testclient import TestClient
-        from service.app import create_app
-        from service.auth import create_key
-        from service.db.migrate import upgrade
         import sqlalchemy as sa
         from service.db.models import Artifact, Dataset, Model, Owner
-        from service.db.session import engine_from_settings, make_session_factory, session_scope
-        from service.settings import Settings
-
-        settings = Settings(runner="none")
-        upgrade(settings)
-        factory = make_session_factory(engine_from_settings(settings))
-        with session_scope(factory) as session:
-            key = create_key(session, "alice")
         with session_scope(factory) as session:
             owner = session.scalars(sa.select(Owner)).one().id
             art = Artifact(owner_id=owner, sha256="0" * 64, size_bytes=1, kind="checkpoint",
@@ -91,7 +97,7 @@ def test_a_submission_is_validated_and_queued_without_importing_torch(tmp_path):
             "details": [r.json().get("detail") for r in (wide, labels, outside)],
         }))
         """,
-        tmp_path,
+        tmp_path, prelude=_MIGRATED_APP,
     )
     assert outcome["statuses"] == [202, 422, 422, 422], outcome
     assert outcome["job"] == "queued"
@@ -108,19 +114,6 @@ def test_built_in_datasets_are_listed_and_described_without_importing_torch(tmp_
     engine: the API process describes Fashion-MNIST and digits with torch never imported."""
     outcome = _run(
         """
-        import json, sys
-        from fastapi.testclient import TestClient
-        from service.app import create_app
-        from service.auth import create_key
-        from service.db.migrate import upgrade
-        from service.db.session import engine_from_settings, make_session_factory, session_scope
-        from service.settings import Settings
-
-        settings = Settings(runner="none")
-        upgrade(settings)
-        factory = make_session_factory(engine_from_settings(settings))
-        with session_scope(factory) as session:
-            key = create_key(session, "alice")
         headers = {"Authorization": f"Bearer {key}"}
         with TestClient(create_app(settings)) as client:
             listed = client.get("/v1/datasets", headers=headers).json()["data"]
@@ -133,7 +126,7 @@ def test_built_in_datasets_are_listed_and_described_without_importing_torch(tmp_
             "digits": [digits.status_code, digits.json()],
         }))
         """,
-        tmp_path,
+        tmp_path, prelude=_MIGRATED_APP,
     )
     assert {"builtin:fashion-mnist:test", "builtin:digits:train"} <= set(outcome["listed"])
     status, fashion = outcome["fashion"]
