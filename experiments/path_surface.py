@@ -7,6 +7,8 @@ iterate's best α, objective and components, so the surface behind a choice can 
 
     python -m experiments.path_surface --scale full-tinynet --task class
     python -m experiments.path_surface --scale full-tinynet --task class --patience 50
+    python -m experiments.path_surface --scale full-tinynet --task class \
+        --overrides '{"solver": {"max_iter": 100}}'
 
 Prints a markdown table, then the chosen (k, α) and the task's metrics (``bench.measure``).
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import time
 
 import torch
@@ -30,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="solver iterations beyond 2·k_best without a better score "
                              "before the path stops the solve (default: "
                              "gif.step.PATH_PATIENCE)")
+    parser.add_argument("--overrides", type=json.loads, default={},
+                        help="request fields on top of the default request, as JSON (e.g. "
+                             "'{\"solver\": {\"max_iter\": 100}}'): what a variant would do")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     import gif.edit.run as edit_run
@@ -43,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     task = next(t for t in bench.build_tasks(bench.TINYNET, scale, 0) if t.name == args.task)
     original, _ = bench.cached_original(spec, task.train, scale.training(), 0)
     request = bench.request_for(bench.Row("gif", "gif", "default request",
-                                          dict(scale.influence_overrides)), task)
+                                          {**dict(scale.influence_overrides), **args.overrides}),
+                                task)
     default_path = edit_run.RegularisationPath
     edit_run.RegularisationPath = functools.partial(RegularisationPath, patience=patience)
     try:
@@ -58,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = [[str(it["iteration"]), f"{it['scale']:.3g}", f"{it['objective']:.4f}",
              *(f"{it.get(key, float('nan')):.3f}" for key in components)]
             for it in path["iterates"]]
-    print(f"{bench.TASK_TITLES[args.task]}, {scale.describe()}; patience {patience}\n")
+    print(f"{bench.TASK_TITLES[args.task]}, {scale.describe()}; patience {patience}"
+          + (f"; request overrides {json.dumps(args.overrides)}" if args.overrides else "")
+          + "\n")
     print(bench.markdown_table(["iteration k", "best α", "objective", *components], rows))
     chosen = path["chosen"]
     metrics = bench.measure(spec, outcome.state_dict, task)

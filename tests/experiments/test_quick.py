@@ -224,3 +224,14 @@ def test_path_surface_prints_every_scored_iterate_and_the_patience_stops_the_sol
     solver_iterations = int(out.split("solver iterations ")[1].split(";")[0])
     assert solver_iterations == iterations[-1]
     assert "patience 1" in out
+
+
+def test_path_surface_applies_request_overrides(capsys):
+    """``--overrides`` reaches the request: a max_iter of 2 caps the solve at 2 iterations."""
+    from experiments import path_surface
+
+    assert path_surface.main(["--scale", "tiny", "--task", "class", "--patience", "50",
+                              "--overrides", '{"solver": {"max_iter": 2}}']) == 0
+    out = capsys.readouterr().out
+    assert 'request overrides {"solver": {"max_iter": 2}}' in out
+    assert int(out.split("solver iterations ")[1].split(";")[0]) == 2
