@@ -180,14 +180,11 @@ class JobCreate(EditRequest):
         metadata and the webhook are the job's, not the edit's: stored beside it."""
         return self.model_dump(mode="json", by_alias=True, exclude=set(_JOB_FIELDS))
 
-    def fingerprint(self) -> dict:
-        """Everything the client sent, normalised: what an Idempotency-Key is held to."""
-        return self.model_dump(mode="json", by_alias=True)
-
     def fingerprint_and_normalised(self) -> tuple[dict, dict]:
-        """``(fingerprint(), normalised())`` from one dump: the stored request is the
-        fingerprint less its two top-level job fields (a submission needs both, and a dump of
-        the whole request is most of what its validation of the body costs again)."""
+        """The fingerprint (everything the client sent, normalised: what an Idempotency-Key is
+        held to) and ``normalised()`` from one dump: the stored request is the fingerprint less
+        its two top-level job fields (a submission needs both, and a dump of the whole request
+        is most of what its validation of the body costs again)."""
         fingerprint = self.model_dump(mode="json", by_alias=True)
         normalised = {k: v for k, v in fingerprint.items() if k not in _JOB_FIELDS}
         return fingerprint, normalised
