@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", default="medium", help="a bench_unlearning scale")
     parser.add_argument("--task", default="class", choices=("class", "sample", "backdoor"))
     parser.add_argument("--patience", type=int, default=None,
-                        help="solver iterations beyond 2·k_best without a better score "
+                        help="solver iterations beyond 2·k_ref without a clear gain "
                              "before the path stops the solve (default: "
                              "gif.step.PATH_PATIENCE)")
     parser.add_argument("--overrides", type=json.loads, default={},

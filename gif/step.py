@@ -215,7 +215,7 @@ class PathIterate:
 class RegularisationPath:
     """method.md E9: the candidates ``(k, α)`` over the iterates ``x_k`` of the solve, scored on the
     validation split, the solve stopped at the first scored iterate ``k ≥ 2·k_ref + patience``,
-    where ``k_ref`` is the last iterate that beat the one before it by more than ``min_gain``
+    where ``k_ref`` is the last iterate that beat the previous reference by more than ``min_gain``
     (iterates are scored on the ``path_scores`` schedule).
 
     ``apply_fn(candidate, α)`` loads ``θ̂ + α·pad(candidate)`` and returns what ``objective_fn``
