@@ -22,8 +22,11 @@ fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "setup: apt-get install ${need_apt[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    # Wait for another apt run (a second checkout's setup, unattended upgrades) instead of
+    # failing on its lock.
+    apt_wait=(-o DPkg::Lock::Timeout=600)
+    apt-get "${apt_wait[@]}" update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get "${apt_wait[@]}" install -y -qq "${need_apt[@]}" >/dev/null
   else
     echo "setup: not root; install these Debian packages yourself: ${need_apt[*]}" >&2
   fi
