@@ -26,7 +26,11 @@ from typing import Any
 
 DEFAULT_SCALES: tuple[float, ...] = tuple(2.0**k for k in range(-6, 7))
 REFINE_OCTAVES: tuple[float, ...] = (0.5, 0.25, 0.125)
-MAX_EXTRA_OCTAVES = 6
+MAX_EXTRA_OCTAVES = 12
+"""How far past the grid's edges a best α (or a flat curve, upward) is followed: 2^18 at the
+top. A well-fitted model's Newton step is short (its edited points' gradients are nearly
+saturated), and its useful α can lie far above 64: measured on the full-data TinyNet class
+removal, 1,024–32,768 for the first LSQR iterates (docs/defaults.md, "The step's range")."""
 
 
 @dataclass(frozen=True)
@@ -134,20 +138,31 @@ def search_scale(
 
 
 def _extend_past_edges(evaluated: dict[float, ScalePoint], visit, max_extra: int) -> None:
-    """While the best α is the largest tried, try twice it; while it is the smallest tried and
-    strictly better than the next, try half it (at most ``max_extra`` octaves each way), so a
-    maximum beyond the grid is followed instead of stopping at the grid's edge."""
+    """While the best α is the largest tried, or every α tried scores the same, try twice the
+    largest; while the best is the smallest tried and strictly better than the next, try half
+    it (at most ``max_extra`` octaves each way), so a maximum beyond the grid is followed
+    instead of stopping at the grid's edge. A flat curve is followed upward because it is
+    what too short an update gives (no α of the grid changes a prediction), not evidence that
+    no α helps."""
     for direction in (2.0, 0.5):
         for _ in range(max_extra):
             scales = sorted(evaluated)
             best = _best(list(evaluated.values()))
             edge = scales[-1] if direction > 1 else scales[0]
-            if best.scale != edge or len(scales) < 2:
+            if len(scales) < 2:
+                break
+            if best.scale != edge and not (direction > 1 and _is_flat(evaluated.values())):
                 break
             neighbour = evaluated[scales[-2] if direction > 1 else scales[1]]
             if direction < 1 and not best.objective > neighbour.objective:
                 break  # a flat bottom edge: ties already go to the smallest α
             visit(edge * direction)
+
+
+def _is_flat(points) -> bool:
+    """Every point scores the same (within float rounding)."""
+    objectives = [point.objective for point in points]
+    return max(objectives) - min(objectives) <= 1e-12
 
 
 def _best(points: list[ScalePoint]) -> ScalePoint:
@@ -186,7 +201,8 @@ PATH_OCTAVES = 1
 """After the first scored iterate, each iterate's α grid is the previous best α · 2^(−1, 0, 1)
 (followed past its edges as in ``search_scale``): the best α moves smoothly along the path (the
 iterate's norm grows with k), so 3 forward passes per iterate suffice; the chosen iterate's α
-is refined to 1/8 octave at the end."""
+is refined to 1/8 octave at the end. An iterate whose best α was the smallest it tried is
+followed by the whole grid again (``RegularisationPath.observe``)."""
 
 
 def path_scores(iteration: int) -> bool:
@@ -256,10 +272,14 @@ class RegularisationPath:
 
     def observe(self, iteration: int, candidate: Any) -> bool:
         """Score iterate ``iteration`` over α; True once ``should_end`` says the best is behind."""
-        if self.iterates:
-            centre = self.iterates[-1].curve.scale
+        previous = self.iterates[-1].curve if self.iterates else None
+        if previous is not None and previous.best_index > 0:
+            centre = previous.scale
             scales = [centre * 2.0**o for o in range(-PATH_OCTAVES, PATH_OCTAVES + 1)]
         else:
+            # the first iterate, or one whose best α was the smallest it tried (no α helped,
+            # e.g. too short an update): the whole grid again, not a window that would only
+            # slide down with the ties (measured: to α = 6e-8 at k = 50, no edit made)
             scales = DEFAULT_SCALES
         point = PathIterate(iteration, self._curve(candidate, scales, ()))
         self.iterates.append(point)

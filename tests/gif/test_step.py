@@ -8,6 +8,7 @@ import pytest
 
 from gif.step import (
     DEFAULT_SCALES,
+    MAX_EXTRA_OCTAVES,
     PATH_MIN_GAIN,
     PATH_PATIENCE,
     REFINE_OCTAVES,
@@ -67,10 +68,21 @@ def test_search_follows_a_peak_beyond_the_grid_edges():
     assert bounded.scale == 2.0**8  # 64 · 2 · 2: at most two extra octaves
 
 
-def test_flat_bottom_edge_is_not_extended():
+def test_flat_bottom_edge_is_not_extended_but_a_flat_curve_is_followed_upward():
     curve = search_scale(lambda a: a, lambda a: {"objective": 0.0})
     assert min(p.scale for p in curve.points) == min(DEFAULT_SCALES)
-    assert curve.scale == min(DEFAULT_SCALES)
+    assert max(p.scale for p in curve.points) == max(DEFAULT_SCALES) * 2.0**MAX_EXTRA_OCTAVES
+    assert curve.scale == min(DEFAULT_SCALES)  # nothing helped: ties go to the smallest α
+
+
+def test_a_peak_beyond_a_flat_stretch_is_found():
+    """Too short an update changes no prediction on the whole grid (a flat objective); the
+    useful α lies octaves above it (measured: 1,024-32,768 on a well-fitted TinyNet)."""
+    def objective(alpha: float) -> dict[str, float]:
+        return {"objective": 0.0 if alpha < 2.0**10 else -((math.log2(alpha) - 12) ** 2) + 9}
+
+    curve = search_scale(lambda a: a, objective)
+    assert curve.scale == 2.0**12
 
 
 def test_default_grid_is_positive_geometric_and_contains_newton_step():
@@ -216,3 +228,22 @@ def test_gains_below_min_gain_are_chosen_but_do_not_extend_the_wait():
 def test_path_scores_every_early_iterate_then_four_per_octave():
     assert [k for k in range(0, 70) if path_scores(k)] == [
         1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64]
+
+
+def test_an_iterate_whose_best_alpha_is_the_smallest_is_followed_by_the_whole_grid():
+    """The α window follows the previous best; when that best was the smallest α tried (no α
+    helped), a window would only slide down with the ties, so the next iterate is scored on the
+    whole grid: here iterate 1 helps nowhere and iterate 2 only at α = 16."""
+    scored: dict[int, list[float]] = {}
+
+    def objective(point):
+        k, alpha = point
+        scored.setdefault(k, []).append(alpha)
+        return {"objective": 1.0 if (k == 2 and alpha == 16.0) else 0.0}
+
+    path = RegularisationPath(lambda candidate, alpha: (candidate, alpha), objective)
+    path.observe(1, 1)
+    path.observe(2, 2)
+    iteration, _, curve = path.finish()
+    assert (iteration, curve.scale) == (2, 16.0)
+    assert set(DEFAULT_SCALES) <= set(scored[2])
