@@ -32,6 +32,10 @@ from gif.solvers import (
     LinearOperator,
     ShouldStop,
     SolveResult,
+    column_norms,
+    column_scaling,
+    group_scaling,
+    scale_columns,
     solve,
 )
 
@@ -120,20 +124,61 @@ def check_selection(selected: torch.Tensor, p: int) -> torch.Tensor:
     return unique
 
 
-def iterate_delta(method: str, x: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
-    """The update ``Δ`` that a solver iterate ``x`` stands for: ``x_S`` for PIF (E5), else ``x``."""
+def iterate_delta(
+    method: str, x: torch.Tensor, selected: torch.Tensor, scale: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The update ``Δ`` that a solver iterate ``x`` stands for: ``x_S`` for PIF (E5), else
+    ``x``; a column-scaled solve's iterate is ``y`` with ``x = scale ⊙ y``."""
+    if scale is not None:
+        x = scale * x
     return x[selected] if method == "pif" else x
 
 
-def _with_delta(callback: Callback | None, method: str, selected: torch.Tensor):
+def _with_delta(callback: Callback | None, method: str, selected: torch.Tensor,
+                scale: torch.Tensor | None):
     """``callback`` with ``info["delta"]`` added (None stays None: no per-iteration work)."""
     if callback is None:
         return None
 
     def relay(info: dict):
-        return callback({**info, "delta": iterate_delta(method, info["x"], selected)})
+        return callback({**info, "delta": iterate_delta(method, info["x"], selected, scale)})
 
     return relay
+
+
+def layer_of(columns: torch.Tensor, offsets: tuple[int, ...]) -> torch.Tensor:
+    """The layer (parameter tensor) of each flat index in ``columns``, from the space's
+    ``offsets`` (sorted starts of the tensors in θ)."""
+    starts = torch.tensor(offsets, dtype=torch.long, device=columns.device)
+    return torch.bucketize(columns, starts, right=True) - 1
+
+
+def precondition(
+    operator: LinearOperator, solver_cfg: Solver, *, seed: int | None,
+    like: torch.Tensor, columns: torch.Tensor, offsets: tuple[int, ...],
+    should_stop: ShouldStop | None = None,
+) -> tuple[LinearOperator, torch.Tensor | None, dict]:
+    """``solver.preconditioner`` (E8): the operator to solve with, the column scale ``D`` that
+    maps its iterates back (``x = D y``; None: no scaling) and what the result reports.
+
+    ``columns`` scales ``A`` to ``A·D`` with ``D = 1/‖A[:,j]‖`` estimated by
+    ``preconditioner_probes`` Hutchinson probes (one HVP each, counted in ``hvps``). The
+    solver's minimiser is unchanged where it is unique; its early iterates, which the path
+    chooses among (E9), are those of the better-conditioned problem.
+    """
+    if solver_cfg.preconditioner == "none":
+        return operator, None, {}
+    probes = solver_cfg.preconditioner_probes
+    norms = column_norms(operator, probes=probes, seed=0 if seed is None else seed,
+                         like=like, should_stop=should_stop)
+    if solver_cfg.preconditioner == "layers":
+        scale = group_scaling(norms, layer_of(columns, offsets))
+    else:
+        scale = column_scaling(norms)
+    spread = float(norms.max() / norms.clamp_min(1e-30).min()) if norms.numel() else 1.0
+    return scale_columns(operator, scale), scale, {
+        "preconditioner": solver_cfg.preconditioner, "preconditioner_hvps": operator.hvps,
+        "column_norm_spread": spread}
 
 
 def solver_options(solver_cfg: Solver) -> dict:
@@ -151,6 +196,13 @@ def solver_options(solver_cfg: Solver) -> dict:
     if solver_cfg.algorithm in ESTIMATES_CONDITION:
         options["conlim"] = solver_cfg.conlim
     return options
+
+
+def _offsets(hvp: HessianProduct, p: int) -> tuple[int, ...]:
+    """Where each parameter tensor starts in θ: ``gif.hvp.HVP`` knows its space; a bare
+    product (tests) counts as one tensor."""
+    space = getattr(hvp, "space", None)
+    return tuple(space.offsets) if space is not None and space.size == p else (0,)
 
 
 def solve_edit(
@@ -183,16 +235,24 @@ def solve_edit(
     b = b.reshape(-1)
     p = b.numel()
     selected = check_selection(selected, p).to(b.device)
-    operator = method_operator(method, hvp, selected, p)
+    square = method in ("if", "pif")  # H itself: its columns are all of θ
+    operator, scale, preconditioned = precondition(
+        method_operator(method, hvp, selected, p), solver_cfg, seed=seed, like=b,
+        columns=torch.arange(p, device=b.device) if square else selected,
+        offsets=_offsets(hvp, p), should_stop=should_stop)
     result = solve(
         solver_cfg.algorithm,
         operator,
         method_rhs(method, b, selected),
         seed=seed,
-        callback=_with_delta(callback, method, selected),
+        callback=_with_delta(callback, method, selected, scale),
         should_stop=should_stop,
         **solver_options(solver_cfg),
     )
+    if preconditioned:  # back from y to x = D y; the probes' HVPs are part of the cost
+        result.x = scale * result.x
+        result.hvps += preconditioned["preconditioner_hvps"]
+        result.extra.update(preconditioned)
     indices = torch.arange(p, device=b.device) if method == "if" else selected
     delta = iterate_delta(method, result.x, selected)
     return EditSolution(method=method, indices=indices, delta=delta, result=result)

@@ -154,6 +154,19 @@ class Solver(_Strict):
         512, ge=1, le=MAX_POINTS, description="Edited points in b; null: all."
     )
     batch_size: int = Field(256, ge=1, le=65_536, description="Micro-batch size of each HVP.")
+    preconditioner: Literal["none", "columns", "layers"] = Field(
+        "none",
+        description="columns: solve with the columns of the operator scaled to unit norm "
+                    "(Jacobi scaling of the normal equations, norms estimated from "
+                    "preconditioner_probes HVPs; method.md E8); layers: one scale per "
+                    "parameter tensor, its columns' root-mean-square norm. lsqr, cg and "
+                    "neumann only.",
+    )
+    preconditioner_probes: int = Field(
+        8, ge=1, le=256,
+        description="Random ±1 probes (one HVP each) that estimate the column norms for "
+                    "preconditioner=columns.",
+    )
 
 
 SYMMETRIC_ALGORITHMS = frozenset({"minres"})
@@ -169,6 +182,12 @@ def check_solver(method: str, solver_cfg: Solver) -> None:
     """
     if solver_cfg.algorithm not in SYMMETRIC_ALGORITHMS:
         return
+    if solver_cfg.preconditioner != "none":
+        raise InvalidRequest(
+            f"solver.algorithm {solver_cfg.algorithm!r} needs a symmetric system, and a column "
+            f"scaling makes it unsymmetric: set solver.preconditioner to none, or use lsqr",
+            loc=("solver", "preconditioner"),
+        )
     if method == "gif":
         raise InvalidRequest(
             f"solver.algorithm {solver_cfg.algorithm!r} needs a symmetric system, and GIF's "

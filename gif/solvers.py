@@ -690,6 +690,91 @@ def normal_lambda_max(
     return estimate
 
 
+COLUMN_FLOOR = 1e-2
+"""``column_scaling`` never scales a column by more than ``1 / (COLUMN_FLOOR · rms)`` of the
+estimated norms: a column that is (nearly) zero, a parameter the Hessian sample does not
+touch, must not become the cheapest direction of the scaled problem."""
+
+
+def column_norms(
+    A: LinearOperator,
+    *,
+    probes: int,
+    seed: int = 0,
+    like: torch.Tensor,
+    should_stop: ShouldStop | None = None,
+) -> torch.Tensor:
+    """Hutchinson estimate of the column norms ``‖A[:,j]‖`` from ``probes`` products ``Aᵀz``.
+
+    For ``z`` with independent entries ±1, ``E[(Aᵀz)_j²] = Σ_i A_ij² = ‖A[:,j]‖²`` (the diagonal
+    of the normal matrix ``AᵀA``), so the mean of ``(Aᵀz)²`` over the probes estimates it
+    without ever forming a column: one ``rmatvec`` (one HVP for E6's operators) per probe. The
+    probes are drawn from ``seed`` (the job's seed: reproducible); ``should_stop`` is polled
+    before every one (``Cancelled``).
+    """
+    if probes < 1:
+        raise ValueError(f"probes must be >= 1, got {probes}")
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    total = torch.zeros(A.shape[1], dtype=like.dtype, device=like.device)
+    for probe in range(probes):
+        if should_stop is not None and should_stop():
+            raise Cancelled(
+                f"cancelled after {probe} of {probes} preconditioner probes",
+                details={"phase": "preconditioner", "probe": probe},
+            )
+        signs = torch.randint(0, 2, (A.shape[0],), generator=generator, dtype=like.dtype) * 2 - 1
+        image = A.rmatvec(signs.to(like.device))
+        _require_finite("column_norms", _norm(image))
+        total.add_(image * image)
+    return (total / probes).sqrt()
+
+
+def column_scaling(norms: torch.Tensor) -> torch.Tensor:
+    """The right preconditioner ``D = diag(1 / ‖A[:,j]‖)`` of ``column_norms`` (Jacobi scaling
+    of the normal equations), floored at ``COLUMN_FLOOR`` of the norms' root mean square.
+
+    Scaling ``A`` by ``c > 0`` scales every norm by ``c`` and ``D`` by ``1/c``, so ``A·D`` and
+    the update ``x = D·y`` it gives are unchanged (method.md E3, Prop. 1 i).
+    """
+    rms = float(norms.square().mean().sqrt())
+    if rms == 0.0 or not math.isfinite(rms):
+        return torch.ones_like(norms)
+    return 1.0 / norms.clamp_min(COLUMN_FLOOR * rms)
+
+
+def group_scaling(norms: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """``D`` constant within each group of columns (block-Jacobi by layer): ``1 / rms`` of the
+    group's estimated column norms, so every group's columns have unit norm on average.
+
+    One number per group averages the Hutchinson noise of hundreds of columns away, and it
+    rescales layers against each other without favouring the single parameters of low
+    curvature inside a layer, which the full column scaling moves most. Scale invariant as
+    ``column_scaling``; an all-zero group keeps scale 1.
+    """
+    groups = groups.to(device=norms.device, dtype=torch.long)
+    count = torch.zeros(int(groups.max()) + 1, dtype=norms.dtype, device=norms.device)
+    count.index_add_(0, groups, torch.ones_like(norms))
+    power = torch.zeros_like(count).index_add_(0, groups, norms * norms)
+    rms = (power / count.clamp_min(1)).sqrt()
+    scale = torch.where(rms > 0, 1.0 / rms.clamp_min(torch.finfo(norms.dtype).tiny),
+                        torch.ones_like(rms))
+    return scale[groups]
+
+
+def scale_columns(A: LinearOperator, scale: torch.Tensor) -> LinearOperator:
+    """``A · diag(scale)``: ``x ↦ A (scale ⊙ x)`` and ``u ↦ scale ⊙ Aᵀu``, at ``A``'s HVP cost
+    (counted on the scaled operator from zero). A symmetric ``A`` scaled on one side is not
+    symmetric: MINRES cannot take it.
+    """
+    return LinearOperator(
+        A.shape,
+        lambda x: A._matvec(scale * x),
+        lambda u: scale * A._rmatvec(u),
+        hvps_per_matvec=A.hvps_per_matvec,
+        hvps_per_rmatvec=A.hvps_per_rmatvec,
+    )
+
+
 def neumann(
     A: LinearOperator,
     rhs: torch.Tensor,

@@ -482,3 +482,106 @@ def test_a_cancel_during_the_gradient_build_stops_the_edit():
         run_edit(request, model, train, {}, hooks)
     assert caught.value.details["phase"] == "the loss gradient"
     assert caught.value.details["micro_batches_done"] == 1
+
+
+# ----------------------------------------------------------------------------- preconditioner
+
+COLUMNS = EXACT.model_copy(update={"preconditioner": "columns", "preconditioner_probes": 16})
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_a_column_scaled_gif_reaches_the_least_squares_optimum(name):
+    """E3 with ``solver.preconditioner = columns``: the residual ‖H[:,S]δ + b‖ of the dense
+    closed form (H[:,S] may be rank-deficient, so the scaled solve may pick another minimiser
+    of the same residual), every HVP counted, the probes included."""
+    model, x, y, b, selected = _removal_problem(name)
+    hessian = dense_hessian(model, x, y)
+    hvp = make_hvp(model, x, y, batch_size=16)
+    solution = solve_edit("gif", hvp, b, selected, solver_cfg=COLUMNS, seed=3)
+    columns = hessian[:, selected]
+    optimum = torch.linalg.vector_norm(columns @ _closed_form("gif", hessian, b, selected) + b)
+    reached = torch.linalg.vector_norm(columns @ solution.delta + b)
+    assert solution.result.converged
+    assert float(reached) <= float(optimum) * (1 + 1e-6) + 1e-12
+    assert solution.result.extra["preconditioner"] == "columns"
+    assert solution.result.extra["preconditioner_hvps"] == 16
+    assert solution.result.hvps == hvp.calls
+
+
+def test_a_column_scaled_gif_is_invariant_to_scaling_the_loss():
+    """Prop. 1 i survives the preconditioner: the norms scale with the loss, D against it."""
+    model, x, y, _, selected = _removal_problem("cnn_batchnorm")
+    forget_x, forget_y = classification_data(8, (1, 6, 6), seed=9)
+    deltas = []
+    for c in (1.0, 25.0):
+
+        def loss(out, target, c=c):
+            return c * F.cross_entropy(out, target)
+
+        b = removal_rhs(mean_loss_grad(model, forget_x, forget_y, loss=loss), 8, 40)
+        short = COLUMNS.model_copy(update={"max_iter": 5})  # an early iterate, as the path uses
+        deltas.append(solve_edit("gif", make_hvp(model, x, y, loss=loss), b, selected,
+                                 solver_cfg=short, seed=3).delta)
+    assert relative_error(deltas[1], deltas[0]) < 1e-8
+
+
+def test_the_column_scaled_iterates_differ_from_the_plain_ones():
+    """The preconditioner changes the path's candidates (what it is for), not only their cost."""
+    model, x, y, b, selected = _removal_problem("cnn_batchnorm")
+    hvp = make_hvp(model, x, y)
+    short = Solver(max_iter=3)
+    plain = solve_edit("gif", hvp, b, selected, solver_cfg=short)
+    scaled = solve_edit("gif", hvp, b, selected, seed=3,
+                        solver_cfg=short.model_copy(update={"preconditioner": "columns"}))
+    assert relative_error(scaled.delta, plain.delta) > 1e-3
+
+
+def test_minres_with_a_preconditioner_is_an_invalid_request_naming_the_field():
+    with pytest.raises(InvalidRequest) as caught:
+        check_solver("fif", Solver(algorithm="minres", preconditioner="columns"))
+    assert caught.value.loc == ("solver", "preconditioner")
+
+
+def test_a_cancel_during_the_preconditioner_probes_stops_the_solve():
+    model, x, y, b, selected = _removal_problem("mlp")
+    hvp = make_hvp(model, x, y)
+    polls = []
+
+    def should_stop() -> bool:  # polled before each probe (the HVP itself polls nothing)
+        polls.append(1)
+        return len(polls) >= 2
+
+    with pytest.raises(Cancelled) as caught:
+        solve_edit("gif", hvp, b, selected, solver_cfg=COLUMNS, should_stop=should_stop)
+    assert caught.value.details == {"phase": "preconditioner", "probe": 1}
+    assert hvp.calls == 1
+
+
+def test_layer_of_maps_flat_indices_to_their_parameter_tensor():
+    from gif.methods import layer_of
+
+    offsets = (0, 4, 10)  # three tensors: [0, 4), [4, 10), [10, ...)
+    columns = torch.tensor([0, 3, 4, 9, 10, 15])
+    assert layer_of(columns, offsets).tolist() == [0, 0, 1, 1, 2, 2]
+
+
+@pytest.mark.parametrize("method", ["gif", "pif"])
+def test_a_layer_scaled_solve_reaches_the_least_squares_optimum(method):
+    """``preconditioner: layers`` on the real HVP of a small CNN (several tensors): the
+    optimum residual of the closed form, each tensor's columns scaled alike."""
+    model, x, y, b, selected = _removal_problem("cnn_batchnorm")
+    hessian = dense_hessian(model, x, y)
+    hvp = make_hvp(model, x, y, batch_size=16)
+    config = COLUMNS.model_copy(update={"preconditioner": "layers"})
+    solution = solve_edit(method, hvp, b, selected, solver_cfg=config, seed=3)
+    assert solution.result.converged and solution.result.extra["preconditioner"] == "layers"
+    if method == "gif":
+        columns = hessian[:, selected]
+        optimum = torch.linalg.vector_norm(columns @ _closed_form("gif", hessian, b, selected) + b)
+        assert float(torch.linalg.vector_norm(columns @ solution.delta + b)) <= \
+            float(optimum) * (1 + 1e-6) + 1e-12
+    else:  # H is singular: the scaled solve may pick another minimiser of ‖Hδ + b‖
+        full = solution.result.x  # pif's solve is over all of θ (E5); δ keeps S of it
+        optimum = torch.linalg.vector_norm(hessian @ _closed_form("if", hessian, b, selected) + b)
+        assert float(torch.linalg.vector_norm(hessian @ full + b)) <= \
+            float(optimum) * (1 + 1e-6) + 1e-12
