@@ -10,8 +10,9 @@ The default grid is geometric with ratio 2 from 1/64 to 64 (13 points, α = 1 am
 it brackets the Newton step by six octaves on either side, which covers both an update that
 overshoots (the linearisation is too optimistic) and one that undershoots (a whole-class
 removal, whose loss is far from its quadratic model), while costing only 13 forward passes
-over the validation split. A best point on the grid's edge is followed past it, octave by
-octave (the Newton step of a truncated solve can be far too short). The grid is then
+over the validation split. A best point on the grid's top edge, or a plateau reaching it, is
+followed past it, octave by octave (the Newton step of a truncated solve, or of a well-fitted
+model, can be far too short; ``_extend_past_edges``). The grid is then
 refined around its best point by
 bisection in log α (``REFINE_OCTAVES``: ±1/2, ±1/4, ±1/8 octave, 6 more points): the
 trade-off between forgetting and keeping is often sharp within one octave.
