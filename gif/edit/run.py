@@ -23,7 +23,7 @@ from gif.edit.result import (
 )
 from gif.edit.update import select_target, solve_update
 from gif.request import EditRequest
-from gif.result_warnings import step_warnings
+from gif.result_warnings import retained_drop_warnings, step_warnings
 from gif.step import RegularisationPath, ScaleCurve, ScalePoint
 
 
@@ -128,6 +128,13 @@ def run_edit(
                 reporter.event("warning", "step_search", warnings[-1]["message"],
                                {"objective": curve.best.objective,
                                 "baseline_objective": baseline["objective"]})
+            for warning in retained_drop_warnings(baseline, curve.best.components):
+                warnings.append(warning)
+                reporter.event("warning", "step_search", warning["message"],
+                               {"validation_accuracy": curve.best.components.get(
+                                   "validation_accuracy"),
+                                "baseline_validation_accuracy": baseline.get(
+                                    "validation_accuracy")})
         apply(delta, curve.scale)
 
     with reporter.phase("evaluate"):

@@ -388,3 +388,43 @@ def test_the_default_request_forgets_a_class_as_retraining_does(digits, clean_mo
     assert result["selection"]["criterion"] == "topk_gradients"
     assert result["path"]["chosen"]["iteration"] <= result["solver"]["iterations"] <= 50
     assert result["warnings"] == []
+
+
+def test_a_chosen_edit_that_costs_the_retained_points_is_flagged(digits, clean_model,
+                                                                monkeypatch):
+    """``retained_accuracy_drop``: the objective may prefer a damaged model to an unchanged
+    one (PIF on the full-data TinyNet: validation 0.98 → 0.45); the result and the events say
+    so. The objective here scores the unedited model at 0 with 0.95 validation accuracy and
+    any edit at 1 with 0.60, so every edit is preferred and every one costs 35 points."""
+    import gif.edit.run as edit_run
+
+    train, _ = digits
+    original_ids = []
+
+    def fake_objective(kind, data, num_classes):
+        def objective(model):
+            if id(model) in original_ids:
+                return {"objective": 0.0, "validation_accuracy": 0.95}
+            return {"objective": 1.0, "validation_accuracy": 0.60}
+        return objective
+
+    real_prepare = edit_run.prepare_edit
+
+    def prepare(*args, **kwargs):
+        prepared = real_prepare(*args, **kwargs)
+        original_ids.append(id(prepared.original))
+        return prepared
+
+    monkeypatch.setattr(edit_run, "step_objective", fake_objective)
+    monkeypatch.setattr(edit_run, "prepare_edit", prepare)
+    events = []
+    req = request(edit={"kind": "remove_class", "class": REMOVED},
+                  solver={"max_iter": 3, "hessian_samples": 128})
+    outcome = run_edit(req, LoadedModel(SPEC, clean_model), train, {},
+                       EditHooks(event=lambda *event: events.append(event)))
+    codes = [w["code"] for w in outcome.result["warnings"]]
+    assert "retained_accuracy_drop" in codes
+    message = next(w["message"] for w in outcome.result["warnings"]
+                   if w["code"] == "retained_accuracy_drop")
+    assert "60.0%" in message and "95.0%" in message
+    assert any(e[0] == "warning" and "60.0%" in e[2] for e in events)
