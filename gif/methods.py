@@ -124,24 +124,21 @@ def check_selection(selected: torch.Tensor, p: int) -> torch.Tensor:
     return unique
 
 
-def iterate_delta(
-    method: str, x: torch.Tensor, selected: torch.Tensor, scale: torch.Tensor | None = None
-) -> torch.Tensor:
-    """The update ``Δ`` that a solver iterate ``x`` stands for: ``x_S`` for PIF (E5), else
-    ``x``; a column-scaled solve's iterate is ``y`` with ``x = scale ⊙ y``."""
-    if scale is not None:
-        x = scale * x
+def iterate_delta(method: str, x: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+    """The update ``Δ`` that a solver iterate ``x`` stands for: ``x_S`` for PIF (E5), else ``x``."""
     return x[selected] if method == "pif" else x
 
 
 def _with_delta(callback: Callback | None, method: str, selected: torch.Tensor,
                 scale: torch.Tensor | None):
-    """``callback`` with ``info["delta"]`` added (None stays None: no per-iteration work)."""
+    """``callback`` with ``info["delta"]`` added (None stays None: no per-iteration work); a
+    column-scaled solve's iterate is ``y``, and the update is that of ``x = scale ⊙ y``."""
     if callback is None:
         return None
 
     def relay(info: dict):
-        return callback({**info, "delta": iterate_delta(method, info["x"], selected, scale)})
+        x = info["x"] if scale is None else scale * info["x"]
+        return callback({**info, "delta": iterate_delta(method, x, selected)})
 
     return relay
 
@@ -155,14 +152,15 @@ def layer_of(columns: torch.Tensor, offsets: tuple[int, ...]) -> torch.Tensor:
 
 def precondition(
     operator: LinearOperator, solver_cfg: Solver, *, seed: int | None,
-    like: torch.Tensor, columns: torch.Tensor, offsets: tuple[int, ...],
+    like: torch.Tensor, layer_groups: Callable[[], torch.Tensor],
     should_stop: ShouldStop | None = None,
 ) -> tuple[LinearOperator, torch.Tensor | None, dict]:
     """``solver.preconditioner`` (E8): the operator to solve with, the column scale ``D`` that
     maps its iterates back (``x = D y``; None: no scaling) and what the result reports.
 
     ``columns`` scales ``A`` to ``A·D`` with ``D = 1/‖A[:,j]‖`` estimated by
-    ``preconditioner_probes`` Hutchinson probes (one HVP each, counted in ``hvps``). The
+    ``preconditioner_probes`` Hutchinson probes (one HVP each, counted in ``hvps``); ``layers``
+    uses one scale per parameter tensor (``layer_groups()``: the tensor of each column). The
     solver's minimiser is unchanged where it is unique; its early iterates, which the path
     chooses among (E9), are those of the better-conditioned problem.
     """
@@ -172,7 +170,7 @@ def precondition(
     norms = column_norms(operator, probes=probes, seed=0 if seed is None else seed,
                          like=like, should_stop=should_stop)
     if solver_cfg.preconditioner == "layers":
-        scale = group_scaling(norms, layer_of(columns, offsets))
+        scale = group_scaling(norms, layer_groups())
     else:
         scale = column_scaling(norms)
     spread = float(norms.max() / norms.clamp_min(1e-30).min()) if norms.numel() else 1.0
@@ -235,11 +233,14 @@ def solve_edit(
     b = b.reshape(-1)
     p = b.numel()
     selected = check_selection(selected, p).to(b.device)
-    square = method in ("if", "pif")  # H itself: its columns are all of θ
+    def layer_groups() -> torch.Tensor:  # only a layer scaling needs it
+        square = method in ("if", "pif")  # H itself: its columns are all of θ
+        columns = torch.arange(p, device=b.device) if square else selected
+        return layer_of(columns, _offsets(hvp, p))
+
     operator, scale, preconditioned = precondition(
         method_operator(method, hvp, selected, p), solver_cfg, seed=seed, like=b,
-        columns=torch.arange(p, device=b.device) if square else selected,
-        offsets=_offsets(hvp, p), should_stop=should_stop)
+        layer_groups=layer_groups, should_stop=should_stop)
     result = solve(
         solver_cfg.algorithm,
         operator,

@@ -165,7 +165,7 @@ class Solver(_Strict):
     preconditioner_probes: int = Field(
         8, ge=1, le=256,
         description="Random ±1 probes (one HVP each) that estimate the column norms for "
-                    "preconditioner=columns.",
+                    "preconditioner=columns or layers.",
     )
 
 
