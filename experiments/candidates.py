@@ -73,8 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", default="backdoor", choices=("class", "sample", "backdoor"))
     parser.add_argument("--candidates", nargs="*", default=list(CANDIDATES),
                         choices=list(CANDIDATES), metavar="NAME")
+    parser.add_argument("--column-floor", type=float, default=None,
+                        help="gif.solvers.COLUMN_FLOOR for this run (the column scaling's "
+                             "floor, a share of the norms' rms; not a request field)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.column_floor is not None:
+        import gif.solvers
+
+        gif.solvers.COLUMN_FLOOR = args.column_floor
     bench = load_bench()
     scale = bench.SCALES[args.scale]
     task = next(t for t in bench.build_tasks(bench.TINYNET, scale, 0) if t.name == args.task)
@@ -98,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                   if "scale" in details else "–")
         rows.append([name, chosen, *_metrics(record, columns), f"{record['cpu_s']:.1f}"])
         print(f"{name}: done ({record['cpu_s']:.1f} CPU s)", file=sys.stderr, flush=True)
-    print(f"{bench.TASK_TITLES[args.task]}, {scale.describe()}\n")
+    floor = "" if args.column_floor is None else f"; column floor {args.column_floor}"
+    print(f"{bench.TASK_TITLES[args.task]}, {scale.describe()}{floor}\n")
     print(bench.markdown_table(["request", "solver iterations, α", *columns.values(), "CPU s"],
                                rows))
     return 0

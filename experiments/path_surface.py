@@ -9,6 +9,11 @@ iterate's best α, objective and components, so the surface behind a choice can 
     python -m experiments.path_surface --scale full-tinynet --task class --patience 50
     python -m experiments.path_surface --scale full-tinynet --task class \
         --overrides '{"solver": {"max_iter": 100}}'
+    python -m experiments.path_surface --scale full-tinynet --task class --scan
+
+``--scan`` scores every iterate on the whole range ``SCAN_SCALES`` (2^-6 … 2^20, no window)
+and runs the solve to ``max_iter``: where each iterate's useful α lies, whatever the path
+would have searched (docs/defaults.md, "The step's range").
 
 Prints a markdown table, then the chosen (k, α) and the task's metrics (``bench.measure``).
 """
@@ -36,11 +41,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overrides", type=json.loads, default={},
                         help="request fields on top of the default request, as JSON (e.g. "
                              "'{\"solver\": {\"max_iter\": 100}}'): what a variant would do")
+    parser.add_argument("--scan", action="store_true",
+                        help="score every iterate on 2^-6 … 2^20 and solve to max_iter")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     import gif.edit.run as edit_run
     from gif.edit import LoadedModel, run_edit
-    from gif.step import PATH_PATIENCE, RegularisationPath
+    from gif.step import PATH_PATIENCE, RegularisationPath, search_scale
+
+    scans = []  # (iteration, the whole-range curve) of every scored iterate, with --scan
+
+    class ScanningPath(RegularisationPath):
+        """The path as it is, plus every scored iterate on the whole of ``SCAN_SCALES``; it
+        never stops the solve."""
+
+        def observe(self, iteration, candidate):
+            super().observe(iteration, candidate)  # the path's own bookkeeping and choice
+            scans.append((iteration, search_scale(
+                lambda alpha: self.apply_fn(candidate, alpha), self.objective_fn, SCAN_SCALES,
+                refine_octaves=(), max_extra_octaves=0, known=self.iterates[-1].curve.points)))
+            return False
 
     patience = PATH_PATIENCE if args.patience is None else args.patience
     bench = load_bench()
@@ -52,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                                           {**dict(scale.influence_overrides), **args.overrides}),
                                 task)
     default_path = edit_run.RegularisationPath
-    edit_run.RegularisationPath = functools.partial(RegularisationPath, patience=patience)
+    edit_run.RegularisationPath = functools.partial(
+        ScanningPath if args.scan else RegularisationPath, patience=patience)
     try:
         started = time.process_time()
         outcome = run_edit(request, LoadedModel(spec=spec, state_dict=original), task.train, {})
@@ -69,12 +90,26 @@ def main(argv: list[str] | None = None) -> int:
           + (f"; request overrides {json.dumps(args.overrides)}" if args.overrides else "")
           + "\n")
     print(bench.markdown_table(["iteration k", "best α", "objective", *components], rows))
+    if args.scan:
+        print("\nthe whole α range of every iterate (α where the objective is above 0.5):\n")
+        print(bench.markdown_table(["iteration k", "α with objective > 0.5", "best α", "best"],
+                                   [scan_row(k, curve) for k, curve in scans]))
     chosen = path["chosen"]
     metrics = bench.measure(spec, outcome.state_dict, task)
     print(f"\nchosen: k = {chosen['iteration']}, α = {chosen['scale']:.4g}; solver iterations "
           f"{outcome.result['solver']['iterations']}; {cpu:.1f} CPU s; metrics: "
           + ", ".join(f"{key} {value:.3f}" for key, value in metrics.items()))
     return 0
+
+
+SCAN_SCALES = tuple(2.0**k for k in range(-6, 21))
+
+
+def scan_row(iteration: int, curve) -> list[str]:
+    """One iterate of ``--scan``: the range of α scoring above 0.5, and the best point."""
+    good = [p.scale for p in curve.points if p.objective > 0.5]
+    span = f"{min(good):,.4g}–{max(good):,.4g}" if good else "none"
+    return [str(iteration), span, f"{curve.best.scale:,.4g}", f"{curve.best.objective:.3f}"]
 
 
 if __name__ == "__main__":

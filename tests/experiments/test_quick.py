@@ -181,6 +181,27 @@ def test_candidates_print_every_requested_row(capsys):
         assert 0.0 <= asr <= 1.0 and 0.0 <= clean <= 1.0
 
 
+def test_candidates_column_floor_reaches_the_scaling_for_the_run_only(capsys, monkeypatch):
+    """``--column-floor`` sets ``gif.solvers.COLUMN_FLOOR`` for the run (the floors of
+    docs/defaults.md's preconditioner table) and the page says so."""
+    import gif.solvers
+    from experiments import candidates
+
+    floors = []
+    real = gif.solvers.column_scaling
+
+    def spy(norms):
+        floors.append(gif.solvers.COLUMN_FLOOR)
+        return real(norms)
+
+    monkeypatch.setattr(gif.solvers, "COLUMN_FLOOR", gif.solvers.COLUMN_FLOOR)
+    monkeypatch.setattr("gif.methods.column_scaling", spy)
+    assert candidates.main(["--scale", "tiny", "--task", "class", "--column-floor", "0.3",
+                            "--candidates", "preconditioner columns"]) == 0
+    assert floors == [0.3]
+    assert "column floor 0.3" in capsys.readouterr().out
+
+
 def test_sample_removal_diagnosis_decomposes_the_gradient_exactly(capsys):
     """``experiments.sample_removal`` on the tiny scale: the mean gradient over all points is
     the m/N-weighted mix of the removed and retained ones (the decomposition it reports), the
@@ -235,3 +256,17 @@ def test_path_surface_applies_request_overrides(capsys):
     out = capsys.readouterr().out
     assert 'request overrides {"solver": {"max_iter": 2}}' in out
     assert int(out.split("solver iterations ")[1].split(";")[0]) == 2
+
+
+def test_path_surface_scan_scores_every_iterate_on_the_whole_range(capsys):
+    """``--scan``: the solve runs to ``max_iter`` and every scored iterate gets a row."""
+    from experiments import path_surface
+
+    assert path_surface.main(["--scale", "tiny", "--task", "class", "--scan",
+                              "--overrides", '{"solver": {"max_iter": 3}}']) == 0
+    out = capsys.readouterr().out
+    table = out.split("objective is above 0.5):")[1]
+    assert [line.split("|")[1].strip() for line in table.splitlines()
+            if line.startswith("| ") and not line.startswith(("| iteration", "| ---"))] == [
+        "1", "2", "3"]
+    assert int(out.split("solver iterations ")[1].split(";")[0]) == 3
