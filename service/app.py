@@ -22,15 +22,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api import ROUTERS
 from service.api.deps import AUTH_FAILURE_STATE_KEY, OWNER_STATE_KEY
 from service.api.uploads import BODY_LIMIT_SCOPE_KEY, BodyLimit
-from service.auth import Caller, caller_for_authorization, lookup_authorization, touch_key
+from service.auth import Caller, lookup_authorization, touch_key
 from service.catalog import BuiltinCatalog
 from service.db.session import (
     LoopReader,
-    LoopReadUnavailable,
     autocommit_reads,
     engine_from_settings,
     loop_reader,
     make_session_factory,
+    read_once,
 )
 from service.dispatch import Dispatcher, NoneDispatcher, make_dispatcher
 from service.jobs.reaper import maybe_start_reaper
@@ -99,23 +99,14 @@ class AuthenticationMiddleware:
         await self.app(scope, refuse_body, send)
 
     async def _authenticate(self, header: str | None) -> Caller:
-        """The key's lookup on the loop's own SQLite connection (no thread hop) when it can
-        answer, its rare write (``last_used_at``, once a minute) in the thread pool; otherwise
-        lookup and write in the thread pool."""
-        if self.loop_reader is not None:
-            try:
-                caller, stale = self.loop_reader.read(lookup_authorization, header)
-            except LoopReadUnavailable:
-                pass
-            else:
-                if stale:
-                    await run_in_threadpool(self._touch, caller.key_id)
-                return caller
-        return await run_in_threadpool(self._owner, header)
-
-    def _owner(self, header: str | None) -> Caller:
-        with self.engine.connect() as connection:  # a connection, not a session: one query
-            return caller_for_authorization(connection, header)
+        """The key's lookup on the loop's own SQLite connection when it can answer (else in
+        the thread pool: ``read_once``), its rare write (``last_used_at``, once a minute)
+        in the thread pool."""
+        caller, stale = await read_once(self.loop_reader, self.engine, lookup_authorization,
+                                        header)
+        if stale:
+            await run_in_threadpool(self._touch, caller.key_id)
+        return caller
 
     def _touch(self, key_id: str) -> None:
         with self.engine.connect() as connection:

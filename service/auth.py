@@ -2,7 +2,7 @@
 characters (the lookup prefix). The plaintext is shown once at creation and never stored or
 logged; verification compares hashes in constant time.
 
-:func:`caller_for_authorization` turns an ``Authorization`` header into its :class:`Caller` (the
+:func:`lookup_authorization` turns an ``Authorization`` header into its :class:`Caller` (the
 key's owner and the key) or a :class:`NotAuthenticated` saying what is wrong with it (never
 echoing the key). Every request pays that lookup, so it is one prebuilt Core statement (key
 and owner joined), no ORM objects, and a write of ``last_used_at`` at most once a minute."""
@@ -134,7 +134,7 @@ def touch_key(db: Session | sa.Connection, key_id: str) -> None:
 
 def authenticate(session: Session, key: str) -> Owner | None:
     """The owner row of a valid, unrevoked ``key``, or None (the CLI's and bootstrap's check;
-    a request uses :func:`caller_for_authorization`)."""
+    a request uses :func:`lookup_authorization`)."""
     caller = caller_for_key(session, key)
     return session.get(Owner, caller.id) if caller is not None else None
 
@@ -160,18 +160,11 @@ def bearer_key(header: str | None) -> str:
     raise NotAuthenticated(f"malformed Authorization header: it must be {EXPECTED_HEADER}")
 
 
-def caller_for_authorization(db: Session | sa.Connection, header: str | None) -> Caller:
-    """The :class:`Caller` of the valid, unrevoked key in an ``Authorization`` header value;
-    :class:`NotAuthenticated` otherwise."""
-    caller = caller_for_key(db, bearer_key(header))
-    if caller is None:
-        raise NotAuthenticated("invalid or revoked API key")
-    return caller
-
-
 def lookup_authorization(db: Session | sa.Connection, header: str | None) -> tuple[Caller, bool]:
-    """:func:`caller_for_authorization` without its write: the caller and whether its key's
-    ``last_used_at`` is due a refresh (the caller of this runs :func:`touch_key` then)."""
+    """The :class:`Caller` of the valid, unrevoked key in an ``Authorization`` header value,
+    and whether its key's ``last_used_at`` is due a refresh (the caller of this runs
+    :func:`touch_key` then, apart: the lookup itself only reads); :class:`NotAuthenticated`
+    otherwise."""
     found = lookup_key(db, bearer_key(header))
     if found is None:
         raise NotAuthenticated("invalid or revoked API key")

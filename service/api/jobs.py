@@ -35,7 +35,7 @@ from service.api.job_lists import (
 )
 from service.api.webhooks import refuse_webhook_host
 from service.db.models import SUMMARY_SET, TERMINAL_STATUSES, Job, Metric
-from service.db.session import LoopReadUnavailable
+from service.db.session import read_once
 from service.jobs.events import events_after
 from service.jobs.state import cancel_job
 from service.jobs.submit import submit_job
@@ -137,20 +137,14 @@ def list_jobs(
     "/{job_id}", response_model=JobOut, summary="Get a job", responses=problem_responses(404)
 )
 async def get_job(job_id: str, request: Request, owner: OwnerDep) -> JobOut:
-    # SQLite: the one-statement read on the loop's own connection (service.db.session.
-    # LoopReader); otherwise one thread hop (a ``def`` route with a session dependency took
-    # three).
+    # one statement, on SQLite on the loop's own connection (``read_once``): a ``def`` route
+    # with a session dependency took three thread hops
     state = request.app.state
-    if state.loop_reader is not None:
-        try:
-            job = state.loop_reader.read(read_job_object, owner.id, job_id)
-        except LoopReadUnavailable:
-            pass
-        else:
-            if job is None:
-                raise not_found("job", job_id)
-            return job
-    return await run_in_threadpool(read_job, state.read_engine, owner.id, job_id)
+    job = await read_once(state.loop_reader, state.read_engine, read_job_object, owner.id,
+                          job_id)
+    if job is None:
+        raise not_found("job", job_id)
+    return job
 
 
 @router.delete(

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from service.settings import Settings
 
@@ -272,6 +273,23 @@ class LoopReader:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+async def read_once(reader: LoopReader | None, engine: sa.Engine, func, *args):
+    """``func(connection, *args)``, a one-statement read: on the loop's own connection when
+    ``reader`` can answer (no thread hop), else on a connection of ``engine`` in the thread
+    pool (PostgreSQL, or a SQLite reader that is busy or in use)."""
+    if reader is not None:
+        try:
+            return reader.read(func, *args)
+        except LoopReadUnavailable:
+            pass
+
+    def on_a_thread():
+        with engine.connect() as connection:
+            return func(connection, *args)
+
+    return await run_in_threadpool(on_a_thread)
 
 
 def loop_reader(engine: sa.Engine) -> LoopReader | None:
