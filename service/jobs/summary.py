@@ -4,10 +4,11 @@ bounded whatever its request holds, read from the columns written at submission 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from service.db.models import Job
-from service.schemas import EditSummary, JobCreate, JobError, JobSummary
+from service.schemas import EditSummary, JobCreate, JobSummary
 
 
 def edit_summary(edit: dict[str, Any]) -> dict[str, Any]:
@@ -26,20 +27,27 @@ def list_columns(body: JobCreate, normalised: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# The columns of ``jobs`` a summary shows, by column name (``metadata`` is the ORM's
+# ``job_metadata``: ``metadata`` is taken on a declarative class).
+SUMMARY_COLUMNS = ("id", "status", "created_at", "started_at", "finished_at", "model_id",
+                   "train_dataset_id", "method", "edit_summary", "metadata", "progress",
+                   "error", "edited_model_id", "cancel_requested")
+
+
+def summary_fields(job: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields the job summary and the job object (:func:`service.jobs.view.job_object`)
+    share, from the job's columns by name: a Core row, an insert's values, or an ORM job's."""
+    edit = job["edit_summary"]
+    return {
+        **{name: job[name] for name in SUMMARY_COLUMNS
+           if name not in ("edit_summary", "metadata")},
+        "edit": EditSummary.model_validate(edit) if edit else None,
+        "metadata": job["metadata"] or {},
+    }
+
+
 def job_summary(job: Job) -> JobSummary:
-    return JobSummary(
-        id=job.id,
-        status=job.status,  # type: ignore[arg-type]
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        model_id=job.model_id,
-        train_dataset_id=job.train_dataset_id,
-        method=job.method,
-        edit=EditSummary.model_validate(job.edit_summary) if job.edit_summary else None,
-        metadata=job.job_metadata or {},
-        progress=job.progress,
-        error=JobError.model_validate(job.error) if job.error else None,
-        edited_model_id=job.edited_model_id,
-        cancel_requested=job.cancel_requested,
-    )
+    """The summary of an ORM job (its ``request`` and ``result`` need not be loaded)."""
+    columns = {name: getattr(job, "job_metadata" if name == "metadata" else name)
+               for name in SUMMARY_COLUMNS}
+    return JobSummary(**summary_fields(columns))

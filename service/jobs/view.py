@@ -15,7 +15,8 @@ import sqlalchemy as sa
 
 from service.db.models import Job, WebhookSubscription
 from service.db.owned import find_owned_columns, owned_columns
-from service.schemas import EditSummary, JobOut, Webhook
+from service.jobs.summary import summary_fields
+from service.schemas import JobOut, Webhook
 
 # Built once: the columns of the job object, by the names job_object() reads (the column names
 # of ``jobs``: an insert's values read the same).
@@ -31,26 +32,8 @@ JOB_OBJECT = owned_columns(
 def job_object(job: Mapping[str, Any], webhook: Webhook | None) -> JobOut:
     """The job object of ``job`` — a row of :data:`JOB_OBJECT`, or the values of the job's
     insert (keyed by the columns of ``jobs``) — and its webhook."""
-    edit = job["edit_summary"]
-    return JobOut(
-        id=job["id"],
-        status=job["status"],
-        created_at=job["created_at"],
-        started_at=job["started_at"],
-        finished_at=job["finished_at"],
-        request=job["request"],
-        progress=job["progress"],
-        error=job["error"],
-        result=job["result"],
-        model_id=job["model_id"],
-        train_dataset_id=job["train_dataset_id"],
-        edited_model_id=job["edited_model_id"],
-        cancel_requested=job["cancel_requested"],
-        method=job["method"],
-        edit=EditSummary.model_validate(edit) if edit else None,
-        metadata=job["metadata"] or {},
-        webhook=webhook,
-    )
+    return JobOut(**summary_fields(job), request=job["request"], result=job["result"],
+                  webhook=webhook)
 
 
 def read_job_object(db: sa.Connection, owner_id: str, job_id: str) -> JobOut | None:
