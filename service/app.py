@@ -34,7 +34,7 @@ from service.db.session import (
 )
 from service.dispatch import Dispatcher, NoneDispatcher, make_dispatcher
 from service.jobs.reaper import maybe_start_reaper
-from service.limits import RateLimiter, rate_limiter
+from service.limits import RateLimiter, SharedRateLimiter, rate_limiter
 from service.observability import install_observability
 from service.problems import BodyRefused, install_problem_handlers
 from service.retention import maybe_start_retention
@@ -65,7 +65,8 @@ class AuthenticationMiddleware:
     the app's problem handlers answer — 401 with the ``Bearer`` challenge, 503 — through the
     router, so the access log and the metrics count it by route."""
 
-    def __init__(self, app: ASGIApp, engine: sa.Engine, limiter: RateLimiter | None = None,
+    def __init__(self, app: ASGIApp, engine: sa.Engine,
+                 limiter: RateLimiter | SharedRateLimiter | None = None,
                  loop_reader: LoopReader | None = None):
         self.app = app
         self.engine = engine
@@ -84,7 +85,7 @@ class AuthenticationMiddleware:
         try:
             owner = await self._authenticate(header)
             if self.limiter is not None:  # past the rate: refused like a bad key, body unread
-                self.limiter.check(owner.id)
+                await self.limiter.check(owner.id)
             state[OWNER_STATE_KEY] = owner
         except Exception as err:  # noqa: BLE001 - answered by the app's problem handlers
             state[AUTH_FAILURE_STATE_KEY] = err
@@ -207,6 +208,8 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None) -> Fast
             if reaper is not None:
                 reaper.close()
             app.state.dispatcher.close()
+            if app.state.limiter is not None:
+                await app.state.limiter.aclose()
             if app.state.loop_reader is not None:
                 app.state.loop_reader.dispose()
             app.state.engine.dispose()
@@ -226,6 +229,7 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None) -> Fast
     app.state.session_factory = make_session_factory(engine)
     app.state.store = ArtifactStore(settings.artifacts_dir, min_free_bytes=settings.min_free_bytes)
     app.state.catalog = BuiltinCatalog()
+    app.state.limiter = rate_limiter(settings)
     if dispatcher is None and settings.effective_runner == "none":
         dispatcher = NoneDispatcher()
     app.state.dispatcher = dispatcher
@@ -236,7 +240,7 @@ def create_app(settings: Settings, dispatcher: Dispatcher | None = None) -> Fast
     app.add_middleware(
         AuthenticationMiddleware,
         engine=app.state.read_engine,
-        limiter=rate_limiter(settings),
+        limiter=app.state.limiter,
         loop_reader=app.state.loop_reader,
     )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=MAX_JSON_BODY_BYTES)

@@ -119,8 +119,10 @@ class Settings(BaseSettings):
     )
     rate_limit_per_minute: int | None = Field(
         None, ge=1,
-        description="Authenticated requests per owner per minute, per API process (a token "
-        "bucket holding a minute's worth); past it, 429. None: no limit. Default: None",
+        description="Authenticated requests per owner per minute (a token bucket holding a "
+        "minute's worth); past it, 429. Shared by every API process through the broker's "
+        "Redis when GIF_BROKER_URL is a Redis URL (not applied while that Redis is "
+        "unreachable), else counted per process. None: no limit. Default: None",
     )
     limit_retry_after_s: int = Field(
         30, ge=1, le=86_400,

@@ -3,6 +3,9 @@ problem with ``Retry-After``; other owners unaffected; refused uploads leave not
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -12,7 +15,7 @@ from service.app import create_app
 from service.auth import create_key
 from service.db.migrate import upgrade
 from service.db.session import engine_from_settings, make_session_factory, session_scope
-from service.limits import RateLimiter
+from service.limits import RateLimiter, SharedRateLimiter, rate_limiter
 from service.settings import Settings
 from tests.service.conftest import (
     assert_problem,
@@ -35,6 +38,13 @@ def limited(tmp_path, **limits) -> Iterator[tuple[TestClient, dict, dict, Settin
     engine.dispose()
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         yield client, alice, bob, settings
+
+
+@contextmanager
+def second_api_process(settings: Settings) -> Iterator[TestClient]:
+    """Another app on the same database and settings: what a second API process serves."""
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
 
 
 def assert_429(response, retry_after: int | None = None) -> dict:
@@ -124,3 +134,50 @@ def test_the_bucket_refills_at_the_rate():
     assert limiter.take("o") == 0 and limiter.take("o") > 0
     clock[0] = 3600.0  # a long pause refills a minute's worth, no more
     assert sum(limiter.take("o") == 0 for _ in range(100)) == 60
+
+
+def test_a_redis_broker_shares_the_rate_among_api_processes(tmp_path, redis_url):
+    with limited(tmp_path, rate_limit_per_minute=4, broker_url=redis_url) as (
+            client, alice, bob, settings):
+        assert isinstance(client.app.state.limiter, SharedRateLimiter)
+        with second_api_process(settings) as other:
+            codes = [c.get("/v1/models", headers=alice).status_code
+                     for c in (client, other, client, other)]
+            assert codes == [200] * 4
+            # the allowance is spent on both processes together, not 4 on each
+            assert_429(other.get("/v1/models", headers=alice))
+            problem = assert_429(client.get("/v1/models", headers=alice))
+            assert "GIF_RATE_LIMIT_PER_MINUTE" in problem["detail"]
+            assert other.get("/v1/models", headers=bob).status_code == 200
+
+
+def test_without_a_redis_broker_the_rate_is_counted_in_the_process(tmp_path):
+    assert isinstance(rate_limiter(Settings(data_dir=tmp_path, rate_limit_per_minute=5)),
+                      RateLimiter)
+    assert rate_limiter(Settings(data_dir=tmp_path)) is None
+
+
+def test_the_shared_bucket_refills_at_the_rate_on_the_redis_clock(redis_url):
+    limiter = SharedRateLimiter(per_minute=60, redis_url=redis_url,
+                                prefix=f"gif:test-rate:{uuid.uuid4().hex}:")
+
+    async def takes() -> list[float]:
+        try:
+            return [await limiter.take("o") for _ in range(61)]
+        finally:
+            await limiter.aclose()
+
+    waits = asyncio.run(takes())
+    assert waits[:60] == [0.0] * 60
+    assert 0.5 < waits[60] <= 1.0  # a token a second, less what refilled during the 60 calls
+
+
+def test_an_unreachable_redis_leaves_requests_unlimited_and_says_so(tmp_path, caplog):
+    # nothing listens on port 1: the counter is unreachable, the service is not
+    with limited(tmp_path, rate_limit_per_minute=1,
+                 broker_url="redis://127.0.0.1:1/0") as (client, alice, _, _settings):
+        with caplog.at_level(logging.WARNING, logger="service.limits"):
+            codes = [client.get("/v1/models", headers=alice).status_code for _ in range(3)]
+        assert codes == [200] * 3
+        warned = [r for r in caplog.records if "rate limit not applied" in r.getMessage()]
+        assert len(warned) == 1  # once a minute, not once a request
