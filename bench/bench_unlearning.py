@@ -390,7 +390,11 @@ def run_row(row: Row, task: Task, spec: ModelSpec, original: dict) -> dict:
                              # the step's scalars (the path's surface stays in the result)
                              "step": {k: v for k, v in result.get("step", {}).items()
                                       if isinstance(v, int | float | str | bool)},
-                             "warnings": [w["code"] for w in result.get("warnings", [])]}
+                             "warnings": [w["code"] for w in result.get("warnings", [])],
+                             # the validation objective of the chosen (k, α): what the path
+                             # ranked candidates by (None for step.mode fixed)
+                             "objective": (result.get("path") or {}).get("chosen", {})
+                             .get("objective")}
     elif "training" in result:
         training = result["training"]
         record["details"] = {"epochs_done": training.get("epochs_done"),

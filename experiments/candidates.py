@@ -51,6 +51,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "preconditioner columns, seed 1": {"solver": {"preconditioner": "columns"}, "seed": 1},
     "seed 1": {"seed": 1},
     "max_iter 100": {"solver": {"max_iter": 100}},
+    "max_iter 16": {"solver": {"max_iter": 16}},
+    "max_iter 16, seed 1": {"solver": {"max_iter": 16}, "seed": 1},
     "method fif": {"method": "fif"},
     "finetune 1 epoch": {"method": "finetune", "training": {"epochs": 1}},
     "retrain (reference)": {"method": "retrain"},
@@ -76,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--column-floor", type=float, default=None,
                         help="gif.solvers.COLUMN_FLOOR for this run (the column scaling's "
                              "floor, a share of the norms' rms; not a request field)")
+    parser.add_argument("--model-seed", type=int, default=None,
+                        help="the seed of the data draw and the original model (default: the "
+                             "scale's first, e.g. 1 for full-tinynet-seed1)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.column_floor is not None:
@@ -84,13 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         gif.solvers.COLUMN_FLOOR = args.column_floor
     bench = load_bench()
     scale = bench.SCALES[args.scale]
-    task = next(t for t in bench.build_tasks(bench.TINYNET, scale, 0) if t.name == args.task)
+    seed = scale.seeds[0] if args.model_seed is None else args.model_seed
+    task = next(t for t in bench.build_tasks(bench.TINYNET, scale, seed) if t.name == args.task)
     spec = bench.TINYNET.spec
     columns = COLUMNS[args.task]
-    original, _ = bench.cached_original(spec, task.train, scale.training(), 0)
+    original, _ = bench.cached_original(spec, task.train, scale.training(), seed)
     bench.warm_up(spec, original, task)
-    rows = [["original (no edit)", "–", *_metrics(bench.measure(spec, original, task), columns),
-             "–"]]
+    rows = [["original (no edit)", "–", "–",
+             *_metrics(bench.measure(spec, original, task), columns), "–"]]
     for name in args.candidates:
         fields = dict(CANDIDATES[name])
         if fields.get("method") == "retrain":
@@ -98,16 +104,20 @@ def main(argv: list[str] | None = None) -> int:
         row = bench.Row(name, fields.get("method", "gif"), name, fields)
         record = bench.run_row(row, task, spec, original)
         if "error" in record:
-            rows.append([name, record["error"], *["–"] * len(columns), f"{record['cpu_s']:.1f}"])
+            rows.append([name, record["error"], "–", *["–"] * len(columns),
+                         f"{record['cpu_s']:.1f}"])
             continue
         details = record.get("details", {})
         chosen = (f"k={details['iterations']}, α={details['scale']:.3g}"
                   if "scale" in details else "–")
-        rows.append([name, chosen, *_metrics(record, columns), f"{record['cpu_s']:.1f}"])
+        objective = details.get("objective")
+        rows.append([name, chosen, "–" if objective is None else f"{objective:.3f}",
+                     *_metrics(record, columns), f"{record['cpu_s']:.1f}"])
         print(f"{name}: done ({record['cpu_s']:.1f} CPU s)", file=sys.stderr, flush=True)
     floor = "" if args.column_floor is None else f"; column floor {args.column_floor}"
     print(f"{bench.TASK_TITLES[args.task]}, {scale.describe()}{floor}\n")
-    print(bench.markdown_table(["request", "solver iterations, α", *columns.values(), "CPU s"],
+    print(bench.markdown_table(["request", "solver iterations, α", "validation objective",
+                                *columns.values(), "CPU s"],
                                rows))
     return 0
 

@@ -25,7 +25,7 @@ import torch
 
 from gif.errors import InvalidRequest
 from gif.params import scatter
-from gif.request import Solver, check_solver
+from gif.request import SCALINGS, Solver, check_solver
 from gif.solvers import (
     ESTIMATES_CONDITION,
     Callback,
@@ -164,7 +164,7 @@ def precondition(
     solver's minimiser is unchanged where it is unique; its early iterates, which the path
     chooses among (E9), are those of the better-conditioned problem.
     """
-    if solver_cfg.preconditioner == "none":
+    if solver_cfg.preconditioner not in SCALINGS:  # none; auto decides per edit (gif.edit.run)
         return operator, None, {}
     probes = solver_cfg.preconditioner_probes
     norms = column_norms(operator, probes=probes, seed=0 if seed is None else seed,

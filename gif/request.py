@@ -154,22 +154,35 @@ class Solver(_Strict):
         512, ge=1, le=MAX_POINTS, description="Edited points in b; null: all."
     )
     batch_size: int = Field(256, ge=1, le=65_536, description="Micro-batch size of each HVP.")
-    preconditioner: Literal["none", "columns", "layers"] = Field(
-        "none",
-        description="columns: solve with the columns of the operator scaled to unit norm "
-                    "(Jacobi scaling of the normal equations, norms estimated from "
+    preconditioner: Literal["auto", "none", "columns", "layers"] = Field(
+        "auto",
+        description="auto: unscaled, but a path still improving at iteration "
+                    "AUTO_SCALING_ITERATION (16) stops there and the column-scaled problem "
+                    "is solved too, the validation split keeping the better edit (step.mode "
+                    "auto with lsqr, cg or neumann; otherwise none). none: unscaled. columns: "
+                    "solve with the columns of the operator scaled to unit norm (Jacobi "
+                    "scaling of the normal equations, norms estimated from "
                     "preconditioner_probes HVPs; method.md E8); layers: one scale per "
-                    "parameter tensor, its columns' root-mean-square norm. lsqr, cg and "
-                    "neumann only.",
+                    "parameter tensor, its columns' root-mean-square norm. columns and layers: "
+                    "lsqr, cg and neumann only.",
     )
     preconditioner_probes: int = Field(
         8, ge=1, le=256,
         description="Random ±1 probes (one HVP each) that estimate the column norms for "
-                    "preconditioner=columns or layers.",
+                    "preconditioner=columns or layers (and auto's scaled solve).",
     )
 
 
 SYMMETRIC_ALGORITHMS = frozenset({"minres"})
+SCALINGS = frozenset({"columns", "layers"})
+"""The column scalings of E8 (``auto`` is none, or a choice the edit makes between none and
+``columns`` on the validation split; ``gif.edit.run``)."""
+AUTO_SCALING_ITERATION = 16
+"""``preconditioner: auto``: the iteration from which an unscaled path that has not stopped
+(its validation score still climbing, E9) hands over to the column-scaled solve. Every
+unscaled path on the benchmark's relabel and sample removals, and on the class removals below
+60k points, stopped by itself by iteration 16; on the full-data class removal it ran to 32-50
+iterations and lost 0.4-2.9 points that the scaled solve keeps (docs/defaults.md)."""
 """Solvers that need ``A = Aᵀ`` (the IF/PIF/FIF systems, not GIF's rectangular H[:,S])."""
 
 
@@ -182,7 +195,7 @@ def check_solver(method: str, solver_cfg: Solver) -> None:
     """
     if solver_cfg.algorithm not in SYMMETRIC_ALGORITHMS:
         return
-    if solver_cfg.preconditioner != "none":
+    if solver_cfg.preconditioner in SCALINGS:
         raise InvalidRequest(
             f"solver.algorithm {solver_cfg.algorithm!r} needs a symmetric system, and a column "
             f"scaling makes it unsymmetric: set solver.preconditioner to none, or use lsqr",

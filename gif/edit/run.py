@@ -21,7 +21,7 @@ from gif.edit.result import (
     per_layer_changes,
     solver_summary,
 )
-from gif.edit.update import select_target, solve_update
+from gif.edit.update import edit_system, select_target, solve_on_paths, solve_update
 from gif.request import EditRequest
 from gif.result_warnings import retained_drop_warnings, step_warnings
 from gif.step import RegularisationPath, ScaleCurve, ScalePoint
@@ -80,19 +80,23 @@ def run_edit(
     path = objective = None
     if auto:
         objective = step_objective(request.edit.kind, data, num_classes)
-        path = RegularisationPath(apply, objective, should_stop=reporter.check_cancel)
         warnings += objective_warnings(request, data)
 
     with reporter.phase("solve"):
-        def on_iterate(iteration: int, delta: torch.Tensor) -> bool:
-            if not path.wants(iteration):
-                return False
-            return path.observe(iteration, delta.detach().clone())
+        system = edit_system(request, original, data, plan, reporter)
+        if not auto:
+            solution = solve_update(request, system, indices, reporter)
+            scaling = None
+        else:
+            def new_path() -> RegularisationPath:
+                return RegularisationPath(apply, objective, should_stop=reporter.check_cancel)
 
-        solution, b_norm = solve_update(request, original, space, indices, data, plan, reporter,
-                                        None if path is None else on_iterate)
+            attempt, scaling = solve_on_paths(request, system, indices, reporter, new_path)
+            solution, path = attempt.solution, attempt.path
         solver_info = {"algorithm": request.solver.algorithm, **solution.result.to_dict(),
-                       "rhs_norm": b_norm}
+                       "rhs_norm": system.b_norm}
+        if scaling is not None:
+            solver_info["scaling"] = scaling
         level = "info" if solution.result.converged else "warning"
         reporter.event(level, "solve", f"solver stopped: {solution.result.stop_reason}",
                        solver_summary(solver_info))
@@ -104,13 +108,6 @@ def run_edit(
             curve = ScaleCurve("fixed", (ScalePoint(request.step.scale, math.nan),), 0)
             baseline, improved = None, None
         else:
-            returned = int(solution.result.extra.get("returned_iteration",
-                                                     solution.result.iterations))
-            scored = {point.iteration for point in path.iterates}
-            if returned not in scored and solution.result.stop_reason != "callback":
-                # the solve stopped on its own between scored iterates (or at once, b = 0): its
-                # returned solution is a candidate too
-                path.observe(returned, solution.delta)
             chosen, delta, curve = path.finish()
             path_json = path.to_json(chosen, curve)
             # The unedited model (α = 0) on the same objective: a path whose best (k, α) does

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from gif.edit.hooks import Progress, Reporter
 from gif.edit.plan import EditData, IndexPlan
 from gif.errors import InvalidRequest, NonFinite
-from gif.request import EditRequest
+from gif.request import (
+    AUTO_SCALING_ITERATION,
+    SCALINGS,
+    SYMMETRIC_ALGORITHMS,
+    EditRequest,
+    Solver,
+)
+
+if TYPE_CHECKING:
+    from gif.methods import EditSolution
+    from gif.step import RegularisationPath
 
 
 def select_target(request: EditRequest, model: nn.Module, space, data: EditData,
@@ -40,14 +53,21 @@ def select_target(request: EditRequest, model: nn.Module, space, data: EditData,
     return indices, info
 
 
-def solve_update(request: EditRequest, model: nn.Module, space, indices: torch.Tensor,
-                 data: EditData, plan: IndexPlan, reporter: Reporter, on_iterate=None):
-    """E1 right-hand side on ``U`` and the E2–E5 solve with ``H`` of the Hessian sample.
+@dataclass(frozen=True)
+class EditSystem:
+    """E1's right-hand side ``b`` (its norm) and E6's HVP of the Hessian sample: what every
+    solve of one edit shares (``preconditioner: auto`` solves it twice)."""
 
-    ``on_iterate(iteration, delta)`` sees each iterate's update (the solver's own tensor: clone
-    to keep it); returning True stops the solve (E9's path, ``stop_reason = "callback"``)."""
+    b: torch.Tensor
+    b_norm: float
+    hvp: object
+
+
+def edit_system(request: EditRequest, model: nn.Module, data: EditData, plan: IndexPlan,
+                reporter: Reporter) -> EditSystem:
+    """E1 right-hand side on ``U`` and the HVP of ``H`` on the Hessian sample."""
     from gif.hvp import make_hvp, mean_loss_grad
-    from gif.methods import check_solver, relabel_rhs, removal_rhs, solve_edit
+    from gif.methods import check_solver, relabel_rhs, removal_rhs
 
     check_solver(request.method, request.solver)  # before any gradient work
     batch_size, should_stop = request.solver.batch_size, reporter.should_stop
@@ -60,23 +80,118 @@ def solve_update(request: EditRequest, model: nn.Module, space, indices: torch.T
         grad_new = mean_loss_grad(model, data.u_x, data.u_new_y, batch_size=batch_size,
                                   should_stop=should_stop)
         b = relabel_rhs(grad_new, grad_old, m, n)
-    b_norm = float(torch.linalg.vector_norm(b))
     # b = 0 exactly (e.g. every edited point is fitted with a saturated softmax, whose gradient
     # underflows to 0) is no error: Δ = 0 solves it, and the solver returns that at once
     # (stop_reason "zero_rhs", no HVP). The edit goes on with a zero update.
     # run_edit adds the result warning "zero_rhs".
     hvp = make_hvp(model, data.h_x, data.h_y, batch_size=batch_size, should_stop=should_stop)
-    max_iter = request.solver.max_iter
+    return EditSystem(b=b, b_norm=float(torch.linalg.vector_norm(b)), hvp=hvp)
+
+
+def solve_update(request: EditRequest, system: EditSystem, indices: torch.Tensor,
+                 reporter: Reporter, on_iterate=None, solver_cfg: Solver | None = None):
+    """The E2–E5 solve of ``system`` with ``solver_cfg`` (default: the request's).
+
+    ``on_iterate(iteration, delta)`` sees each iterate's update (the solver's own tensor: clone
+    to keep it); returning True stops the solve (E9's path, ``stop_reason = "callback"``)."""
+    from gif.methods import solve_edit
+
+    solver_cfg = request.solver if solver_cfg is None else solver_cfg
+    max_iter = solver_cfg.max_iter
 
     def on_iteration(info: dict) -> bool:
         reporter.progress(Progress("solve", int(info.get("iteration", 0)),
                                    int(info.get("max_iter", max_iter)), info.get("residual")))
         return on_iterate is not None and on_iterate(int(info["iteration"]), info["delta"])
 
-    solution = solve_edit(request.method, hvp, b, indices.to(b.device),
-                          solver_cfg=request.solver, callback=on_iteration,
-                          should_stop=should_stop, seed=request.seed)
+    b = system.b
+    solution = solve_edit(request.method, system.hvp, b, indices.to(b.device),
+                          solver_cfg=solver_cfg, callback=on_iteration,
+                          should_stop=reporter.should_stop, seed=request.seed)
     if not bool(torch.isfinite(solution.delta).all()):
         raise NonFinite("the solver returned a non-finite update")
-    return solution, b_norm
+    return solution
 
+
+@dataclass
+class PathSolve:
+    """One solve along the regularisation path (E9): its solution and scored path, the
+    scaling it solved with, and whether it stopped to hand over to the scaled solve
+    (``preconditioner: auto``)."""
+
+    preconditioner: str
+    solution: EditSolution
+    path: RegularisationPath
+    handed_over: bool
+
+    @property
+    def objective(self) -> float:
+        """The best validation objective of its scored ``(k, α)``."""
+        return self.path.best.curve.best.objective
+
+    def to_json(self) -> dict:
+        result = self.solution.result
+        return {"preconditioner": self.preconditioner, "iterations": result.iterations,
+                "hvps": result.hvps, "stop_reason": result.stop_reason,
+                "handed_over": self.handed_over, "best_iteration": self.path.best.iteration,
+                "objective": self.objective}
+
+
+def hands_over(request: EditRequest) -> bool:
+    """Whether ``preconditioner: auto`` may hand a slow unscaled path over to the scaled solve:
+    only where a column scaling applies (not MINRES) and a path chooses (step.mode auto)."""
+    return (request.solver.preconditioner == "auto" and request.step.mode == "auto"
+            and request.solver.algorithm not in SYMMETRIC_ALGORITHMS)
+
+
+def path_solve(request: EditRequest, system: EditSystem, indices: torch.Tensor,
+               reporter: Reporter, path: RegularisationPath, solver_cfg: Solver,
+               hand_over_at: int | None = None) -> PathSolve:
+    """Solve with ``path`` scoring the iterates and stopping the solve (E9); with
+    ``hand_over_at``, also stop at the first scored iterate from that iteration on at which
+    the path would go on (its score still climbing)."""
+    handed_over = False
+
+    def on_iterate(iteration: int, delta: torch.Tensor) -> bool:
+        nonlocal handed_over
+        if not path.wants(iteration):
+            return False
+        if path.observe(iteration, delta.detach().clone()):
+            return True
+        handed_over = hand_over_at is not None and iteration >= hand_over_at
+        return handed_over
+
+    solution = solve_update(request, system, indices, reporter, on_iterate, solver_cfg)
+    returned = int(solution.result.extra.get("returned_iteration", solution.result.iterations))
+    scored = {point.iteration for point in path.iterates}
+    if returned not in scored and solution.result.stop_reason != "callback":
+        # the solve stopped on its own between scored iterates (or at once, b = 0): its
+        # returned solution is a candidate too
+        path.observe(returned, solution.delta)
+    scaling = solver_cfg.preconditioner if solver_cfg.preconditioner in SCALINGS else "none"
+    return PathSolve(scaling, solution, path, handed_over)
+
+
+def solve_on_paths(request: EditRequest, system: EditSystem, indices: torch.Tensor,
+                   reporter: Reporter, new_path) -> tuple[PathSolve, dict | None]:
+    """The path's solve (E9) and, for ``preconditioner: auto``, the choice of scaling (E8):
+    the unscaled solve first; if its path is still improving at ``AUTO_SCALING_ITERATION`` it
+    stops there and the column-scaled problem is solved on a path of its own; the attempt
+    with the better validation objective is kept (ties: the unscaled one). Returns the kept
+    attempt and, for ``auto``, what the result reports of the choice (``solver.scaling``)."""
+    at = AUTO_SCALING_ITERATION if hands_over(request) else None
+    first = path_solve(request, system, indices, reporter, new_path(), request.solver, at)
+    if request.solver.preconditioner != "auto":
+        return first, None
+    attempts = [first]
+    if first.handed_over:
+        reporter.event("info", "solve", (
+            f"the unscaled path was still improving at iteration "
+            f"{first.solution.result.iterations}: solving the column-scaled problem too"),
+            {"objective": first.objective})
+        scaled = request.solver.model_copy(update={"preconditioner": "columns"})
+        attempts.append(path_solve(request, system, indices, reporter, new_path(), scaled))
+    kept = max(attempts, key=lambda attempt: attempt.objective)  # max keeps the first of ties
+    return kept, {"mode": "auto", "chosen": kept.preconditioner,
+                  "attempts": [attempt.to_json() for attempt in attempts],
+                  "hvps_all_solves": sum(a.solution.result.hvps for a in attempts)}

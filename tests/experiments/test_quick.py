@@ -176,9 +176,12 @@ def test_candidates_print_every_requested_row(capsys):
     assert "| ASR |" in lines[0]
     names = [line.split("|")[1].strip() for line in lines[2:]]
     assert names == ["original (no edit)", "default", "finetune 1 epoch", "retrain (reference)"]
+    assert "| validation objective |" in lines[0]
     for line in lines[2:]:
-        asr, clean = (float(cell) for cell in line.split("|")[3:5])
+        asr, clean = (float(cell) for cell in line.split("|")[4:6])
         assert 0.0 <= asr <= 1.0 and 0.0 <= clean <= 1.0
+    objective = lines[3].split("|")[3].strip()  # the default request's: what its path chose by
+    assert 0.0 <= float(objective) <= 1.0
 
 
 def test_candidates_column_floor_reaches_the_scaling_for_the_run_only(capsys, monkeypatch):

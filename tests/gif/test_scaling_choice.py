@@ -1,0 +1,144 @@
+"""``solver.preconditioner: auto`` (method.md E8, "The scaling chosen per edit"): an unscaled
+path still improving at ``AUTO_SCALING_ITERATION`` hands over to the column-scaled solve, and
+the attempt the validation objective prefers is the edit returned; a path that stops by itself
+is kept alone; MINRES and ``step.mode: fixed`` never solve twice.
+
+The objective is rigged per attempt (the edits are real solves on the digits MLP): the first
+path's score climbs by 0.02 at every scored candidate, so E9's stopping rule never ends it,
+and the second path scores a constant chosen by the test — so which attempt the choice must
+keep is known in advance, whatever the two geometries really do on this model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gif.edit.run as edit_run
+from gif.data import load_dataset
+from gif.edit import LoadedModel, run_edit
+from gif.request import AUTO_SCALING_ITERATION, EditRequest, check_solver
+from gif.step import RegularisationPath
+from tests.gif.test_edit_e2e import REMOVED, SPEC, train_mlp
+
+# The solver never stops on its own before the hand-over: no tolerance, stagnation or
+# condition limit is reachable in these few iterations.
+NEVER_CONVERGES = {"tol": 1e-12, "stagnation_window": 0, "conlim": 0, "max_iter": 30,
+                   "hessian_samples": 256, "batch_size": 2048}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def train():
+    return load_dataset("builtin:digits:train")
+
+
+@pytest.fixture(scope="module")
+def model(train) -> dict:
+    return train_mlp(train, train.y, epochs=100)
+
+
+def rig_paths(monkeypatch, second_score: float | None, first: str = "endless") -> list:
+    """Replace the paths ``run_edit`` makes. The first keeps its real objective, but its
+    stopping rule never fires (``first="endless"``), or it scores a flat 0.5 and stops by
+    itself (``"flat"``); the second scores ``second_score`` everywhere. Returns the paths."""
+    made: list[RegularisationPath] = []
+
+    class RiggedPath(RegularisationPath):
+        def __init__(self, apply_fn, objective_fn, **kwargs):
+            self.number = len(made)
+
+            def rigged(model):
+                real = objective_fn(model)  # keeps the components (validation accuracy, …)
+                if self.number == 0:
+                    return real if first == "endless" else {**real, "objective": 0.5}
+                return {**real, "objective": second_score}
+
+            super().__init__(apply_fn, rigged, **kwargs)
+            made.append(self)
+
+        def should_end(self, iteration: int) -> bool:
+            if self.number == 0 and first == "endless":
+                return False
+            return super().should_end(iteration)
+
+    monkeypatch.setattr(edit_run, "RegularisationPath", RiggedPath)
+    return made
+
+
+def edit(train, model, **solver):
+    request = EditRequest.model_validate({"edit": {"kind": "remove_class", "class": REMOVED},
+                                          "solver": {**NEVER_CONVERGES, **solver}})
+    return run_edit(request, LoadedModel(SPEC, model), train, {})
+
+
+@pytest.mark.parametrize("second_score, kept", [(1.5, "columns"), (-1.0, "none")])
+def test_a_slow_unscaled_path_hands_over_and_the_better_attempt_is_kept(
+        train, model, monkeypatch, second_score, kept):
+    made = rig_paths(monkeypatch, second_score)
+    result = edit(train, model).result
+    scaling = result["solver"]["scaling"]
+    first, second = scaling["attempts"]
+    assert len(made) == 2
+    assert first["preconditioner"] == "none" and first["handed_over"] is True
+    assert first["iterations"] == AUTO_SCALING_ITERATION and first["stop_reason"] == "callback"
+    assert second["preconditioner"] == "columns" and second["handed_over"] is False
+    assert scaling["chosen"] == kept
+    better = max(scaling["attempts"], key=lambda attempt: attempt["objective"])
+    assert better["preconditioner"] == kept
+    assert scaling["hvps_all_solves"] == first["hvps"] + second["hvps"]
+    # the result's solve, path and step are the kept attempt's
+    kept_attempt = first if kept == "none" else second
+    assert result["solver"]["iterations"] == kept_attempt["iterations"]
+    assert result["solver"]["hvps"] == kept_attempt["hvps"]
+    assert result["solver"].get("preconditioner") == ("columns" if kept == "columns" else None)
+    assert result["path"]["chosen"]["objective"] >= kept_attempt["objective"]
+
+
+def test_keeping_the_unscaled_attempt_returns_what_the_unscaled_solve_alone_gives(
+        train, model, monkeypatch):
+    """The hand-over changes nothing of the unscaled attempt: kept, its edit is bit-identical
+    to an unscaled request stopped at the same iteration."""
+    rig_paths(monkeypatch, -1.0)
+    chosen = edit(train, model)
+    assert chosen.result["solver"]["scaling"]["chosen"] == "none"
+    rig_paths(monkeypatch, None)  # one path only: the same endless first path
+    alone = edit(train, model, preconditioner="none", max_iter=AUTO_SCALING_ITERATION)
+    assert "scaling" not in alone.result["solver"]
+    assert alone.result["path"] == chosen.result["path"]
+    assert all(torch.equal(chosen.state_dict[k], alone.state_dict[k]) for k in model)
+
+
+def test_a_path_that_stops_by_itself_is_kept_alone(train, model, monkeypatch):
+    made = rig_paths(monkeypatch, 1.5, first="flat")  # no gain: E9 ends it at k = 2·1 + 4
+    result = edit(train, model).result
+    scaling = result["solver"]["scaling"]
+    assert len(made) == 1 and len(scaling["attempts"]) == 1
+    assert scaling["chosen"] == "none" and scaling["attempts"][0]["handed_over"] is False
+    assert result["solver"]["iterations"] < AUTO_SCALING_ITERATION
+
+
+def test_minres_and_a_fixed_step_never_solve_twice(train, model, monkeypatch):
+    made = rig_paths(monkeypatch, 1.5)
+    check_solver("fif", EditRequest.model_validate(
+        {"edit": {"kind": "remove_class", "class": 0}, "solver": {"algorithm": "minres"}}
+    ).solver)  # auto is accepted with MINRES: it means none there
+    request = EditRequest.model_validate({
+        "edit": {"kind": "remove_class", "class": REMOVED}, "method": "fif",
+        "solver": {**NEVER_CONVERGES, "algorithm": "minres"}})
+    result = run_edit(request, LoadedModel(SPEC, model), train, {}).result
+    assert len(made) == 1 and len(result["solver"]["scaling"]["attempts"]) == 1
+    assert result["solver"]["iterations"] > AUTO_SCALING_ITERATION  # no hand-over at 16
+    made.clear()
+    fixed = EditRequest.model_validate({
+        "edit": {"kind": "remove_class", "class": REMOVED}, "step": {"mode": "fixed"},
+        "solver": {**NEVER_CONVERGES, "max_iter": 20}})
+    result = run_edit(fixed, LoadedModel(SPEC, model), train, {}).result
+    assert made == [] and "scaling" not in result["solver"]
+    assert result["solver"]["iterations"] == 20
