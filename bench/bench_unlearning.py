@@ -672,8 +672,7 @@ def page(records: list[dict], meta: dict) -> str:
              f"Run: {meta['status']}; wall time {meta['wall_s']:.0f} s, CPU time "
              f"{meta['cpu_s']:.0f} s on one torch thread (shared 2-core machine: only CPU "
              "seconds and ratios within this run mean anything)"
-             + (f"; {meta['reused_rows']} rows reused (`--resume`) from a stopped run of the "
-                "same sizes and default request" if meta.get("reused_rows") else ""), "",
+             + reuse_note(meta), "",
              "Every row is one `gif.edit.run_edit` call on the same original model and data; "
              "every metric is computed by the same code (`measure` in "
              "`bench/bench_unlearning.py`). *forget acc*: the forgotten pairs (removed points "
@@ -711,6 +710,19 @@ def page(records: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def reuse_note(meta: dict) -> str:
+    """What the page says of rows ``--resume`` took from an earlier run."""
+    if not meta.get("reused_rows"):
+        return ""
+    source = f"commit `{meta['reused_from']}`" if meta.get("reused_from") else "an earlier run"
+    if meta.get("reused_influence_rows", True):
+        return (f"; {meta['reused_rows']} rows reused (`--resume`) from a stopped run of the "
+                f"same sizes and default request ({source})")
+    return (f"; {meta['reused_rows']} retraining and E10 rows reused (`--resume`) from the "
+            f"run of {source} on the same cached originals (they do not run the default "
+            "request); the influence rows (gif, fif, pif) were run at this commit")
+
+
 def write_outputs(out: Path, records: list[dict], meta: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"unlearning-{meta['scale']}"
@@ -733,20 +745,27 @@ def row_order(records: list[dict]) -> list[dict]:
                                           TASKS.index(r["task"]), labels.index(r["row"])))
 
 
-def reusable(path: Path, meta: dict) -> list[dict]:
-    """``--resume``: the finished rows of an earlier run of the same scale, sizes and default
-    request (anything else would mix two benchmarks in one table); none otherwise."""
+def reusable(path: Path, meta: dict) -> tuple[list[dict], str | None]:
+    """``--resume``: the finished rows of an earlier run of the same scale and sizes, and its
+    commit. With the same default request, every row; with another, only the rows that do not
+    run it (retraining and the E10 methods, which train with their own recipe): the influence
+    rows are measured again at this run's defaults. None of another benchmark's sizes (that
+    would mix two benchmarks in one table)."""
     if not path.exists():
-        return []
+        return [], None
     earlier = json.loads(path.read_text())
-    same = all(earlier["meta"].get(k) == meta[k] for k in ("sizes", "default_request"))
-    if not same:
-        log(f"--resume: {path} is another benchmark (sizes or defaults differ); starting afresh")
-        return []
+    if earlier["meta"].get("sizes") != meta["sizes"]:
+        log(f"--resume: {path} is another benchmark (its sizes differ); starting afresh")
+        return [], None
+    same_defaults = earlier["meta"].get("default_request") == meta["default_request"]
     kept = [r for r in earlier["records"] if r["row"] != "original (no edit)"
-            and not r.get("skipped")]
-    log(f"--resume: reusing {len(kept)} rows of {path} (commit {earlier['meta']['commit']})")
-    return kept
+            and not r.get("skipped")
+            and (same_defaults or r.get("method") not in INFLUENCE_METHODS)]
+    commit = earlier["meta"]["commit"]
+    log(f"--resume: reusing {len(kept)} rows of {path} (commit {commit})"
+        + ("" if same_defaults else "; its default request differs, so the influence rows "
+           "run again"))
+    return kept, commit
 
 
 def priority(row: Row) -> int:
@@ -773,9 +792,12 @@ def run(scale: Scale, out: Path, command: str, resume: bool = False) -> list[dic
             "cost_only": scale.only_rows is not None,
             "recipe_epochs": scale.recipe_epochs or scale.epochs,
             "recipe_factor": (scale.recipe_epochs or scale.epochs) / scale.epochs}
-    done = reusable(out / f"unlearning-{scale.name}.json", meta) if resume else []
+    done, reused_from = (reusable(out / f"unlearning-{scale.name}.json", meta) if resume
+                         else ([], None))
     if done:
         meta["reused_rows"] = len(done)
+        meta["reused_from"] = reused_from
+        meta["reused_influence_rows"] = any(r.get("method") in INFLUENCE_METHODS for r in done)
     records: list[dict] = []
 
     def flush(status: str) -> None:

@@ -104,6 +104,31 @@ def test_resume_reuses_every_finished_row_and_renders_the_same_table(tiny_run):
     assert tables((out / "unlearning-tiny.md").read_text()) == tables(first)
 
 
+def test_resume_after_a_change_of_defaults_runs_only_the_influence_rows_again(
+        tiny_run, tmp_path):
+    """A run at other defaults keeps the retraining and E10 rows (their own recipes) and
+    measures the influence rows again; the page says which commit the kept rows are from."""
+    bench, out, data = tiny_run
+    earlier = json.loads((out / "unlearning-tiny.json").read_text())
+    earlier["meta"]["default_request"] = {**earlier["meta"]["default_request"], "seed": 99}
+    earlier["meta"]["commit"] = "0ldc0de"
+    for record in earlier["records"]:
+        record["cpu_s"] = 12345.0  # a mark: a kept row keeps it, a re-run row cannot
+    (tmp_path / "unlearning-tiny.json").write_text(json.dumps(earlier))
+    assert bench.main(["--scale", "tiny", "--out", str(tmp_path), "--resume"]) == 0
+    again = json.loads((tmp_path / "unlearning-tiny.json").read_text())
+    rows = [r for r in again["records"] if r["row"] != "original (no edit)"
+            and not r.get("skipped")]
+    influence = [r for r in rows if r["method"] in bench.INFLUENCE_METHODS]
+    others = [r for r in rows if r["method"] not in bench.INFLUENCE_METHODS]
+    assert influence and others
+    assert all(r["cpu_s"] != 12345.0 for r in influence)
+    assert all(r["cpu_s"] == 12345.0 for r in others)
+    assert again["meta"]["reused_rows"] == len(others)
+    page = (tmp_path / "unlearning-tiny.md").read_text()
+    assert "retraining and E10 rows reused" in page and "`0ldc0de`" in page
+
+
 def test_retraining_cost_at_the_recipe_scales_only_the_training_loop():
     bench = load_bench()
     measured = [{"cpu_s": 12.0, "details": {"loop_s": 10.0}}]
