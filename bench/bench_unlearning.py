@@ -394,7 +394,12 @@ def run_row(row: Row, task: Task, spec: ModelSpec, original: dict) -> dict:
                              # the validation objective of the chosen (k, α): what the path
                              # ranked candidates by (None for step.mode fixed)
                              "objective": (result.get("path") or {}).get("chosen", {})
-                             .get("objective")}
+                             .get("objective"),
+                             # preconditioner auto: which scaling the validation split kept,
+                             # and the HVPs of every solve (None where no choice was made)
+                             "scaling": (solver.get("scaling") or {}).get("chosen"),
+                             "hvps_all_solves": (solver.get("scaling") or {})
+                             .get("hvps_all_solves")}
     elif "training" in result:
         training = result["training"]
         record["details"] = {"epochs_done": training.get("epochs_done"),

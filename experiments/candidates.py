@@ -39,6 +39,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "damping 0.03": {"solver": {"damping": 0.03}},
     "damping 0.1": {"solver": {"damping": 0.1}},
     "preconditioner columns": {"solver": {"preconditioner": "columns"}},
+    "preconditioner none": {"solver": {"preconditioner": "none"}},
+    "preconditioner none, seed 1": {"solver": {"preconditioner": "none"}, "seed": 1},
     "preconditioner columns, 32 probes": {"solver": {"preconditioner": "columns",
                                                      "preconditioner_probes": 32}},
     "preconditioner columns, 32 probes, seed 1": {"solver": {"preconditioner": "columns",
@@ -110,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         details = record.get("details", {})
         chosen = (f"k={details['iterations']}, α={details['scale']:.3g}"
                   if "scale" in details else "–")
+        if details.get("scaling") == "columns":  # preconditioner auto handed over and kept it
+            chosen += ", scaled"
         objective = details.get("objective")
         rows.append([name, chosen, "–" if objective is None else f"{objective:.3f}",
                      *_metrics(record, columns), f"{record['cpu_s']:.1f}"])
