@@ -62,6 +62,16 @@ def redis_url() -> str:
     return REDIS_URL
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests (``pytest.mark.usefixtures("one_thread")``): two
+    threads on a shared, loaded 2-core machine spin-wait, up to 20x slower. Restored after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_torch():
     torch.manual_seed(0)

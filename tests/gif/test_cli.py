@@ -29,12 +29,7 @@ REQUEST = {"edit": {"kind": "remove_class", "class": 2},
            "step": {"mode": "auto"}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -33,12 +33,7 @@ SPEC = ModelSpec(arch="mlp", arch_kwargs={"in_features": 64, "hidden": [64], "nu
 REMOVED = 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 threads on a shared, loaded 2-core box spin-wait: 20x slower
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

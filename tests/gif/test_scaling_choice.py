@@ -26,12 +26,7 @@ NEVER_CONVERGES = {"tol": 1e-12, "stagnation_window": 0, "conlim": 0, "max_iter"
                    "hessian_samples": 256, "batch_size": 2048}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -52,12 +52,7 @@ DEFAULT_MARGIN = 0.02
 GIF_SECTIONS = ("solver", "selection", "scale", "step")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
