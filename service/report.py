@@ -351,7 +351,26 @@ _KNOWN_RESULT_KEYS = {"edited_model_id", "scale", "step", "method", "selection",
 def _solver_rows(solver: Mapping[str, Any]) -> list[dict[str, Any]]:
     keys = [k for k in _SOLVER_FIELDS if k in solver]
     keys += [k for k, v in solver.items() if k not in keys and not isinstance(v, list | dict)]
-    return _kv((k, solver.get(k)) for k in keys)
+    rows = _kv((k, solver.get(k)) for k in keys)
+    if isinstance(solver.get("scaling"), Mapping):
+        rows.append({"label": "scaling (preconditioner auto)",
+                     **_cell(scaling_text(solver["scaling"]))})
+    return rows
+
+
+def scaling_text(scaling: Mapping[str, Any]) -> str:
+    """``preconditioner: auto``'s choice in words: what was kept, each attempt, the cost."""
+    attempts = []
+    for attempt in scaling.get("attempts") or []:
+        if not isinstance(attempt, Mapping):
+            continue
+        text = (f"{attempt.get('preconditioner')}: {attempt.get('iterations')} iterations, "
+                f"best validation objective {number(attempt.get('objective'))}")
+        if attempt.get("handed_over"):
+            text += ", handed over"
+        attempts.append(text)
+    return (f"kept {scaling.get('chosen')} ({'; '.join(attempts) or 'no attempt'}); HVPs of "
+            f"every solve {number(scaling.get('hvps_all_solves'))}")
 
 
 def _per_layer_table(layers: list[Mapping[str, Any]]) -> dict[str, Any] | None:

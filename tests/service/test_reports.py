@@ -310,6 +310,10 @@ def test_report_of_a_succeeded_job_has_every_section_and_inline_figures(served,
     for phase in result["timings"]:
         assert f'<th scope="row">{phase.replace("_", " ")}</th>' in page
     assert f'<td class="num">{result["solver"]["iterations"]}</td>' in page
+    # preconditioner auto's choice, in words (max_iter 3: the unscaled solve alone, kept)
+    assert result["solver"]["scaling"]["chosen"] == "none"
+    assert '<th scope="row">scaling (preconditioner auto)</th>' in page
+    assert "kept none (none: 3 iterations, best validation objective" in page
     before = result["metrics"]["before"]["forget"]["accuracy"]
     after = result["metrics"]["after"]["forget"]["accuracy"]
     assert f"{before:.4g}" in page and f"{after:.4g}" in page
@@ -903,3 +907,17 @@ def test_the_chromium_check_catches_errors(chromium, tmp_path):
     errors = chromium.errors()
     assert errors and any("Content Security Policy" in e or "example.invalid" in e
                           for e in errors), errors
+
+
+def test_a_hand_over_to_the_scaled_solve_is_said_in_words():
+    from service.report import scaling_text
+
+    text = scaling_text({"mode": "auto", "chosen": "columns", "hvps_all_solves": 71,
+                         "attempts": [
+                             {"preconditioner": "none", "iterations": 16, "objective": 0.978,
+                              "handed_over": True},
+                             {"preconditioner": "columns", "iterations": 10,
+                              "objective": 0.993, "handed_over": False}]})
+    assert text == ("kept columns (none: 16 iterations, best validation objective 0.978, "
+                    "handed over; columns: 10 iterations, best validation objective 0.993); "
+                    "HVPs of every solve 71")
