@@ -89,19 +89,23 @@ def edit_system(request: EditRequest, model: nn.Module, data: EditData, plan: In
 
 
 def solve_update(request: EditRequest, system: EditSystem, indices: torch.Tensor,
-                 reporter: Reporter, on_iterate=None, solver_cfg: Solver | None = None):
+                 reporter: Reporter, on_iterate=None, solver_cfg: Solver | None = None,
+                 iterations_before: int = 0):
     """The E2–E5 solve of ``system`` with ``solver_cfg`` (default: the request's).
 
     ``on_iterate(iteration, delta)`` sees each iterate's update (the solver's own tensor: clone
-    to keep it); returning True stops the solve (E9's path, ``stop_reason = "callback"``)."""
+    to keep it); returning True stops the solve (E9's path, ``stop_reason = "callback"``).
+    ``iterations_before``: the iterations of an earlier solve of the same edit, which the
+    progress counts on from (a second solve does not send the progress bar back to 0)."""
     from gif.methods import solve_edit
 
     solver_cfg = request.solver if solver_cfg is None else solver_cfg
     max_iter = solver_cfg.max_iter
 
     def on_iteration(info: dict) -> bool:
-        reporter.progress(Progress("solve", int(info.get("iteration", 0)),
-                                   int(info.get("max_iter", max_iter)), info.get("residual")))
+        reporter.progress(Progress(
+            "solve", iterations_before + int(info.get("iteration", 0)),
+            iterations_before + int(info.get("max_iter", max_iter)), info.get("residual")))
         return on_iterate is not None and on_iterate(int(info["iteration"]), info["delta"])
 
     b = system.b
@@ -146,7 +150,7 @@ def hands_over(request: EditRequest) -> bool:
 
 def path_solve(request: EditRequest, system: EditSystem, indices: torch.Tensor,
                reporter: Reporter, path: RegularisationPath, solver_cfg: Solver,
-               hand_over_at: int | None = None) -> PathSolve:
+               hand_over_at: int | None = None, iterations_before: int = 0) -> PathSolve:
     """Solve with ``path`` scoring the iterates and stopping the solve (E9); with
     ``hand_over_at``, also stop at the first scored iterate from that iteration on at which
     the path would go on (its score still climbing)."""
@@ -161,7 +165,8 @@ def path_solve(request: EditRequest, system: EditSystem, indices: torch.Tensor,
         handed_over = hand_over_at is not None and iteration >= hand_over_at
         return handed_over
 
-    solution = solve_update(request, system, indices, reporter, on_iterate, solver_cfg)
+    solution = solve_update(request, system, indices, reporter, on_iterate, solver_cfg,
+                            iterations_before)
     returned = int(solution.result.extra.get("returned_iteration", solution.result.iterations))
     scored = {point.iteration for point in path.iterates}
     if returned not in scored and solution.result.stop_reason != "callback":
@@ -190,7 +195,8 @@ def solve_on_paths(request: EditRequest, system: EditSystem, indices: torch.Tens
             f"{first.solution.result.iterations}: solving the column-scaled problem too"),
             {"objective": first.objective})
         scaled = request.solver.model_copy(update={"preconditioner": "columns"})
-        attempts.append(path_solve(request, system, indices, reporter, new_path(), scaled))
+        attempts.append(path_solve(request, system, indices, reporter, new_path(), scaled,
+                                   iterations_before=first.solution.result.iterations))
     kept = max(attempts, key=lambda attempt: attempt.objective)  # max keeps the first of ties
     return kept, {"mode": "auto", "chosen": kept.preconditioner,
                   "attempts": [attempt.to_json() for attempt in attempts],

@@ -15,7 +15,7 @@ import torch
 
 import gif.edit.run as edit_run
 from gif.data import load_dataset
-from gif.edit import LoadedModel, run_edit
+from gif.edit import EditHooks, LoadedModel, run_edit
 from gif.request import AUTO_SCALING_ITERATION, EditRequest, check_solver
 from gif.step import RegularisationPath
 from tests.gif.test_edit_e2e import REMOVED, SPEC, train_mlp
@@ -67,17 +67,19 @@ def rig_paths(monkeypatch, second_score: float | None, first: str = "endless") -
     return made
 
 
-def edit(train, model, **solver):
+def edit(train, model, progress=None, **solver):
     request = EditRequest.model_validate({"edit": {"kind": "remove_class", "class": REMOVED},
                                           "solver": {**NEVER_CONVERGES, **solver}})
-    return run_edit(request, LoadedModel(SPEC, model), train, {})
+    hooks = EditHooks(progress=progress.append) if progress is not None else None
+    return run_edit(request, LoadedModel(SPEC, model), train, {}, hooks)
 
 
 @pytest.mark.parametrize("second_score, kept", [(1.5, "columns"), (-1.0, "none")])
 def test_a_slow_unscaled_path_hands_over_and_the_better_attempt_is_kept(
         train, model, monkeypatch, second_score, kept):
     made = rig_paths(monkeypatch, second_score)
-    result = edit(train, model).result
+    progress: list = []
+    result = edit(train, model, progress).result
     scaling = result["solver"]["scaling"]
     first, second = scaling["attempts"]
     assert len(made) == 2
@@ -94,6 +96,9 @@ def test_a_slow_unscaled_path_hands_over_and_the_better_attempt_is_kept(
     assert result["solver"]["hvps"] == kept_attempt["hvps"]
     assert result["solver"].get("preconditioner") == ("columns" if kept == "columns" else None)
     assert result["path"]["chosen"]["objective"] >= kept_attempt["objective"]
+    # the scaled solve's progress counts on from the hand-over, never back to the start
+    solve = [p.iteration for p in progress if p.phase == "solve" and p.iteration is not None]
+    assert solve == sorted(solve) and solve[-1] == first["iterations"] + second["iterations"]
 
 
 def test_keeping_the_unscaled_attempt_returns_what_the_unscaled_solve_alone_gives(
