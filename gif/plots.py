@@ -165,7 +165,8 @@ def plot_scale_curve(result: dict) -> bytes:
 @register_plot(
     "path",
     "Regularisation path on the held-out validation split: the best objective of each solver "
-    "iterate k over the step α, and that α; the chosen (k, α) is marked (method.md E9).",
+    "iterate k over the step α, and that α; the chosen (k, α) is marked (method.md E9). With "
+    "preconditioner auto, a solve not kept is drawn dashed beside it (method.md E8).",
     _non_empty_list("path", "iterates"),
 )
 def plot_path(result: dict) -> bytes:
@@ -179,8 +180,11 @@ def plot_path(result: dict) -> bytes:
                  s=8, color=TOTAL_COLOUR, label="every (k, α) scored")
     iterates = [row for row in path["iterates"] if _is_number(row.get("objective"))]
     ks = [row["iteration"] for row in iterates]
+    kept, others = path_attempts(result)
     axes.plot(ks, [row["objective"] for row in iterates], marker="o", color=AFTER_COLOUR,
-              linewidth=2, label="best over α")
+              linewidth=2, label="best over α" + (f" ({kept}, kept)" if kept else ""))
+    for label, attempt_ks, objectives in others:
+        axes.plot(attempt_ks, objectives, marker="x", linestyle="--", color="grey", label=label)
     if _is_number(path.get("baseline_objective")):
         axes.axhline(path["baseline_objective"], color="grey", linestyle=":",
                      label="unedited model")
@@ -201,6 +205,31 @@ def plot_path(result: dict) -> bytes:
     extra_handles, extra_labels = scales.get_legend_handles_labels()
     axes.legend(handles + extra_handles, labels + extra_labels, fontsize="small")
     return _png(figure)
+
+
+SCALING_NAMES = {"none": "unscaled", "columns": "column-scaled"}
+
+
+def path_attempts(result: dict) -> tuple[str | None, list[tuple[str, list, list]]]:
+    """For ``preconditioner: auto`` (method.md E8): the kept attempt's name, and for each attempt
+    not kept its legend label, iterations and best objectives; ``(None, [])`` without a choice
+    of scaling, or when only one attempt was solved."""
+    scaling = _get(result, "solver", "scaling") or {}
+    attempts = scaling.get("attempts") or []
+    if len(attempts) < 2:
+        return None, []
+    chosen = scaling.get("chosen")
+    others = []
+    for attempt in attempts:
+        if attempt.get("preconditioner") == chosen:
+            continue
+        rows = [row for row in attempt.get("iterates") or [] if _is_number(row.get("objective"))]
+        name = SCALING_NAMES.get(attempt.get("preconditioner"), attempt.get("preconditioner"))
+        best = attempt.get("objective")
+        label = f"{name} attempt, not kept" + (f" (best {best:.3f})" if _is_number(best) else "")
+        others.append((label, [row["iteration"] for row in rows],
+                       [row["objective"] for row in rows]))
+    return SCALING_NAMES.get(chosen, chosen), others
 
 
 def _per_class_sets(result: dict) -> list[str]:

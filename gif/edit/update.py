@@ -138,7 +138,12 @@ class PathSolve:
         return {"preconditioner": self.preconditioner, "iterations": result.iterations,
                 "hvps": result.hvps, "stop_reason": result.stop_reason,
                 "handed_over": self.handed_over, "best_iteration": self.path.best.iteration,
-                "objective": self.objective}
+                "objective": self.objective,
+                # each scored iterate's best over α: the path figure draws the attempt not
+                # kept beside the kept one, so the choice can be seen
+                "iterates": [{"iteration": point.iteration, "scale": point.curve.best.scale,
+                              "objective": point.curve.best.objective}
+                             for point in self.path.iterates]}
 
 
 def hands_over(request: EditRequest) -> bool:

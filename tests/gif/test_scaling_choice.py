@@ -16,6 +16,7 @@ import torch
 import gif.edit.run as edit_run
 from gif.data import load_dataset
 from gif.edit import EditHooks, LoadedModel, run_edit
+from gif.plots import PLOTS, SCALING_NAMES, path_attempts
 from gif.request import AUTO_SCALING_ITERATION, EditRequest, check_solver
 from gif.step import RegularisationPath
 from tests.gif.test_edit_e2e import REMOVED, SPEC, train_mlp
@@ -90,6 +91,20 @@ def test_a_slow_unscaled_path_hands_over_and_the_better_attempt_is_kept(
     better = max(scaling["attempts"], key=lambda attempt: attempt["objective"])
     assert better["preconditioner"] == kept
     assert scaling["hvps_all_solves"] == first["hvps"] + second["hvps"]
+    # each attempt's scored iterates, for the path figure: the best of each is its objective
+    for attempt in (first, second):
+        assert [row["iteration"] for row in attempt["iterates"]] == sorted(
+            row["iteration"] for row in attempt["iterates"])
+        assert max(row["objective"] for row in attempt["iterates"]) == attempt["objective"]
+    assert first["iterates"][-1]["iteration"] == AUTO_SCALING_ITERATION
+    kept_label, others = path_attempts(result)
+    assert kept_label == SCALING_NAMES[kept] and len(others) == 1
+    other = second if kept == "none" else first
+    label, ks, objectives = others[0]
+    assert label.startswith(SCALING_NAMES[other["preconditioner"]] + " attempt, not kept")
+    assert (ks, objectives) == ([r["iteration"] for r in other["iterates"]],
+                                [r["objective"] for r in other["iterates"]])
+    assert PLOTS["path"](result).startswith(b"\x89PNG")
     # the result's solve, path and step are the kept attempt's
     kept_attempt = first if kept == "none" else second
     assert result["solver"]["iterations"] == kept_attempt["iterations"]
@@ -121,6 +136,7 @@ def test_a_path_that_stops_by_itself_is_kept_alone(train, model, monkeypatch):
     scaling = result["solver"]["scaling"]
     assert len(made) == 1 and len(scaling["attempts"]) == 1
     assert scaling["chosen"] == "none" and scaling["attempts"][0]["handed_over"] is False
+    assert path_attempts(result) == (None, [])  # one solve: nothing beside it to draw
     assert result["solver"]["iterations"] < AUTO_SCALING_ITERATION
 
 
