@@ -12,6 +12,7 @@ from gif.edit.hooks import Progress, Reporter
 from gif.edit.plan import EditData, IndexPlan
 from gif.errors import InvalidRequest, NonFinite
 from gif.request import (
+    AUTO_SCALING_EARLIEST,
     AUTO_SCALING_ITERATION,
     SCALINGS,
     SYMMETRIC_ALGORITHMS,
@@ -153,12 +154,22 @@ def hands_over(request: EditRequest) -> bool:
             and request.solver.algorithm not in SYMMETRIC_ALGORITHMS)
 
 
+def slow_path(path: RegularisationPath, iteration: int) -> bool:
+    """``preconditioner: auto`` (E8): whether an unscaled path that E9 would go on solving
+    hands over at its scored iterate ``iteration``: from ``AUTO_SCALING_EARLIEST`` on when the
+    iterate just raised the score (it is the path's new reference), and at
+    ``AUTO_SCALING_ITERATION`` whatever the score did."""
+    if iteration >= AUTO_SCALING_ITERATION:
+        return True
+    return iteration >= AUTO_SCALING_EARLIEST and path.reference is path.iterates[-1]
+
+
 def path_solve(request: EditRequest, system: EditSystem, indices: torch.Tensor,
                reporter: Reporter, path: RegularisationPath, solver_cfg: Solver,
-               hand_over_at: int | None = None, iterations_before: int = 0) -> PathSolve:
+               may_hand_over: bool = False, iterations_before: int = 0) -> PathSolve:
     """Solve with ``path`` scoring the iterates and stopping the solve (E9); with
-    ``hand_over_at``, also stop at the first scored iterate from that iteration on at which
-    the path would go on (its score still climbing)."""
+    ``may_hand_over``, also stop at the first scored iterate at which the path would go on
+    and ``slow_path`` says it is converging too slowly."""
     handed_over = False
 
     def on_iterate(iteration: int, delta: torch.Tensor) -> bool:
@@ -167,7 +178,7 @@ def path_solve(request: EditRequest, system: EditSystem, indices: torch.Tensor,
             return False
         if path.observe(iteration, delta.detach().clone()):
             return True
-        handed_over = hand_over_at is not None and iteration >= hand_over_at
+        handed_over = may_hand_over and slow_path(path, iteration)
         return handed_over
 
     solution = solve_update(request, system, indices, reporter, on_iterate, solver_cfg,
@@ -185,12 +196,13 @@ def path_solve(request: EditRequest, system: EditSystem, indices: torch.Tensor,
 def solve_on_paths(request: EditRequest, system: EditSystem, indices: torch.Tensor,
                    reporter: Reporter, new_path) -> tuple[PathSolve, dict | None]:
     """The path's solve (E9) and, for ``preconditioner: auto``, the choice of scaling (E8):
-    the unscaled solve first; if its path is still improving at ``AUTO_SCALING_ITERATION`` it
-    stops there and the column-scaled problem is solved on a path of its own; the attempt
-    with the better validation objective is kept (ties: the unscaled one). Returns the kept
-    attempt and, for ``auto``, what the result reports of the choice (``solver.scaling``)."""
-    at = AUTO_SCALING_ITERATION if hands_over(request) else None
-    first = path_solve(request, system, indices, reporter, new_path(), request.solver, at)
+    the unscaled solve first; if its path is still improving (``slow_path``: its score rising
+    from ``AUTO_SCALING_EARLIEST`` on, or at ``AUTO_SCALING_ITERATION``) it stops there and the
+    column-scaled problem is solved on a path of its own; the attempt with the better
+    validation objective is kept (ties: the unscaled one). Returns the kept attempt and, for
+    ``auto``, what the result reports of the choice (``solver.scaling``)."""
+    first = path_solve(request, system, indices, reporter, new_path(), request.solver,
+                       hands_over(request))
     if request.solver.preconditioner != "auto":
         return first, None
     attempts = [first]

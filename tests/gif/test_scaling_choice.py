@@ -1,5 +1,6 @@
 """``solver.preconditioner: auto`` (method.md E8, "The scaling chosen per edit"): an unscaled
-path still improving at ``AUTO_SCALING_ITERATION`` hands over to the column-scaled solve, and
+path still improving (its score rising from ``AUTO_SCALING_EARLIEST`` on, or not stopped at
+``AUTO_SCALING_ITERATION``) hands over to the column-scaled solve, and
 the attempt the validation objective prefers is the edit returned; a path that stops by itself
 is kept alone; MINRES and ``step.mode: fixed`` never solve twice.
 
@@ -17,7 +18,12 @@ import gif.edit.run as edit_run
 from gif.data import load_dataset
 from gif.edit import EditHooks, LoadedModel, run_edit
 from gif.plots import PLOTS, SCALING_NAMES, path_attempts
-from gif.request import AUTO_SCALING_ITERATION, EditRequest, check_solver
+from gif.request import (
+    AUTO_SCALING_EARLIEST,
+    AUTO_SCALING_ITERATION,
+    EditRequest,
+    check_solver,
+)
 from gif.step import RegularisationPath
 from tests.gif.test_edit_e2e import REMOVED, SPEC, train_mlp
 
@@ -40,24 +46,33 @@ def model(train) -> dict:
     return train_mlp(train, train.y, epochs=100)
 
 
-def rig_paths(monkeypatch, second_score: float | None, first: str = "endless") -> list:
+def rig_paths(monkeypatch, second_score: float | None, first="endless") -> list:
     """Replace the paths ``run_edit`` makes. The first keeps its real objective, but its
     stopping rule never fires (``first="endless"``), or it scores a flat 0.5 and stops by
-    itself (``"flat"``); the second scores ``second_score`` everywhere. Returns the paths."""
+    itself (``"flat"``), or (a function of the iteration) it scores ``first(k)`` at every α of
+    iterate ``k`` and E9's own rule stops it; the second scores ``second_score`` everywhere.
+    Returns the paths."""
     made: list[RegularisationPath] = []
 
     class RiggedPath(RegularisationPath):
         def __init__(self, apply_fn, objective_fn, **kwargs):
             self.number = len(made)
+            self.scoring = 0  # the iterate being scored
 
             def rigged(model):
                 real = objective_fn(model)  # keeps the components (validation accuracy, …)
                 if self.number == 0:
+                    if callable(first):
+                        return {**real, "objective": first(self.scoring)}
                     return real if first == "endless" else {**real, "objective": 0.5}
                 return {**real, "objective": second_score}
 
             super().__init__(apply_fn, rigged, **kwargs)
             made.append(self)
+
+        def observe(self, iteration, candidate):
+            self.scoring = iteration
+            return super().observe(iteration, candidate)
 
         def should_end(self, iteration: int) -> bool:
             if self.number == 0 and first == "endless":
@@ -114,6 +129,32 @@ def test_a_slow_unscaled_path_hands_over_and_the_better_attempt_is_kept(
     # the scaled solve's progress counts on from the hand-over, never back to the start
     solve = [p.iteration for p in progress if p.phase == "solve" and p.iteration is not None]
     assert solve == sorted(solve) and solve[-1] == first["iterations"] + second["iterations"]
+
+
+def rises_until(last: int):
+    """A score that rises by 0.1 at every iterate up to ``last`` and is flat after it."""
+    return lambda k: 0.1 * min(k, last)
+
+
+@pytest.mark.parametrize("score, handed_at", [
+    (rises_until(100), 8),  # rising at 8: slow, handed over at once (AUTO_SCALING_EARLIEST)
+    # flat from 7, rising again at 10: the first rise from 8 on (scored: 8, 10, 12, …)
+    (lambda k: rises_until(7)(k) + (0.1 if k >= 10 else 0.0), 10),
+    (rises_until(7), AUTO_SCALING_ITERATION),  # E9 would go on to 2·7 + 4 = 18: the backstop
+    (rises_until(6), None),  # E9 stops it at 2·6 + 4 = 16 by itself: kept alone
+])
+def test_the_hand_over_comes_at_the_first_rise_from_iteration_8_or_at_16(
+        train, model, monkeypatch, score, handed_at):
+    made = rig_paths(monkeypatch, 1.5, first=score)
+    attempts = edit(train, model).result["solver"]["scaling"]["attempts"]
+    first = attempts[0]
+    if handed_at is None:
+        assert len(made) == 1 and len(attempts) == 1 and not first["handed_over"]
+        assert first["iterations"] == 16 and first["stop_reason"] == "callback"
+    else:
+        assert len(made) == 2 and first["handed_over"]
+        assert first["iterations"] == handed_at
+    assert AUTO_SCALING_EARLIEST == 8 and AUTO_SCALING_ITERATION == 16  # the cases above
 
 
 def test_keeping_the_unscaled_attempt_returns_what_the_unscaled_solve_alone_gives(
