@@ -750,26 +750,29 @@ def row_order(records: list[dict]) -> list[dict]:
                                           TASKS.index(r["task"]), labels.index(r["row"])))
 
 
-def reusable(path: Path, meta: dict) -> tuple[list[dict], str | None]:
+def reusable(path: Path, meta: dict, rerun_influence: bool = False
+             ) -> tuple[list[dict], str | None]:
     """``--resume``: the finished rows of an earlier run of the same scale and sizes, and its
-    commit. With the same default request, every row; with another, only the rows that do not
-    run it (retraining and the E10 methods, which train with their own recipe): the influence
-    rows are measured again at this run's defaults. None of another benchmark's sizes (that
-    would mix two benchmarks in one table)."""
+    commit. With the same default request, every row; with another, or with
+    ``rerun_influence`` (a default of the engine's code changed, not a field of the request),
+    only the rows that do not run it (retraining and the E10 methods, which train with their
+    own recipe): the influence rows are measured again at this run's code. None of another
+    benchmark's sizes (that would mix two benchmarks in one table)."""
     if not path.exists():
         return [], None
     earlier = json.loads(path.read_text())
     if earlier["meta"].get("sizes") != meta["sizes"]:
         log(f"--resume: {path} is another benchmark (its sizes differ); starting afresh")
         return [], None
-    same_defaults = earlier["meta"].get("default_request") == meta["default_request"]
+    same_defaults = (earlier["meta"].get("default_request") == meta["default_request"]
+                     and not rerun_influence)
     kept = [r for r in earlier["records"] if r["row"] != "original (no edit)"
             and not r.get("skipped")
             and (same_defaults or r.get("method") not in INFLUENCE_METHODS)]
     commit = earlier["meta"]["commit"]
     log(f"--resume: reusing {len(kept)} rows of {path} (commit {commit})"
-        + ("" if same_defaults else "; its default request differs, so the influence rows "
-           "run again"))
+        + ("" if same_defaults else "; the influence rows run again ("
+           + ("--rerun-influence" if rerun_influence else "its default request differs") + ")"))
     return kept, commit
 
 
@@ -787,7 +790,8 @@ def priority(row: Row) -> int:
     return 2 if row.setting == "1 epoch" else 5
 
 
-def run(scale: Scale, out: Path, command: str, resume: bool = False) -> list[dict]:
+def run(scale: Scale, out: Path, command: str, resume: bool = False,
+        rerun_influence: bool = False) -> list[dict]:
     """Every row of the scale, in ``priority`` order over every task; the page is rewritten
     after each one (``--resume`` continues a stopped run)."""
     started_wall, started_cpu = time.perf_counter(), time.process_time()
@@ -797,8 +801,8 @@ def run(scale: Scale, out: Path, command: str, resume: bool = False) -> list[dic
             "cost_only": scale.only_rows is not None,
             "recipe_epochs": scale.recipe_epochs or scale.epochs,
             "recipe_factor": (scale.recipe_epochs or scale.epochs) / scale.epochs}
-    done, reused_from = (reusable(out / f"unlearning-{scale.name}.json", meta) if resume
-                         else ([], None))
+    done, reused_from = (reusable(out / f"unlearning-{scale.name}.json", meta, rerun_influence)
+                         if resume else ([], None))
     if done:
         meta["reused_rows"] = len(done)
         meta["reused_from"] = reused_from
@@ -859,6 +863,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true",
                         help="reuse the finished rows of an earlier, stopped run of the same "
                              "scale, sizes and default request (its JSON in --out)")
+    parser.add_argument("--rerun-influence", action="store_true",
+                        help="with --resume: measure the influence rows (gif, fif, pif) again "
+                             "even at the same default request (the engine's code changed)")
     parser.add_argument("--render", type=Path, metavar="JSON",
                         help="only rewrite the page and plot of an earlier run's JSON "
                              "(into --out); runs nothing")
@@ -871,7 +878,9 @@ def main(argv: list[str] | None = None) -> int:
     command = f"python bench/bench_unlearning.py --scale {args.scale}"
     if args.out.resolve() != (REPO_ROOT / "docs" / "results").resolve():
         command += f" --out {args.out}"
-    records = run(SCALES[args.scale], args.out, command, args.resume)
+    if args.rerun_influence and not args.resume:
+        parser.error("--rerun-influence goes with --resume")
+    records = run(SCALES[args.scale], args.out, command, args.resume, args.rerun_influence)
     print()
     print(page(records, json.loads((args.out / f"unlearning-{args.scale}.json")
                                    .read_text())["meta"]))

@@ -129,6 +129,24 @@ def test_resume_after_a_change_of_defaults_runs_only_the_influence_rows_again(
     assert "retraining and E10 rows reused" in page and "`0ldc0de`" in page
 
 
+def test_rerun_influence_measures_the_influence_rows_again_at_the_same_defaults(
+        tiny_run, tmp_path):
+    bench, out, data = tiny_run
+    earlier = json.loads((out / "unlearning-tiny.json").read_text())
+    for record in earlier["records"]:
+        record["cpu_s"] = 12345.0
+    (tmp_path / "unlearning-tiny.json").write_text(json.dumps(earlier))
+    assert bench.main(["--scale", "tiny", "--out", str(tmp_path), "--resume",
+                       "--rerun-influence"]) == 0
+    again = json.loads((tmp_path / "unlearning-tiny.json").read_text())
+    rows = [r for r in again["records"] if r["row"] != "original (no edit)"
+            and not r.get("skipped")]
+    assert all((r["cpu_s"] == 12345.0) == (r["method"] not in bench.INFLUENCE_METHODS)
+               for r in rows)
+    with pytest.raises(SystemExit):
+        bench.main(["--scale", "tiny", "--out", str(tmp_path), "--rerun-influence"])
+
+
 def test_retraining_cost_at_the_recipe_scales_only_the_training_loop():
     bench = load_bench()
     measured = [{"cpu_s": 12.0, "details": {"loop_s": 10.0}}]
