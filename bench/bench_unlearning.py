@@ -752,28 +752,48 @@ def row_order(records: list[dict]) -> list[dict]:
 
 def reusable(path: Path, meta: dict, rerun_influence: bool = False
              ) -> tuple[list[dict], str | None]:
-    """``--resume``: the finished rows of an earlier run of the same scale and sizes, and its
-    commit. With the same default request, every row; with another, or with
-    ``rerun_influence`` (a default of the engine's code changed, not a field of the request),
-    only the rows that do not run it (retraining and the E10 methods, which train with their
-    own recipe): the influence rows are measured again at this run's code. None of another
-    benchmark's sizes (that would mix two benchmarks in one table)."""
+    """``--resume``: ``reusable_rows`` of the earlier run of the same scale and sizes whose
+    JSON is ``path``; none of another benchmark's sizes (that would mix two benchmarks in one
+    table)."""
     if not path.exists():
         return [], None
     earlier = json.loads(path.read_text())
     if earlier["meta"].get("sizes") != meta["sizes"]:
         log(f"--resume: {path} is another benchmark (its sizes differ); starting afresh")
         return [], None
-    same_defaults = (earlier["meta"].get("default_request") == meta["default_request"]
+    return reusable_rows(earlier, meta["default_request"], rerun_influence)
+
+
+def reusable_rows(earlier: dict, default_request: dict | None = None,
+                  rerun_influence: bool = False) -> tuple[list[dict], str | None]:
+    """The finished rows of an earlier run (its JSON, ``earlier``), each marked with the
+    commit it was measured at (``measured_at``), and those commits. With the same default
+    request, every row; with another, or with ``rerun_influence`` (a default of the engine's
+    code changed, not a field of the request), only the rows that do not run it (retraining
+    and the E10 methods, which train with their own recipe): the influence rows are measured
+    again at this run's code."""
+    same_defaults = (earlier["meta"].get("default_request") == default_request
                      and not rerun_influence)
-    kept = [r for r in earlier["records"] if r["row"] != "original (no edit)"
-            and not r.get("skipped")
+    kept = [{**r, "measured_at": measured_at(r, earlier["meta"])} for r in earlier["records"]
+            if r["row"] != "original (no edit)" and not r.get("skipped")
             and (same_defaults or r.get("method") not in INFLUENCE_METHODS)]
-    commit = earlier["meta"]["commit"]
-    log(f"--resume: reusing {len(kept)} rows of {path} (commit {commit})"
+    commit = ", ".join(sorted({r["measured_at"] for r in kept})) or earlier["meta"]["commit"]
+    log(f"--resume: reusing {len(kept)} rows measured at {commit}"
         + ("" if same_defaults else "; the influence rows run again ("
            + ("--rerun-influence" if rerun_influence else "its default request differs") + ")"))
     return kept, commit
+
+
+def measured_at(record: dict, meta: dict) -> str:
+    """The commit a row of an earlier run (``meta``) was measured at: its own mark; for a row
+    of a page without marks, that run's commit — or, when that run re-ran only the influence
+    rows, for its retraining and E10 rows the commit it had taken them from."""
+    if record.get("measured_at"):
+        return record["measured_at"]
+    took_others = meta.get("reused_rows") and not meta.get("reused_influence_rows", True)
+    if took_others and record.get("method") not in INFLUENCE_METHODS and meta.get("reused_from"):
+        return meta["reused_from"]
+    return meta["commit"]
 
 
 def priority(row: Row) -> int:
@@ -841,7 +861,8 @@ def run(scale: Scale, out: Path, command: str, resume: bool = False,
         if not applicable(row.method, task.edit["kind"]):
             records.append({**base, "skipped": True})
             continue
-        record = earlier or {**base, **run_row(row, task, arch.spec, original)}
+        record = earlier or {**base, **run_row(row, task, arch.spec, original),
+                             "measured_at": meta["commit"]}
         records.append(record)
         log(f"{arch.name} seed {seed} {task.name} {row.label}: " + (
             f"FAILED {record['error'][:80]}" if "error" in record else

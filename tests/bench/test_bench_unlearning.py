@@ -114,6 +114,7 @@ def test_resume_after_a_change_of_defaults_runs_only_the_influence_rows_again(
     earlier["meta"]["commit"] = "0ldc0de"
     for record in earlier["records"]:
         record["cpu_s"] = 12345.0  # a mark: a kept row keeps it, a re-run row cannot
+        record.pop("measured_at", None)  # a page from before the rows were marked
     (tmp_path / "unlearning-tiny.json").write_text(json.dumps(earlier))
     assert bench.main(["--scale", "tiny", "--out", str(tmp_path), "--resume"]) == 0
     again = json.loads((tmp_path / "unlearning-tiny.json").read_text())
@@ -143,6 +144,22 @@ def test_rerun_influence_measures_the_influence_rows_again_at_the_same_defaults(
             and not r.get("skipped")]
     assert all((r["cpu_s"] == 12345.0) == (r["method"] not in bench.INFLUENCE_METHODS)
                for r in rows)
+    # every row knows the commit it was measured at; the page names the kept rows' one
+    assert all(r["measured_at"] == data["meta"]["commit"] for r in rows)
+    assert again["meta"]["reused_from"] == data["meta"]["commit"]
+
+
+def test_rows_reused_twice_keep_the_commit_they_were_measured_at(tiny_run, tmp_path):
+    """A page whose retraining and E10 rows were themselves reused (and carry no mark) names
+    the commit they came from, not the run that reused them."""
+    bench, out, _ = tiny_run
+    earlier = json.loads((out / "unlearning-tiny.json").read_text())
+    earlier["meta"].update(commit="1nfl000", reused_rows=1, reused_from="0r1g1n0",
+                           reused_influence_rows=False)
+    for record in earlier["records"]:
+        record.pop("measured_at", None)
+    kept, commit = bench.reusable_rows(earlier, rerun_influence=True)
+    assert kept and {r["measured_at"] for r in kept} == {"0r1g1n0"} and commit == "0r1g1n0"
     with pytest.raises(SystemExit):
         bench.main(["--scale", "tiny", "--out", str(tmp_path), "--rerun-influence"])
 
