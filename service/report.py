@@ -368,6 +368,8 @@ def scaling_text(scaling: Mapping[str, Any]) -> str:
                 f"best validation objective {number(attempt.get('objective'))}")
         if attempt.get("handed_over"):
             text += ", handed over"
+        if attempt.get("resumed_from") is not None:
+            text += f", resumed from iteration {attempt['resumed_from']}"
         attempts.append(text)
     return (f"kept {scaling.get('chosen')} ({'; '.join(attempts) or 'no attempt'}); HVPs of "
             f"every solve {number(scaling.get('hvps_all_solves'))}")

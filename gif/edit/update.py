@@ -166,15 +166,18 @@ def slow_path(path: RegularisationPath, iteration: int) -> bool:
 
 def path_solve(request: EditRequest, system: EditSystem, indices: torch.Tensor,
                reporter: Reporter, path: RegularisationPath, solver_cfg: Solver,
-               may_hand_over: bool = False, iterations_before: int = 0) -> PathSolve:
+               may_hand_over: bool = False, iterations_before: int = 0,
+               scored_up_to: int = 0) -> PathSolve:
     """Solve with ``path`` scoring the iterates and stopping the solve (E9); with
     ``may_hand_over``, also stop at the first scored iterate at which the path would go on
-    and ``slow_path`` says it is converging too slowly."""
+    and ``slow_path`` says it is converging too slowly. ``scored_up_to``: the iterations
+    ``path`` has already scored in an earlier run of this same solve (a resumed attempt):
+    they are solved again but not scored again."""
     handed_over = False
 
     def on_iterate(iteration: int, delta: torch.Tensor) -> bool:
         nonlocal handed_over
-        if not path.wants(iteration):
+        if iteration <= scored_up_to or not path.wants(iteration):
             return False
         if path.observe(iteration, delta.detach().clone()):
             return True
@@ -199,8 +202,11 @@ def solve_on_paths(request: EditRequest, system: EditSystem, indices: torch.Tens
     the unscaled solve first; if its path is still improving (``slow_path``: its score rising
     from ``AUTO_SCALING_EARLIEST`` on, or at ``AUTO_SCALING_ITERATION``) it stops there and the
     column-scaled problem is solved on a path of its own; the attempt with the better
-    validation objective is kept (ties: the unscaled one). Returns the kept attempt and, for
-    ``auto``, what the result reports of the choice (``solver.scaling``)."""
+    validation objective is kept (ties: the unscaled one). A kept unscaled attempt that was
+    stopped for the hand-over is resumed on its own path to E9's own stop, so that when the
+    scaling loses the edit is exactly the unscaled one (``none``): the solve is deterministic,
+    so its first iterations are solved again but not scored again. Returns the kept attempt
+    and, for ``auto``, what the result reports of the choice (``solver.scaling``)."""
     first = path_solve(request, system, indices, reporter, new_path(), request.solver,
                        hands_over(request))
     if request.solver.preconditioner != "auto":
@@ -215,6 +221,25 @@ def solve_on_paths(request: EditRequest, system: EditSystem, indices: torch.Tens
         attempts.append(path_solve(request, system, indices, reporter, new_path(), scaled,
                                    iterations_before=first.solution.result.iterations))
     kept = max(attempts, key=lambda attempt: attempt.objective)  # max keeps the first of ties
-    return kept, {"mode": "auto", "chosen": kept.preconditioner,
-                  "attempts": [attempt.to_json() for attempt in attempts],
-                  "hvps_all_solves": sum(a.solution.result.hvps for a in attempts)}
+    reports = [attempt.to_json() for attempt in attempts]  # before a resume extends the path
+    hvps = sum(attempt.solution.result.hvps for attempt in attempts)
+    if kept is first and first.handed_over:
+        kept = resume(request, system, indices, reporter, first,
+                      sum(attempt.solution.result.iterations for attempt in attempts))
+        reports.append({**kept.to_json(), "resumed_from": first.solution.result.iterations})
+        hvps += kept.solution.result.hvps
+    return kept, {"mode": "auto", "chosen": kept.preconditioner, "attempts": reports,
+                  "hvps_all_solves": hvps}
+
+
+def resume(request: EditRequest, system: EditSystem, indices: torch.Tensor,
+           reporter: Reporter, stopped: PathSolve, iterations_before: int) -> PathSolve:
+    """The unscaled solve that ``stopped`` for the hand-over, solved again on its own path to
+    E9's own stop: its iterations up to the hand-over are the same ones (the solve is
+    deterministic) and are not scored again."""
+    done = stopped.solution.result.iterations
+    reporter.event("info", "solve", (
+        f"the unscaled path scored higher: solving it on from iteration {done}"),
+        {"objective": stopped.objective})
+    return path_solve(request, system, indices, reporter, stopped.path, request.solver,
+                      iterations_before=iterations_before, scored_up_to=done)

@@ -97,15 +97,22 @@ def test_a_slow_unscaled_path_hands_over_and_the_better_attempt_is_kept(
     progress: list = []
     result = edit(train, model, progress).result
     scaling = result["solver"]["scaling"]
-    first, second = scaling["attempts"]
+    first, second, *resumed = scaling["attempts"]
     assert len(made) == 2
     assert first["preconditioner"] == "none" and first["handed_over"] is True
     assert first["iterations"] == AUTO_SCALING_ITERATION and first["stop_reason"] == "callback"
     assert second["preconditioner"] == "columns" and second["handed_over"] is False
     assert scaling["chosen"] == kept
-    better = max(scaling["attempts"], key=lambda attempt: attempt["objective"])
+    better = max((first, second), key=lambda attempt: attempt["objective"])
     assert better["preconditioner"] == kept
-    assert scaling["hvps_all_solves"] == first["hvps"] + second["hvps"]
+    # a kept unscaled attempt is solved on from its hand-over (to max_iter: this path never
+    # stops by itself); every solve's HVPs count
+    assert len(resumed) == (1 if kept == "none" else 0)
+    if resumed:
+        assert resumed[0]["preconditioner"] == "none"
+        assert resumed[0]["resumed_from"] == first["iterations"]
+        assert resumed[0]["iterations"] == NEVER_CONVERGES["max_iter"]
+    assert scaling["hvps_all_solves"] == sum(a["hvps"] for a in scaling["attempts"])
     # each attempt's scored iterates, for the path figure: the best of each is its objective
     for attempt in (first, second):
         assert [row["iteration"] for row in attempt["iterates"]] == sorted(
@@ -121,14 +128,15 @@ def test_a_slow_unscaled_path_hands_over_and_the_better_attempt_is_kept(
                                 [r["objective"] for r in other["iterates"]])
     assert PLOTS["path"](result).startswith(b"\x89PNG")
     # the result's solve, path and step are the kept attempt's
-    kept_attempt = first if kept == "none" else second
+    kept_attempt = resumed[0] if kept == "none" else second
     assert result["solver"]["iterations"] == kept_attempt["iterations"]
     assert result["solver"]["hvps"] == kept_attempt["hvps"]
     assert result["solver"].get("preconditioner") == ("columns" if kept == "columns" else None)
     assert result["path"]["chosen"]["objective"] >= kept_attempt["objective"]
     # the scaled solve's progress counts on from the hand-over, never back to the start
     solve = [p.iteration for p in progress if p.phase == "solve" and p.iteration is not None]
-    assert solve == sorted(solve) and solve[-1] == first["iterations"] + second["iterations"]
+    assert solve == sorted(solve)
+    assert solve[-1] == sum(attempt["iterations"] for attempt in scaling["attempts"])
 
 
 def rises_until(last: int):
@@ -159,13 +167,13 @@ def test_the_hand_over_comes_at_the_first_rise_from_iteration_8_or_at_16(
 
 def test_keeping_the_unscaled_attempt_returns_what_the_unscaled_solve_alone_gives(
         train, model, monkeypatch):
-    """The hand-over changes nothing of the unscaled attempt: kept, its edit is bit-identical
-    to an unscaled request stopped at the same iteration."""
+    """When the scaling loses, the hand-over changes nothing: the unscaled attempt is solved on
+    from where it stopped, and the edit is bit-identical to an unscaled request's."""
     rig_paths(monkeypatch, -1.0)
     chosen = edit(train, model)
     assert chosen.result["solver"]["scaling"]["chosen"] == "none"
     rig_paths(monkeypatch, None)  # one path only: the same endless first path
-    alone = edit(train, model, preconditioner="none", max_iter=AUTO_SCALING_ITERATION)
+    alone = edit(train, model, preconditioner="none")
     assert "scaling" not in alone.result["solver"]
     assert alone.result["path"] == chosen.result["path"]
     assert all(torch.equal(chosen.state_dict[k], alone.state_dict[k]) for k in model)
