@@ -170,8 +170,11 @@ def edit_body(model_id: str, **overrides) -> dict:
         "edit": {"kind": "remove_class", "class": 8},
         "selection": {"criterion": "topk_outputs", "ratio": 0.5},
         # A solve of a few seconds even on an idle machine (all retained points in H, small
-        # micro-batches), so the progress throttled to ~2 writes/s reports several counts.
+        # micro-batches, and all 200 iterations: no stagnation or condition stop, which once
+        # ended it at k = 58 within one progress write), so the progress throttled to ~2
+        # writes/s reports several counts.
         "solver": {"algorithm": "lsqr", "max_iter": 200, "tol": 1e-12,
+                   "stagnation_window": 0, "conlim": 0,
                    "hessian_samples": None, "edit_samples": 128, "batch_size": 64},
         "step": {"mode": "fixed", "scale": 1.0},
         "eval": {"datasets": {"test": "builtin:digits:test"}},
