@@ -909,31 +909,25 @@ def test_the_chromium_check_catches_errors(chromium, tmp_path):
                           for e in errors), errors
 
 
-def test_a_hand_over_to_the_scaled_solve_is_said_in_words():
+HANDED_OVER = {"preconditioner": "none", "iterations": 16, "objective": 0.978,
+               "handed_over": True}
+SCALED = {"preconditioner": "columns", "iterations": 10, "objective": 0.993,
+          "handed_over": False}
+
+
+@pytest.mark.parametrize("scaling, text", [
+    ({"chosen": "columns", "hvps_all_solves": 71, "attempts": [HANDED_OVER, SCALED]},
+     "kept columns (none: 16 iterations, best validation objective 0.978, handed over; "
+     "columns: 10 iterations, best validation objective 0.993); HVPs of every solve 71"),
+    ({"chosen": "none", "hvps_all_solves": 120, "attempts": [
+        HANDED_OVER, {**SCALED, "objective": 0.7},
+        {"preconditioner": "none", "iterations": 32, "objective": 0.98, "handed_over": False,
+         "resumed_from": 16}]},
+     "kept none (none: 16 iterations, best validation objective 0.978, handed over; "
+     "columns: 10 iterations, best validation objective 0.7; none: 32 iterations, best "
+     "validation objective 0.98, resumed from iteration 16); HVPs of every solve 120"),
+])
+def test_the_choice_of_scaling_is_said_in_words(scaling, text):
     from service.report import scaling_text
 
-    text = scaling_text({"mode": "auto", "chosen": "columns", "hvps_all_solves": 71,
-                         "attempts": [
-                             {"preconditioner": "none", "iterations": 16, "objective": 0.978,
-                              "handed_over": True},
-                             {"preconditioner": "columns", "iterations": 10,
-                              "objective": 0.993, "handed_over": False}]})
-    assert text == ("kept columns (none: 16 iterations, best validation objective 0.978, "
-                    "handed over; columns: 10 iterations, best validation objective 0.993); "
-                    "HVPs of every solve 71")
-
-
-def test_a_resumed_unscaled_attempt_is_said_in_words():
-    from service.report import scaling_text
-
-    text = scaling_text({"mode": "auto", "chosen": "none", "hvps_all_solves": 120,
-                         "attempts": [
-                             {"preconditioner": "none", "iterations": 10, "objective": 0.9,
-                              "handed_over": True},
-                             {"preconditioner": "columns", "iterations": 6,
-                              "objective": 0.7, "handed_over": False},
-                             {"preconditioner": "none", "iterations": 32, "objective": 0.92,
-                              "handed_over": False, "resumed_from": 10}]})
-    assert text.startswith("kept none (none: 10 iterations")
-    assert text.endswith("none: 32 iterations, best validation objective 0.92, resumed from "
-                         "iteration 10); HVPs of every solve 120")
+    assert scaling_text({"mode": "auto", **scaling}) == text
