@@ -147,6 +147,8 @@ def test_rerun_influence_measures_the_influence_rows_again_at_the_same_defaults(
     # every row knows the commit it was measured at; the page names the kept rows' one
     assert all(r["measured_at"] == data["meta"]["commit"] for r in rows)
     assert again["meta"]["reused_from"] == data["meta"]["commit"]
+    with pytest.raises(SystemExit):  # the flag says what to re-run of a resumed page
+        bench.main(["--scale", "tiny", "--out", str(tmp_path), "--rerun-influence"])
 
 
 def test_rows_reused_twice_keep_the_commit_they_were_measured_at(tiny_run, tmp_path):
@@ -160,8 +162,6 @@ def test_rows_reused_twice_keep_the_commit_they_were_measured_at(tiny_run, tmp_p
         record.pop("measured_at", None)
     kept, commit = bench.reusable_rows(earlier, rerun_influence=True)
     assert kept and {r["measured_at"] for r in kept} == {"0r1g1n0"} and commit == "0r1g1n0"
-    with pytest.raises(SystemExit):
-        bench.main(["--scale", "tiny", "--out", str(tmp_path), "--rerun-influence"])
 
 
 def test_retraining_cost_at_the_recipe_scales_only_the_training_loop():
