@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import platform
 import statistics
 import subprocess
 import sys
@@ -317,6 +318,34 @@ def cached_original(spec: ModelSpec, train: ArrayDataset, training: dict,
     save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
     meta.write_text(json.dumps({"cpu_s": seconds}))
     return state, seconds
+
+
+def fingerprint(state: dict) -> str:
+    """The original's weights as a short sha256 (names, dtypes, shapes, bytes). Training is
+    deterministic on one machine, not across machines: the same seed and recipe trained on
+    another CPU gave another model (the full-data TinyNet's test accuracy 0.912 against
+    0.908), so rows are only reused for an original with this very fingerprint."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def machine() -> str:
+    """What the CPU seconds and the floating-point results depend on: the CPU's model, the
+    instruction set torch dispatches to, the torch version."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"{model} ({platform.machine()}, {capability}), torch {torch.__version__}"
 
 
 # ----------------------------------------------------------------------------- rows
@@ -674,6 +703,8 @@ def page(records: list[dict], meta: dict) -> str:
              f"Command: `{meta['command']}`  ",
              f"Commit: `{meta['commit']}` (the defaults of `gif/request.py` at that commit)  ",
              f"Sizes: {meta['sizes']}  ",
+             f"Machine: {meta.get('machine', 'not recorded (before 5 December 2026)')}"
+             + machine_note(records, meta) + "  ",
              f"Run: {meta['status']}; wall time {meta['wall_s']:.0f} s, CPU time "
              f"{meta['cpu_s']:.0f} s on one torch thread (shared 2-core machine: only CPU "
              "seconds and ratios within this run mean anything)"
@@ -715,6 +746,17 @@ def page(records: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def machine_note(records: list[dict], meta: dict) -> str:
+    """Where rows were measured on a machine other than this run's (reused rows of the same
+    original: the same weights, other CPU seconds)."""
+    others = sorted({r["machine"] for r in records
+                     if r.get("machine") and r["machine"] != meta.get("machine")})
+    if not others:
+        return ""
+    count = sum(1 for r in records if r.get("machine") in others)
+    return f" ({count} reused rows were measured on {'; '.join(others)})"
+
+
 def reuse_note(meta: dict) -> str:
     """What the page says of rows ``--resume`` took from an earlier run."""
     if not meta.get("reused_rows"):
@@ -750,8 +792,8 @@ def row_order(records: list[dict]) -> list[dict]:
                                           TASKS.index(r["task"]), labels.index(r["row"])))
 
 
-def reusable(path: Path, meta: dict, rerun_influence: bool = False
-             ) -> tuple[list[dict], str | None]:
+def reusable(path: Path, meta: dict, rerun_influence: bool = False,
+             originals: dict[tuple, str] | None = None) -> tuple[list[dict], str | None]:
     """``--resume``: ``reusable_rows`` of the earlier run of the same scale and sizes whose
     JSON is ``path``; none of another benchmark's sizes (that would mix two benchmarks in one
     table)."""
@@ -761,21 +803,47 @@ def reusable(path: Path, meta: dict, rerun_influence: bool = False
     if earlier["meta"].get("sizes") != meta["sizes"]:
         log(f"--resume: {path} is another benchmark (its sizes differ); starting afresh")
         return [], None
-    return reusable_rows(earlier, meta["default_request"], rerun_influence)
+    return reusable_rows(earlier, meta["default_request"], rerun_influence, originals)
+
+
+def originals_of(records: list[dict]) -> dict[tuple, str | None]:
+    """``(arch, seed, task) -> fingerprint`` of each task's original in a run's records
+    (``None`` for a page written before originals were fingerprinted)."""
+    return {(r["arch"], r["seed"], r["task"]): r.get("original") for r in records
+            if r["row"] == "original (no edit)"}
 
 
 def reusable_rows(earlier: dict, default_request: dict | None = None,
-                  rerun_influence: bool = False) -> tuple[list[dict], str | None]:
+                  rerun_influence: bool = False, originals: dict[tuple, str] | None = None
+                  ) -> tuple[list[dict], str | None]:
     """The finished rows of an earlier run (its JSON, ``earlier``), each marked with the
     commit it was measured at (``measured_at``), and those commits. With the same default
     request, every row; with another, or with ``rerun_influence`` (a default of the engine's
     code changed, not a field of the request), only the rows that do not run it (retraining
     and the E10 methods, which train with their own recipe): the influence rows are measured
-    again at this run's code."""
+    again at this run's code. With ``originals`` (this run's ``originals_of``), only the rows
+    of a task whose earlier original has the same fingerprint: a row measured on another
+    original (another machine, or a page from before fingerprints) compares nothing with
+    this run's rows."""
     same_defaults = (earlier["meta"].get("default_request") == default_request
                      and not rerun_influence)
-    kept = [{**r, "measured_at": measured_at(r, earlier["meta"])} for r in earlier["records"]
-            if r["row"] != "original (no edit)" and not r.get("skipped")
+    before = originals_of(earlier["records"])
+
+    def same_original(record: dict) -> bool:
+        key = (record["arch"], record["seed"], record["task"])
+        return originals is None or (before.get(key) is not None
+                                     and before.get(key) == originals.get(key))
+
+    finished = [r for r in earlier["records"]
+                if r["row"] != "original (no edit)" and not r.get("skipped")]
+    other = [r for r in finished if not same_original(r)]
+    if other:
+        log(f"--resume: {len(other)} rows were measured on another original (fingerprints "
+            f"{sorted({str(before.get((r['arch'], r['seed'], r['task']))) for r in other})} "
+            f"against this run's {sorted({str(v) for v in (originals or {}).values()})}); "
+            "they run again")
+    kept = [{**r, "measured_at": measured_at(r, earlier["meta"])} for r in finished
+            if same_original(r)
             and (same_defaults or r.get("method") not in INFLUENCE_METHODS)]
     commit = ", ".join(sorted({r["measured_at"] for r in kept})) or earlier["meta"]["commit"]
     log(f"--resume: reusing {len(kept)} rows measured at {commit}"
@@ -817,16 +885,11 @@ def run(scale: Scale, out: Path, command: str, resume: bool = False,
     started_wall, started_cpu = time.perf_counter(), time.process_time()
     meta = {"scale": scale.name, "command": command, "commit": git_commit(),
             "sizes": scale.describe(), "default_request": default_request(),
-            "torch_threads": torch.get_num_threads(), "status": "running",
+            "torch_threads": torch.get_num_threads(), "machine": machine(),
+            "status": "running",
             "cost_only": scale.only_rows is not None,
             "recipe_epochs": scale.recipe_epochs or scale.epochs,
             "recipe_factor": (scale.recipe_epochs or scale.epochs) / scale.epochs}
-    done, reused_from = (reusable(out / f"unlearning-{scale.name}.json", meta, rerun_influence)
-                         if resume else ([], None))
-    if done:
-        meta["reused_rows"] = len(done)
-        meta["reused_from"] = reused_from
-        meta["reused_influence_rows"] = any(r.get("method") in INFLUENCE_METHODS for r in done)
     records: list[dict] = []
 
     def flush(status: str) -> None:
@@ -849,10 +912,17 @@ def run(scale: Scale, out: Path, command: str, resume: bool = False,
                     warm_up(arch.spec, original, task)  # once per architecture
                 records.append({"arch": arch.name, "task": task.name, "seed": seed,
                                 "row": "original (no edit)", "setting": "–",
-                                "train_cpu_s": train_cpu,
+                                "train_cpu_s": train_cpu, "original": fingerprint(original),
                                 **measure(arch.spec, original, task)})
                 jobs += [(priority(row), arch, seed, task, original, row)
                          for row in rows_for(task, scale, seed)]
+    done, reused_from = (reusable(out / f"unlearning-{scale.name}.json", meta, rerun_influence,
+                                  originals_of(records))
+                         if resume else ([], None))
+    if done:
+        meta["reused_rows"] = len(done)
+        meta["reused_from"] = reused_from
+        meta["reused_influence_rows"] = any(r.get("method") in INFLUENCE_METHODS for r in done)
     for _, arch, seed, task, original, row in sorted(jobs, key=lambda job: job[0]):
         base = {"arch": arch.name, "task": task.name, "seed": seed, "row": row.label,
                 "method": row.method, "setting": row.setting}
@@ -862,7 +932,7 @@ def run(scale: Scale, out: Path, command: str, resume: bool = False,
             records.append({**base, "skipped": True})
             continue
         record = earlier or {**base, **run_row(row, task, arch.spec, original),
-                             "measured_at": meta["commit"]}
+                             "measured_at": meta["commit"], "machine": meta["machine"]}
         records.append(record)
         log(f"{arch.name} seed {seed} {task.name} {row.label}: " + (
             f"FAILED {record['error'][:80]}" if "error" in record else

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 NOT_APPLICABLE = {("backdoor", m) for m in ("gradient_ascent", "salun", "l1_sparse")}
@@ -162,6 +163,45 @@ def test_rows_reused_twice_keep_the_commit_they_were_measured_at(tiny_run, tmp_p
         record.pop("measured_at", None)
     kept, commit = bench.reusable_rows(earlier, rerun_influence=True)
     assert kept and {r["measured_at"] for r in kept} == {"0r1g1n0"} and commit == "0r1g1n0"
+
+
+def test_resume_reuses_no_row_measured_on_another_original(tiny_run, tmp_path):
+    """Training is deterministic on one machine, not across machines: a row measured on an
+    original with another fingerprint (or on a page from before fingerprints) runs again; the
+    other tasks' rows are reused, and the page names the machine."""
+    bench, out, data = tiny_run
+    originals = {r["task"]: r["original"] for r in data["records"]
+                 if r["row"] == "original (no edit)"}
+    # class and sample removal start from one original, the backdoor from a poisoned one
+    assert originals["class"] == originals["sample"] != originals["backdoor"]
+    earlier = json.loads((out / "unlearning-tiny.json").read_text())
+    for record in earlier["records"]:
+        record["cpu_s"] = 12345.0
+        if record["row"] == "original (no edit)" and record["task"] == "class":
+            record["original"] = "0" * 16  # another machine's original
+        if record["row"] == "original (no edit)" and record["task"] == "sample":
+            del record["original"]  # a page from before fingerprints
+    (tmp_path / "unlearning-tiny.json").write_text(json.dumps(earlier))
+    assert bench.main(["--scale", "tiny", "--out", str(tmp_path), "--resume"]) == 0
+    again = json.loads((tmp_path / "unlearning-tiny.json").read_text())
+    rows = [r for r in again["records"] if r["row"] != "original (no edit)"
+            and not r.get("skipped")]
+    assert all((r["cpu_s"] == 12345.0) == (r["task"] == "backdoor") for r in rows)
+    assert again["meta"]["reused_rows"] == sum(r["task"] == "backdoor" for r in rows)
+    assert {r["original"] for r in again["records"] if r["row"] == "original (no edit)"} == \
+        set(originals.values())
+    page = (tmp_path / "unlearning-tiny.md").read_text()
+    assert f"Machine: {bench.machine()}" in page and "torch " in bench.machine()
+
+
+def test_the_fingerprint_sees_one_changed_weight():
+    bench = load_bench()
+    state = {"w": torch.zeros(3, 2), "b": torch.ones(2), "n": torch.tensor(7)}
+    same = {k: v.clone() for k, v in state.items()}
+    changed = {**same, "w": same["w"].clone().index_put_((torch.tensor(1), torch.tensor(0)),
+                                                        torch.tensor(1e-7))}
+    assert bench.fingerprint(state) == bench.fingerprint(same)
+    assert bench.fingerprint(state) != bench.fingerprint(changed)
 
 
 def test_retraining_cost_at_the_recipe_scales_only_the_training_loop():
