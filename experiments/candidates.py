@@ -56,6 +56,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "max_iter 16": {"solver": {"max_iter": 16}},
     "max_iter 16, seed 1": {"solver": {"max_iter": 16}, "seed": 1},
     "method fif": {"method": "fif"},
+    "method pif": {"method": "pif"},
+    "method pif, preconditioner none": {"method": "pif", "solver": {"preconditioner": "none"}},
     "finetune 1 epoch": {"method": "finetune", "training": {"epochs": 1}},
     "retrain (reference)": {"method": "retrain"},
 }

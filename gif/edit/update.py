@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -91,12 +92,13 @@ def edit_system(request: EditRequest, model: nn.Module, data: EditData, plan: In
 
 def solve_update(request: EditRequest, system: EditSystem, indices: torch.Tensor,
                  reporter: Reporter, on_iterate=None, solver_cfg: Solver | None = None,
-                 iterations_before: int = 0):
+                 progress_offset: Callable[[], int] = lambda: 0):
     """The E2–E5 solve of ``system`` with ``solver_cfg`` (default: the request's).
 
-    ``on_iterate(iteration, delta)`` sees each iterate's update (the solver's own tensor: clone
-    to keep it); returning True stops the solve (E9's path, ``stop_reason = "callback"``).
-    ``iterations_before``: the iterations of an earlier solve of the same edit, which the
+    ``on_iterate(iteration, delta, hvps)`` sees each iterate's update (the solver's own tensor:
+    clone to keep it) and the HVPs spent so far; returning True stops the solve (E9's path,
+    ``stop_reason = "callback"``).
+    ``progress_offset()``: the iterations of the edit's other solves so far, which the
     progress counts on from (a second solve does not send the progress bar back to 0)."""
     from gif.methods import solve_edit
 
@@ -104,10 +106,12 @@ def solve_update(request: EditRequest, system: EditSystem, indices: torch.Tensor
     max_iter = solver_cfg.max_iter
 
     def on_iteration(info: dict) -> bool:
+        offset = progress_offset()
         reporter.progress(Progress(
-            "solve", iterations_before + int(info.get("iteration", 0)),
-            iterations_before + int(info.get("max_iter", max_iter)), info.get("residual")))
-        return on_iterate is not None and on_iterate(int(info["iteration"]), info["delta"])
+            "solve", offset + int(info.get("iteration", 0)),
+            offset + int(info.get("max_iter", max_iter)), info.get("residual")))
+        return on_iterate is not None and on_iterate(int(info["iteration"]), info["delta"],
+                                                     int(info["hvps"]))
 
     b = system.b
     solution = solve_edit(request.method, system.hvp, b, indices.to(b.device),
@@ -138,13 +142,16 @@ class PathSolve:
         result = self.solution.result
         return {"preconditioner": self.preconditioner, "iterations": result.iterations,
                 "hvps": result.hvps, "stop_reason": result.stop_reason,
-                "handed_over": self.handed_over, "best_iteration": self.path.best.iteration,
-                "objective": self.objective,
-                # each scored iterate's best over α: the path figure draws the attempt not
-                # kept beside the kept one, so the choice can be seen
-                "iterates": [{"iteration": point.iteration, "scale": point.curve.best.scale,
-                              "objective": point.curve.best.objective}
-                             for point in self.path.iterates]}
+                "handed_over": self.handed_over, **path_report(self.path)}
+
+
+def path_report(path: RegularisationPath) -> dict:
+    """An attempt's path as ``solver.scaling`` reports it: its best iterate and objective, and
+    each scored iterate's best over α (the path figure draws the attempt not kept beside the
+    kept one, so the choice can be seen)."""
+    return {"best_iteration": path.best.iteration, "objective": path.best.curve.best.objective,
+            "iterates": [{"iteration": point.iteration, "scale": point.curve.best.scale,
+                          "objective": point.curve.best.objective} for point in path.iterates]}
 
 
 def hands_over(request: EditRequest) -> bool:
@@ -164,28 +171,35 @@ def slow_path(path: RegularisationPath, iteration: int) -> bool:
     return iteration >= AUTO_SCALING_EARLIEST and path.reference is path.iterates[-1]
 
 
+HandOver = Callable[["RegularisationPath", int, int], bool]
+"""``hand_over(path, iteration, hvps)``: called once, at the scored iterate where an unscaled
+path is ``slow_path``, while that solve waits (``hvps``: its HVPs so far); True stops it."""
+
+
 def path_solve(request: EditRequest, system: EditSystem, indices: torch.Tensor,
                reporter: Reporter, path: RegularisationPath, solver_cfg: Solver,
-               may_hand_over: bool = False, iterations_before: int = 0,
-               scored_up_to: int = 0) -> PathSolve:
-    """Solve with ``path`` scoring the iterates and stopping the solve (E9); with
-    ``may_hand_over``, also stop at the first scored iterate at which the path would go on
-    and ``slow_path`` says it is converging too slowly. ``scored_up_to``: the iterations
-    ``path`` has already scored in an earlier run of this same solve (a resumed attempt):
-    they are solved again but not scored again."""
+               hand_over: HandOver | None = None,
+               progress_offset: Callable[[], int] = lambda: 0) -> PathSolve:
+    """Solve with ``path`` scoring the iterates and stopping the solve (E9). With
+    ``hand_over``, at the first scored iterate at which the path would go on and ``slow_path``
+    says it is converging too slowly, ``hand_over`` runs (the other scaling's solve, inside
+    this one's iteration, so that this solve can go on from where it is); True stops this
+    solve there, False lets it go on to E9's own stop without asking again."""
     handed_over = False
 
-    def on_iterate(iteration: int, delta: torch.Tensor) -> bool:
+    def on_iterate(iteration: int, delta: torch.Tensor, hvps: int) -> bool:
         nonlocal handed_over
-        if iteration <= scored_up_to or not path.wants(iteration):
+        if not path.wants(iteration):
             return False
         if path.observe(iteration, delta.detach().clone()):
             return True
-        handed_over = may_hand_over and slow_path(path, iteration)
-        return handed_over
+        if hand_over is None or handed_over or not slow_path(path, iteration):
+            return False
+        handed_over = True
+        return hand_over(path, iteration, hvps)
 
     solution = solve_update(request, system, indices, reporter, on_iterate, solver_cfg,
-                            iterations_before)
+                            progress_offset)
     returned = int(solution.result.extra.get("returned_iteration", solution.result.iterations))
     scored = {point.iteration for point in path.iterates}
     if returned not in scored and solution.result.stop_reason != "callback":
@@ -200,46 +214,46 @@ def solve_on_paths(request: EditRequest, system: EditSystem, indices: torch.Tens
                    reporter: Reporter, new_path) -> tuple[PathSolve, dict | None]:
     """The path's solve (E9) and, for ``preconditioner: auto``, the choice of scaling (E8):
     the unscaled solve first; if its path is still improving (``slow_path``: its score rising
-    from ``AUTO_SCALING_EARLIEST`` on, or at ``AUTO_SCALING_ITERATION``) it stops there and the
-    column-scaled problem is solved on a path of its own; the attempt with the better
-    validation objective is kept (ties: the unscaled one). A kept unscaled attempt that was
-    stopped for the hand-over is resumed on its own path to E9's own stop, so that when the
-    scaling loses the edit is exactly the unscaled one (``none``): the solve is deterministic,
-    so its first iterations are solved again but not scored again. Returns the kept attempt
-    and, for ``auto``, what the result reports of the choice (``solver.scaling``)."""
-    first = path_solve(request, system, indices, reporter, new_path(), request.solver,
-                       hands_over(request))
+    from ``AUTO_SCALING_EARLIEST`` on, or at ``AUTO_SCALING_ITERATION``) the column-scaled
+    problem is solved there, on a path of its own, while the unscaled solve waits at that
+    iterate; the attempt with the better validation objective is kept (ties: the unscaled one).
+    When the unscaled one is, its solve goes on from where it waited to E9's own stop, so the
+    edit is exactly the unscaled one (``none``) and no iteration is solved twice. Returns the
+    kept attempt and, for ``auto``, what the result reports of the choice (``solver.scaling``):
+    the unscaled attempt as it was at the hand-over, the scaled one, and, when the unscaled
+    one was solved on, that whole solve with ``resumed_from`` (the iteration it waited at)."""
     if request.solver.preconditioner != "auto":
-        return first, None
-    attempts = [first]
-    if first.handed_over:
+        return path_solve(request, system, indices, reporter, new_path(), request.solver), None
+    scaled: list[PathSolve] = []
+    waited: dict = {}  # the unscaled attempt as it was when it handed over
+    solved = [0]  # iterations of the scaled solve, which the waiting solve's progress adds
+
+    def solve_scaled(path: RegularisationPath, iteration: int, hvps: int) -> bool:
+        waited.update(preconditioner="none", iterations=iteration, hvps=hvps,
+                      stop_reason="callback", handed_over=True, **path_report(path))
         reporter.event("info", "solve", (
-            f"the unscaled path was still improving at iteration "
-            f"{first.solution.result.iterations}: solving the column-scaled problem too"),
-            {"objective": first.objective})
-        scaled = request.solver.model_copy(update={"preconditioner": "columns"})
-        attempts.append(path_solve(request, system, indices, reporter, new_path(), scaled,
-                                   iterations_before=first.solution.result.iterations))
-    kept = max(attempts, key=lambda attempt: attempt.objective)  # max keeps the first of ties
-    reports = [attempt.to_json() for attempt in attempts]  # before a resume extends the path
-    hvps = sum(attempt.solution.result.hvps for attempt in attempts)
-    if kept is first and first.handed_over:
-        kept = resume(request, system, indices, reporter, first,
-                      sum(attempt.solution.result.iterations for attempt in attempts))
-        reports.append({**kept.to_json(), "resumed_from": first.solution.result.iterations})
-        hvps += kept.solution.result.hvps
+            f"the unscaled path was still improving at iteration {iteration}: solving the "
+            "column-scaled problem too"), {"objective": waited["objective"]})
+        columns = request.solver.model_copy(update={"preconditioner": "columns"})
+        scaled.append(path_solve(request, system, indices, reporter, new_path(), columns,
+                                 progress_offset=lambda: iteration))
+        solved[0] = scaled[0].solution.result.iterations
+        if scaled[0].objective > waited["objective"]:
+            return True
+        reporter.event("info", "solve", (
+            f"the unscaled path scored higher: solving it on from iteration {iteration}"),
+            {"objective": waited["objective"]})
+        return False
+
+    first = path_solve(request, system, indices, reporter, new_path(), request.solver,
+                       solve_scaled if hands_over(request) else None, lambda: solved[0])
+    if not scaled:
+        return first, {"mode": "auto", "chosen": "none", "attempts": [first.to_json()],
+                       "hvps_all_solves": first.solution.result.hvps}
+    reports = [waited, scaled[0].to_json()]
+    kept = scaled[0] if scaled[0].objective > waited["objective"] else first
+    if kept is first:
+        reports.append({**first.to_json(), "handed_over": False,
+                        "resumed_from": waited["iterations"]})
     return kept, {"mode": "auto", "chosen": kept.preconditioner, "attempts": reports,
-                  "hvps_all_solves": hvps}
-
-
-def resume(request: EditRequest, system: EditSystem, indices: torch.Tensor,
-           reporter: Reporter, stopped: PathSolve, iterations_before: int) -> PathSolve:
-    """The unscaled solve that ``stopped`` for the hand-over, solved again on its own path to
-    E9's own stop: its iterations up to the hand-over are the same ones (the solve is
-    deterministic) and are not scored again."""
-    done = stopped.solution.result.iterations
-    reporter.event("info", "solve", (
-        f"the unscaled path scored higher: solving it on from iteration {done}"),
-        {"objective": stopped.objective})
-    return path_solve(request, system, indices, reporter, stopped.path, request.solver,
-                      iterations_before=iterations_before, scored_up_to=done)
+                  "hvps_all_solves": first.solution.result.hvps + scaled[0].solution.result.hvps}
