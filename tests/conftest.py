@@ -3,8 +3,11 @@ fails in CI (CI=true), never silently passes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import socket
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -54,6 +57,39 @@ def require_service(name: str, host: str, port: int) -> None:
 def postgres_url() -> str:
     require_service("PostgreSQL", "127.0.0.1", 5432)
     return POSTGRES_URL
+
+
+def admin_dsn(sqlalchemy_url: str) -> str:
+    """A libpq DSN for psycopg from a SQLAlchemy URL (``postgresql+psycopg://…``)."""
+    import sqlalchemy as sa
+
+    return sa.make_url(sqlalchemy_url).set(drivername="postgresql").render_as_string(False)
+
+
+@contextlib.contextmanager
+def fresh_postgres_database(postgres_url: str, prefix: str = "gif_test") -> Iterator[str]:
+    """A new, empty database on the shared PostgreSQL server, as a SQLAlchemy URL; dropped on
+    exit (``WITH (FORCE)``: a connection a test left open does not keep it alive). The one
+    place the tests create databases."""
+    import psycopg
+    import sqlalchemy as sa
+
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    admin = admin_dsn(postgres_url)
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield sa.make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def new_postgres_url(postgres_url) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test (``fresh_postgres_database``)."""
+    with fresh_postgres_database(postgres_url) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

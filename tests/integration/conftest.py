@@ -20,10 +20,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
 import pytest
-import sqlalchemy as sa
 
+from tests.conftest import fresh_postgres_database
 from tests.live_server import LiveServer, live_server, live_worker, service_env
 from tests.worker import digits
 
@@ -52,24 +51,11 @@ def upload_files(tmp_path_factory) -> Files:
     return Files(model=model, data=data, overflowing_model=overflowing, state_dict=state)
 
 
-def _admin_dsn(sqlalchemy_url: str) -> str:
-    """A libpq DSN for psycopg from the SQLAlchemy URL of the fixture."""
-    url = sa.make_url(sqlalchemy_url).set(drivername="postgresql")
-    return url.render_as_string(hide_password=False)
-
-
 @pytest.fixture(scope="session")
 def fresh_postgres_url(postgres_url) -> Iterator[str]:
     """A new, empty PostgreSQL database for this session (dropped at the end)."""
-    name = f"gif_it_{secrets.token_hex(6)}"
-    admin = _admin_dsn(postgres_url)
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield sa.make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_postgres_database(postgres_url, "gif_it") as url:
+        yield url
 
 
 @pytest.fixture(scope="module", params=["embedded", "distributed"])

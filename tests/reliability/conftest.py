@@ -13,6 +13,7 @@ PostgreSQL/Redis missing: skip locally, FAIL in CI (tests/conftest.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import shutil
 import subprocess
@@ -26,7 +27,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from tests.conftest import IN_CI
+from tests.conftest import IN_CI, admin_dsn, fresh_postgres_database
 from tests.live_server import (
     LiveProcess,
     LiveServer,
@@ -58,34 +59,19 @@ def upload_files(tmp_path_factory) -> Files:
     return Files(model=model, data=data, state_dict=state)
 
 
-def _admin_dsn(sqlalchemy_url: str) -> str:
-    return sa.make_url(sqlalchemy_url).set(drivername="postgresql").render_as_string(False)
-
-
 @pytest.fixture(scope="session")
 def make_database(postgres_url) -> Iterator[Callable[[], str]]:
-    """Call it for a new empty PostgreSQL database (its SQLAlchemy URL)."""
-    admin = _admin_dsn(postgres_url)
-    created: list[str] = []
-
-    def make() -> str:
-        name = f"gif_rel_{secrets.token_hex(6)}"
-        with psycopg.connect(admin, autocommit=True) as connection:
-            connection.execute(f'CREATE DATABASE "{name}"')
-        created.append(name)
-        return sa.make_url(postgres_url).set(database=name).render_as_string(False)
-
-    yield make
-    with psycopg.connect(admin, autocommit=True) as connection:
-        for name in created:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    """Call it for a new empty PostgreSQL database (its SQLAlchemy URL); all are dropped at
+    the session's end."""
+    with contextlib.ExitStack() as stack:
+        yield lambda: stack.enter_context(fresh_postgres_database(postgres_url, "gif_rel"))
 
 
 def set_database_connections(postgres_admin_url: str, database_url: str, allow: bool) -> None:
     """A database outage without stopping the shared server: refuse (and cut) every connection
     to this one database, or allow them again."""
     name = sa.make_url(database_url).database
-    with psycopg.connect(_admin_dsn(postgres_admin_url), autocommit=True) as connection:
+    with psycopg.connect(admin_dsn(postgres_admin_url), autocommit=True) as connection:
         connection.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(allow).lower()}')
         if not allow:
             connection.execute(

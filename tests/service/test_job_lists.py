@@ -4,7 +4,6 @@ the request holds, and cursors that survive their item's deletion or leaving the
 
 from __future__ import annotations
 
-import secrets
 import time
 
 import pytest
@@ -177,27 +176,20 @@ def test_filters_combine_with_and_on_sqlite(client, alice):
 
 
 @pytest.mark.services
-def test_filters_combine_with_and_on_postgresql(postgres_url, tmp_path):
-    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    name = f"gif_lists_test_{secrets.token_hex(4)}"
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+def test_filters_combine_with_and_on_postgresql(new_postgres_url, tmp_path):
+    settings = Settings(data_dir=tmp_path, database_url=new_postgres_url, runner="none")
+    upgrade(settings)
+    engine = engine_from_settings(settings)
+    with session_scope(make_session_factory(engine)) as session:
+        headers = bearer(create_key(session, "pg-lists"))
+    engine.dispose()
+    walk_engine = engine_from_settings(settings)
     try:
-        url = sa.make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-        settings = Settings(data_dir=tmp_path, database_url=url, runner="none")
-        upgrade(settings)
-        engine = engine_from_settings(settings)
-        with session_scope(make_session_factory(engine)) as session:
-            headers = bearer(create_key(session, "pg-lists"))
-        engine.dispose()
         with TestClient(create_app(settings), raise_server_exceptions=False) as client:
             _check_filters(client, headers)
-            _check_cursor_walk(client, headers, make_session_factory(
-                engine_from_settings(settings)))
+            _check_cursor_walk(client, headers, make_session_factory(walk_engine))
     finally:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+        walk_engine.dispose()
 
 
 def _check_cursor_walk(client, headers, session_factory) -> None:

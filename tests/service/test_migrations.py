@@ -3,8 +3,6 @@ fresh PostgreSQL database), and they run down and up again cleanly."""
 
 from __future__ import annotations
 
-import secrets
-
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
@@ -63,19 +61,12 @@ def test_sqlite_engine_enforces_foreign_keys_and_uses_wal(tmp_path):
 
 
 @pytest.mark.services
-def test_migrations_build_the_models_schema_on_postgresql(postgres_url):
-    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    name = f"gif_migration_test_{secrets.token_hex(4)}"
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    engine = make_engine(sa.make_url(postgres_url).set(database=name).render_as_string(False))
+def test_migrations_build_the_models_schema_on_postgresql(new_postgres_url):
+    engine = make_engine(new_postgres_url)
     try:
         _check_migrations(engine)
     finally:
         engine.dispose()
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
 
 
 def test_0003_fills_the_model_io_of_rows_uploaded_before_it(tmp_path):

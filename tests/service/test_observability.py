@@ -7,7 +7,6 @@ import datetime as dt
 import io
 import json
 import logging
-import secrets
 
 import pytest
 import sqlalchemy as sa
@@ -195,21 +194,14 @@ def _seed_jobs(engine, rows: list[tuple[str, float | None]]) -> None:
 
 
 @pytest.fixture
-def postgres_database(postgres_url):
-    """A fresh, migrated PostgreSQL database (created here, dropped after)."""
-    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    name = f"gif_observability_test_{secrets.token_hex(4)}"
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    engine = make_engine(sa.make_url(postgres_url).set(database=name).render_as_string(False))
+def postgres_database(new_postgres_url):
+    """A fresh, migrated PostgreSQL database (created by ``new_postgres_url``, dropped after)."""
+    engine = make_engine(new_postgres_url)
     try:
         upgrade_engine(engine)
         yield engine
     finally:
         engine.dispose()
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
 
 
 @pytest.mark.services

@@ -3,8 +3,6 @@ timestamps, the unique Idempotency-Key constraint, cursor pagination)."""
 
 from __future__ import annotations
 
-import secrets
-
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
@@ -20,18 +18,10 @@ pytestmark = pytest.mark.services
 
 
 @pytest.fixture
-def pg_settings(postgres_url, tmp_path):
-    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    name = f"gif_routes_test_{secrets.token_hex(4)}"
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = sa.make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-    settings = Settings(data_dir=tmp_path, database_url=url, runner="none")
+def pg_settings(new_postgres_url, tmp_path):
+    settings = Settings(data_dir=tmp_path, database_url=new_postgres_url, runner="none")
     upgrade(settings)
-    yield settings
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
+    return settings
 
 
 def test_models_datasets_and_jobs_on_postgresql(pg_settings):

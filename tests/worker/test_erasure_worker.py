@@ -4,7 +4,6 @@ erased after it was queued fails ``input_deleted`` at its claim, having run noth
 
 from __future__ import annotations
 
-import secrets
 import threading
 import time
 
@@ -93,26 +92,15 @@ def test_a_job_whose_input_was_erased_after_queueing_fails_input_deleted(seeded,
 @pytest.fixture(params=["sqlite", "postgresql"])
 def any_db(request, tmp_path, trained_state, digits_data):
     """``seeded`` on SQLite and on a fresh PostgreSQL database."""
-    admin = name = None
     overrides = {}
     if request.param == "postgresql":
-        url = request.getfixturevalue("postgres_url")
-        admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-        name = f"gif_erase_{secrets.token_hex(6)}"
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        overrides["database_url"] = sa.make_url(url).set(database=name).render_as_string(
-            hide_password=False)
+        overrides["database_url"] = request.getfixturevalue("new_postgres_url")
     db, engine = make_worker_db(tmp_path / "data", **overrides)
     x, y = digits_data
     try:
         yield db, db.add_model(trained_state), db.add_dataset(x, y)
     finally:
         engine.dispose()
-        if admin is not None:
-            with admin.connect() as connection:
-                connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            admin.dispose()
 
 
 def _claim(db, job_id):

@@ -3,7 +3,6 @@ claims, redelivery, fencing of a run that lost its job, terminal states that nev
 
 from __future__ import annotations
 
-import secrets
 import threading
 import time
 from datetime import timedelta
@@ -304,18 +303,13 @@ def test_a_refused_success_writes_no_event_and_a_success_writes_its_own(seeded):
     assert [e.message for e in _events(db, job_id)] == [*before, "succeeded"]
 
 
-def test_a_success_whose_event_seq_was_taken_is_committed_again(tmp_path, postgres_url,
+def test_a_success_whose_event_seq_was_taken_is_committed_again(tmp_path, new_postgres_url,
                                                                 trained_state, digits_data):
     """On PostgreSQL another writer can take the seq the success's event read (SQLite has one
     writer at a time): the success is committed again with the next seq, not mistaken for a
     second edited model. The racing write is a real commit on another connection, made at
     the success's flush of its event."""
-    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    name = f"gif_seq_{secrets.token_hex(6)}"
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = sa.make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-    db, engine = make_worker_db(tmp_path / "data", database_url=url)
+    db, engine = make_worker_db(tmp_path / "data", database_url=new_postgres_url)
     try:
         x, y = digits_data
         model, dataset = db.add_model(trained_state), db.add_dataset(x, y)
@@ -338,6 +332,3 @@ def test_a_success_whose_event_seq_was_taken_is_committed_again(tmp_path, postgr
         assert db.job(job_id).status == "succeeded"
     finally:
         engine.dispose()
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
