@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     original, _ = bench.cached_original(spec, task.train, scale.training(), seed)
     bench.warm_up(spec, original, task)
     rows = [["original (no edit)", "–", "–",
-             *_metrics(bench.measure(spec, original, task), columns), "–"]]
+             *_metrics(bench.measure(spec, original, task), columns), "–", "–"]]
     for name in args.candidates:
         fields = dict(CANDIDATES[name])
         if fields.get("method") == "retrain":
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         row = bench.Row(name, fields.get("method", "gif"), name, fields)
         record = bench.run_row(row, task, spec, original)
         if "error" in record:
-            rows.append([name, record["error"], "–", *["–"] * len(columns),
+            rows.append([name, record["error"], "–", *["–"] * len(columns), "–",
                          f"{record['cpu_s']:.1f}"])
             continue
         details = record.get("details", {})
@@ -117,13 +117,15 @@ def main(argv: list[str] | None = None) -> int:
         if details.get("scaling") == "columns":  # preconditioner auto handed over and kept it
             chosen += ", scaled"
         objective = details.get("objective")
+        hvps = details.get("hvps_all_solves") or details.get("hvps")  # every solve's, once
         rows.append([name, chosen, "–" if objective is None else f"{objective:.3f}",
-                     *_metrics(record, columns), f"{record['cpu_s']:.1f}"])
+                     *_metrics(record, columns), "–" if hvps is None else hvps,
+                     f"{record['cpu_s']:.1f}"])
         print(f"{name}: done ({record['cpu_s']:.1f} CPU s)", file=sys.stderr, flush=True)
     floor = "" if args.column_floor is None else f"; column floor {args.column_floor}"
     print(f"{bench.TASK_TITLES[args.task]}, {scale.describe()}{floor}\n")
     print(bench.markdown_table(["request", "solver iterations, α", "validation objective",
-                                *columns.values(), "CPU s"],
+                                *columns.values(), "HVPs", "CPU s"],
                                rows))
     return 0
 

@@ -224,9 +224,11 @@ def solve_on_paths(request: EditRequest, system: EditSystem, indices: torch.Tens
     one was solved on, that whole solve with ``resumed_from`` (the iteration it waited at)."""
     if request.solver.preconditioner != "auto":
         return path_solve(request, system, indices, reporter, new_path(), request.solver), None
-    scaled: list[PathSolve] = []
+    scaled: list[PathSolve] = []  # the column-scaled attempt, once the unscaled one hands over
     waited: dict = {}  # the unscaled attempt as it was when it handed over
-    solved = [0]  # iterations of the scaled solve, which the waiting solve's progress adds
+
+    def scaling_won() -> bool:  # ties keep the unscaled attempt
+        return scaled[0].objective > waited["objective"]
 
     def solve_scaled(path: RegularisationPath, iteration: int, hvps: int) -> bool:
         waited.update(preconditioner="none", iterations=iteration, hvps=hvps,
@@ -237,21 +239,23 @@ def solve_on_paths(request: EditRequest, system: EditSystem, indices: torch.Tens
         columns = request.solver.model_copy(update={"preconditioner": "columns"})
         scaled.append(path_solve(request, system, indices, reporter, new_path(), columns,
                                  progress_offset=lambda: iteration))
-        solved[0] = scaled[0].solution.result.iterations
-        if scaled[0].objective > waited["objective"]:
+        if scaling_won():
             return True
         reporter.event("info", "solve", (
             f"the unscaled path scored higher: solving it on from iteration {iteration}"),
             {"objective": waited["objective"]})
         return False
 
+    def scaled_iterations() -> int:  # what the waiting solve's progress counts on from
+        return scaled[0].solution.result.iterations if scaled else 0
+
     first = path_solve(request, system, indices, reporter, new_path(), request.solver,
-                       solve_scaled if hands_over(request) else None, lambda: solved[0])
+                       solve_scaled if hands_over(request) else None, scaled_iterations)
     if not scaled:
         return first, {"mode": "auto", "chosen": "none", "attempts": [first.to_json()],
                        "hvps_all_solves": first.solution.result.hvps}
     reports = [waited, scaled[0].to_json()]
-    kept = scaled[0] if scaled[0].objective > waited["objective"] else first
+    kept = scaled[0] if scaling_won() else first
     if kept is first:
         reports.append({**first.to_json(), "handed_over": False,
                         "resumed_from": waited["iterations"]})
