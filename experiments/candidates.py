@@ -19,12 +19,17 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+ENGINE = "_engine"
+"""A candidate's key for settings of ``gif.edit.update`` that are constants, not request
+fields (set for that row only, then restored)."""
 
 CANDIDATES: dict[str, dict[str, Any]] = {
     "default": {},
@@ -58,6 +63,10 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "method fif": {"method": "fif"},
     "method pif": {"method": "pif"},
     "method pif, preconditioner none": {"method": "pif", "solver": {"preconditioner": "none"}},
+    # the default request under the hand-over rule before 7 December 2026 (no steep rule:
+    # gif.request.AUTO_SCALING_STEEP_GAIN = inf for this row only; not a request field)
+    "default, no steep hand-over (before 7 Dec)": {
+        ENGINE: {"AUTO_SCALING_STEEP_GAIN": float("inf")}},
     "finetune 1 epoch": {"method": "finetune", "training": {"epochs": 1}},
     "retrain (reference)": {"method": "retrain"},
 }
@@ -71,6 +80,21 @@ def load_bench():
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+@contextmanager
+def engine_constants(values: dict[str, Any]):
+    """Set constants of ``gif.edit.update`` (the module that reads them) for one row."""
+    import gif.edit.update as update
+
+    saved = {name: getattr(update, name) for name in values}
+    try:
+        for name, value in values.items():
+            setattr(update, name, value)
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(update, name, value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         fields = dict(CANDIDATES[name])
         if fields.get("method") == "retrain":
             fields["training"] = scale.training()
+        engine = fields.pop(ENGINE, {})
         row = bench.Row(name, fields.get("method", "gif"), name, fields)
-        record = bench.run_row(row, task, spec, original)
+        with engine_constants(engine):
+            record = bench.run_row(row, task, spec, original)
         if "error" in record:
             rows.append([name, record["error"], "–", *["–"] * len(columns), "–",
                          f"{record['cpu_s']:.1f}"])
