@@ -1,13 +1,15 @@
 """``solver.preconditioner: auto`` (method.md E8, "The scaling chosen per edit"): an unscaled
-path still improving (its score rising steeply from ``AUTO_SCALING_STEEP_FROM`` on, at all from
-``AUTO_SCALING_EARLIEST`` on, or not stopped at ``AUTO_SCALING_ITERATION``) hands over to the column-scaled solve, and
-the attempt the validation objective prefers is the edit returned; a path that stops by itself
-is kept alone; MINRES and ``step.mode: fixed`` never solve twice.
+path still improving (its best α far past the grid, its score rising steeply from
+``AUTO_SCALING_STEEP_FROM`` on, at all from ``AUTO_SCALING_EARLIEST`` on, or not stopped at
+``AUTO_SCALING_ITERATION``) hands over to the column-scaled solve, and the attempt the
+validation objective prefers is the edit returned; a path that stops by itself is kept alone;
+MINRES and ``step.mode: fixed`` never solve twice.
 
-The objective is rigged per attempt (the edits are real solves on the digits MLP): the first
-path's score climbs by 0.02 at every scored candidate, so E9's stopping rule never ends it,
-and the second path scores a constant chosen by the test — so which attempt the choice must
-keep is known in advance, whatever the two geometries really do on this model."""
+The objectives are rigged per attempt (the edits are real solves on the digits MLP): the first
+path keeps its real objective with E9's stopping rule switched off, or scores a function of
+the iteration chosen by the test, and the second path scores a constant chosen by the test —
+so when the hand-over comes and which attempt the choice must keep are known in advance,
+whatever the two geometries really do on this model."""
 
 from __future__ import annotations
 
@@ -17,9 +19,11 @@ import torch
 import gif.edit.run as edit_run
 from gif.data import load_dataset
 from gif.edit import EditHooks, LoadedModel, run_edit
+from gif.edit.update import slow_path
 from gif.plots import PLOTS, SCALING_NAMES, path_attempts
 from gif.request import (
     AUTO_SCALING_EARLIEST,
+    AUTO_SCALING_FAR_SCALE,
     AUTO_SCALING_ITERATION,
     AUTO_SCALING_STEEP_FROM,
     AUTO_SCALING_STEEP_GAIN,
@@ -182,6 +186,24 @@ def test_the_hand_over_comes_at_a_steep_rise_from_4_a_rise_from_8_or_at_16(
         assert first["iterations"] == handed_at
     assert (AUTO_SCALING_STEEP_FROM, AUTO_SCALING_STEEP_GAIN, AUTO_SCALING_EARLIEST,
             AUTO_SCALING_ITERATION) == (4, 0.02, 8, 16)  # the cases above
+
+
+@pytest.mark.parametrize("peak, slow", [
+    (AUTO_SCALING_FAR_SCALE, True),  # the update must be stretched 512-fold: far too short
+    (2.0**15, True),  # the earlier full-data TinyNet's class removal at k = 1
+    (AUTO_SCALING_FAR_SCALE / 2, False),
+    (64.0, False),  # the grid's top, where the medium class removal's first iterate peaks
+])
+def test_an_iterate_whose_best_step_is_far_past_the_grid_hands_over_at_once(peak, slow):
+    """The first scored iterate, its objective peaked at α = ``peak`` (a bowl in log α): the
+    α search follows it past the grid's top, and ``slow_path`` reads the best α it found."""
+    import math
+
+    path = RegularisationPath(lambda candidate, alpha: alpha,
+                              lambda alpha: {"objective": -abs(math.log2(alpha / peak))})
+    assert not path.observe(1, "x")
+    assert path.iterates[-1].curve.scale == peak
+    assert slow_path(path, 1) is slow
 
 
 def test_keeping_the_unscaled_attempt_returns_what_the_unscaled_solve_alone_gives(
