@@ -157,7 +157,8 @@ class Solver(_Strict):
     preconditioner: Literal["auto", "none", "columns", "layers"] = Field(
         "auto",
         description="auto: unscaled, but a path still improving stops (at the first "
-                    "iterate whose best step is AUTO_SCALING_FAR_SCALE (512) or more, or "
+                    "iterate from AUTO_SCALING_FAR_FROM (2) on whose best step is "
+                    "AUTO_SCALING_FAR_SCALE (512) or more, or "
                     "from AUTO_SCALING_STEEP_FROM (4) on whose score rose by "
                     "AUTO_SCALING_STEEP_GAIN (0.02) or more, from AUTO_SCALING_EARLIEST (8) "
                     "on whose score rose at all, at AUTO_SCALING_ITERATION (16) at the "
@@ -211,14 +212,18 @@ AUTO_SCALING_STEEP_GAIN = 0.02
 ``PATH_MIN_GAIN``, two points of the validation objective in one scored step — more than the
 validation split's sampling noise moves it (about one point on 1,024 points)."""
 AUTO_SCALING_FAR_SCALE = 512.0
-"""``preconditioner: auto``: a scored iterate whose best α is at least this hands over at once,
-from the first iterate on. α that large (eight times the grid's largest, 64) means the update
-of the unscaled geometry is hundreds of times too short: the edited points' gradients are
-nearly saturated and the first Krylov directions are the high-curvature ones that barely move
-the objective. Measured on the unscaled paths' first iterates: 2,048 and 32,768 on two
-full-data TinyNet class removals (whose scaled solves win), at most 64 on every other benchmark
-edit (16-64 on the smaller class removals, 0.125-2 on the relabels and sample removals)
-(docs/defaults.md, "An earlier hand-over for a slow path")."""
+"""``preconditioner: auto``: a scored iterate from ``AUTO_SCALING_FAR_FROM`` on whose best α
+is at least this hands over at once. α that large (eight times the grid's largest, 64) means
+the update of the unscaled geometry is hundreds of times too short: the edited points'
+gradients are nearly saturated and the first Krylov directions are the high-curvature ones
+that barely move the objective. Measured on the unscaled paths' second iterates: 4,096 and
+8,192-16,384 on two full-data TinyNet class removals (whose scaled solves win), at most 128 on
+every other benchmark edit measured (docs/defaults.md, "An earlier hand-over for a slow
+path")."""
+AUTO_SCALING_FAR_FROM = 2
+"""Where the far-α rule starts. Not at the first iterate: PIF's first iterate, the full IF's
+first Krylov step cut to ``S``, is short on its own (best α 4,096 on the medium class removal,
+128 at the second iterate, a path that stops by itself and is right unscaled)."""
 """Solvers that need ``A = Aᵀ`` (the IF/PIF/FIF systems, not GIF's rectangular H[:,S])."""
 
 

@@ -14,6 +14,7 @@ from gif.edit.plan import EditData, IndexPlan
 from gif.errors import InvalidRequest, NonFinite
 from gif.request import (
     AUTO_SCALING_EARLIEST,
+    AUTO_SCALING_FAR_FROM,
     AUTO_SCALING_FAR_SCALE,
     AUTO_SCALING_ITERATION,
     AUTO_SCALING_STEEP_FROM,
@@ -166,13 +167,14 @@ def hands_over(request: EditRequest) -> bool:
 
 def slow_path(path: RegularisationPath, iteration: int) -> bool:
     """``preconditioner: auto`` (E8): whether an unscaled path that E9 would go on solving
-    hands over at its scored iterate ``iteration``: at once when the iterate's best α is
-    ``AUTO_SCALING_FAR_SCALE`` or more (the unscaled update far too short); from
-    ``AUTO_SCALING_STEEP_FROM`` on when the iterate just raised the score steeply (it is the
-    path's new reference, by ``AUTO_SCALING_STEEP_GAIN`` or more over the previous one); from
-    ``AUTO_SCALING_EARLIEST`` on when it raised the score at all; and at
+    hands over at its scored iterate ``iteration``: from ``AUTO_SCALING_FAR_FROM`` on when the
+    iterate's best α is ``AUTO_SCALING_FAR_SCALE`` or more (the unscaled update far too short);
+    from ``AUTO_SCALING_STEEP_FROM`` on when the iterate just raised the score steeply (it is
+    the path's new reference, by ``AUTO_SCALING_STEEP_GAIN`` or more over the previous one);
+    from ``AUTO_SCALING_EARLIEST`` on when it raised the score at all; and at
     ``AUTO_SCALING_ITERATION`` whatever the score did."""
-    far = path.iterates[-1].curve.scale >= AUTO_SCALING_FAR_SCALE
+    far = (iteration >= AUTO_SCALING_FAR_FROM
+           and path.iterates[-1].curve.scale >= AUTO_SCALING_FAR_SCALE)
     if far or iteration >= AUTO_SCALING_ITERATION:
         return True
     if path.reference is not path.iterates[-1]:
