@@ -63,11 +63,10 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "method fif": {"method": "fif"},
     "method pif": {"method": "pif"},
     "method pif, preconditioner none": {"method": "pif", "solver": {"preconditioner": "none"}},
-    # the default request under the hand-over rule before 7 December 2026 (no far-α and no
-    # steep rule: their thresholds set to inf for this row only; not request fields)
+    # the default request under the hand-over rule before 7 December 2026 (no far-α rule:
+    # gif.request.AUTO_SCALING_FAR_SCALE = inf for this row only; not a request field)
     "default, hand-over rule before 7 Dec": {
-        ENGINE: {"AUTO_SCALING_STEEP_GAIN": float("inf"),
-                 "AUTO_SCALING_FAR_SCALE": float("inf")}},
+        ENGINE: {"AUTO_SCALING_FAR_SCALE": float("inf")}},
     "finetune 1 epoch": {"method": "finetune", "training": {"epochs": 1}},
     "retrain (reference)": {"method": "retrain"},
 }

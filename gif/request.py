@@ -158,10 +158,8 @@ class Solver(_Strict):
         "auto",
         description="auto: unscaled, but a path still improving stops (at the first "
                     "iterate from AUTO_SCALING_FAR_FROM (2) on whose best step is "
-                    "AUTO_SCALING_FAR_SCALE (512) or more, or "
-                    "from AUTO_SCALING_STEEP_FROM (4) on whose score rose by "
-                    "AUTO_SCALING_STEEP_GAIN (0.02) or more, from AUTO_SCALING_EARLIEST (8) "
-                    "on whose score rose at all, at AUTO_SCALING_ITERATION (16) at the "
+                    "AUTO_SCALING_FAR_SCALE (512) or more, or from AUTO_SCALING_EARLIEST "
+                    "(8) on whose score rose, at AUTO_SCALING_ITERATION (16) at the "
                     "latest) and the column-scaled problem "
                     "is solved too, the validation split keeping the better edit (step.mode "
                     "auto with lsqr, cg or neumann; otherwise none). none: unscaled. columns: "
@@ -192,25 +190,11 @@ AUTO_SCALING_EARLIEST = 8
 """``preconditioner: auto``: from this iteration on, an unscaled path hands over at the first
 scored iterate whose score rose (by more than E9's ``min_gain``: a new reference), before
 ``AUTO_SCALING_ITERATION``. A path that stops by itself by iteration 16 never does on this
-rule (a steep rise from ``AUTO_SCALING_STEEP_FROM`` on hands over sooner): E9 stops it at
+rule (only the far-α rule, ``AUTO_SCALING_FAR_SCALE``, hands over sooner): E9 stops it at
 ``k ≥ 2·k_ref + patience`` (patience 4), so its last rise was by iteration 6. A path
 still rising after 7 is one E9 would keep solving past 16 anyway, and the earlier hand-over
 spends fewer iterations on the attempt the validation split then discards (docs/defaults.md,
 "Where `auto`'s cost goes")."""
-AUTO_SCALING_STEEP_FROM = 4
-"""``preconditioner: auto``: from this iteration on, a *steep* rise hands over at once: a
-scored iterate that beats the path's previous reference by ``AUTO_SCALING_STEEP_GAIN`` or more.
-A path that rises that much after three iterations is far from its plateau in the unscaled
-geometry (the full-data TinyNet class removal: +0.10 at k = 4, and 30-50 iterations to its
-best); a path that stops by itself by iteration 10 (its last rise by 3: every benchmark
-relabel and sample removal, the medium class removal) never does, and the gentle late rises
-of a path that stops by 16 (the small class removal: +0.007 at k = 6) wait for
-``AUTO_SCALING_EARLIEST`` as before (docs/defaults.md, "An earlier hand-over for a slow
-path")."""
-AUTO_SCALING_STEEP_GAIN = 0.02
-"""The rise that counts as steep for ``AUTO_SCALING_STEEP_FROM``: four times E9's
-``PATH_MIN_GAIN``, two points of the validation objective in one scored step — more than the
-validation split's sampling noise moves it (about one point on 1,024 points)."""
 AUTO_SCALING_FAR_SCALE = 512.0
 """``preconditioner: auto``: a scored iterate from ``AUTO_SCALING_FAR_FROM`` on whose best α
 is at least this hands over at once. α that large (eight times the grid's largest, 64) means

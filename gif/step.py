@@ -262,7 +262,6 @@ class RegularisationPath:
         self.best: PathIterate | None = None
         self.best_candidate: Any = None
         self.reference: PathIterate | None = None  # the wait is counted from it
-        self.reference_gain = math.inf  # how much the reference beat the one before it
 
     def _curve(self, candidate: Any, scales: Sequence[float], refine: Sequence[float],
                known: Sequence[ScalePoint] = ()) -> ScaleCurve:
@@ -291,8 +290,6 @@ class RegularisationPath:
         if self.best is None or score > self.best.curve.best.objective:
             self.best, self.best_candidate = point, candidate
         if self.reference is None or score > self.reference.curve.best.objective + self.min_gain:
-            if self.reference is not None:
-                self.reference_gain = score - self.reference.curve.best.objective
             self.reference = point
         return self.should_end(iteration)
 

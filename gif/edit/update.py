@@ -17,8 +17,6 @@ from gif.request import (
     AUTO_SCALING_FAR_FROM,
     AUTO_SCALING_FAR_SCALE,
     AUTO_SCALING_ITERATION,
-    AUTO_SCALING_STEEP_FROM,
-    AUTO_SCALING_STEEP_GAIN,
     SCALINGS,
     SYMMETRIC_ALGORITHMS,
     EditRequest,
@@ -169,19 +167,14 @@ def slow_path(path: RegularisationPath, iteration: int) -> bool:
     """``preconditioner: auto`` (E8): whether an unscaled path that E9 would go on solving
     hands over at its scored iterate ``iteration``: from ``AUTO_SCALING_FAR_FROM`` on when the
     iterate's best α is ``AUTO_SCALING_FAR_SCALE`` or more (the unscaled update far too short);
-    from ``AUTO_SCALING_STEEP_FROM`` on when the iterate just raised the score steeply (it is
-    the path's new reference, by ``AUTO_SCALING_STEEP_GAIN`` or more over the previous one);
-    from ``AUTO_SCALING_EARLIEST`` on when it raised the score at all; and at
-    ``AUTO_SCALING_ITERATION`` whatever the score did."""
-    far = (iteration >= AUTO_SCALING_FAR_FROM
-           and path.iterates[-1].curve.scale >= AUTO_SCALING_FAR_SCALE)
-    if far or iteration >= AUTO_SCALING_ITERATION:
+    from ``AUTO_SCALING_EARLIEST`` on when the iterate just raised the score (it is the path's
+    new reference); and at ``AUTO_SCALING_ITERATION`` whatever the score did."""
+    if iteration >= AUTO_SCALING_ITERATION:
         return True
-    if path.reference is not path.iterates[-1]:
-        return False
-    if iteration >= AUTO_SCALING_EARLIEST:
+    far = path.iterates[-1].curve.scale >= AUTO_SCALING_FAR_SCALE
+    if far and iteration >= AUTO_SCALING_FAR_FROM:
         return True
-    return iteration >= AUTO_SCALING_STEEP_FROM and path.reference_gain >= AUTO_SCALING_STEEP_GAIN
+    return iteration >= AUTO_SCALING_EARLIEST and path.reference is path.iterates[-1]
 
 
 HandOver = Callable[["RegularisationPath", int, int], bool]
@@ -227,7 +220,7 @@ def solve_on_paths(request: EditRequest, system: EditSystem, indices: torch.Tens
                    reporter: Reporter, new_path) -> tuple[PathSolve, dict | None]:
     """The path's solve (E9) and, for ``preconditioner: auto``, the choice of scaling (E8):
     the unscaled solve first; if its path is still improving (``slow_path``: its best α far
-    past the grid, its score rising steeply from ``AUTO_SCALING_STEEP_FROM`` on, at all from
+    past the grid from ``AUTO_SCALING_FAR_FROM`` on, its score rising from
     ``AUTO_SCALING_EARLIEST`` on, or at ``AUTO_SCALING_ITERATION``) the column-scaled
     problem is solved there, on a path of its own, while the unscaled solve waits at that
     iterate; the attempt with the better validation objective is kept (ties: the unscaled one).

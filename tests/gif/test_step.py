@@ -264,18 +264,3 @@ def test_an_iterate_whose_best_alpha_is_the_smallest_is_followed_by_the_whole_gr
     assert (iteration, curve.scale) == (2, 16.0)
     assert set(DEFAULT_SCALES) <= set(scored[2])
 
-
-def test_path_records_how_much_each_new_reference_beat_the_previous_one():
-    """``reference_gain`` (what ``preconditioner: auto``'s steep rule reads): the first
-    reference has none to beat (inf); a gain at or under ``min_gain`` moves neither the
-    reference nor its gain; the next real gain is measured from the reference, not from the
-    iterate just before it."""
-    scores = {1: 0.5, 2: 0.503, 3: 0.504, 4: 0.6, 5: 0.61}
-    path = RegularisationPath(lambda k, alpha: k, lambda k: {"objective": scores[k]})
-    gains = []
-    for k in scores:
-        path.observe(k, k)
-        gains.append((path.reference.iteration, path.reference_gain))
-    assert gains[:3] == [(1, math.inf)] * 3
-    assert gains[3][0] == 4 and gains[3][1] == pytest.approx(0.1)
-    assert gains[4][0] == 5 and gains[4][1] == pytest.approx(0.01)
