@@ -200,14 +200,15 @@ AUTO_SCALING_FAR_SCALE = 512.0
 is at least this hands over at once. α that large (eight times the grid's largest, 64) means
 the update of the unscaled geometry is hundreds of times too short: the edited points'
 gradients are nearly saturated and the first Krylov directions are the high-curvature ones
-that barely move the objective. Measured on the unscaled paths' second iterates: 4,096 and
-8,192-16,384 on two full-data TinyNet class removals (whose scaled solves win), at most 128 on
-every other benchmark edit measured (docs/defaults.md, "An earlier hand-over for a slow
-path")."""
-AUTO_SCALING_FAR_FROM = 2
-"""Where the far-α rule starts. Not at the first iterate: PIF's first iterate, the full IF's
-first Krylov step cut to ``S``, is short on its own (best α 4,096 on the medium class removal,
-128 at the second iterate, a path that stops by itself and is right unscaled)."""
+that barely move the objective. Measured on the unscaled paths' third iterates: 4,096 on the
+full-data TinyNet class removal (whose scaled solve wins), at most 128 on every other
+benchmark edit measured (docs/defaults.md, "An earlier hand-over for a slow path")."""
+AUTO_SCALING_FAR_FROM = 3
+"""Where the far-α rule starts. Not at the first two iterates: PIF's early iterates, the full
+IF's first Krylov steps cut to ``S``, are short on their own (best α 2,048 then 512 on the
+small class removal, 4,096 then 128 on the medium one, then 64 and 128 at the third: paths
+that stop by themselves and are right unscaled). Two octaves below the threshold at the third
+iterate on every benchmark edit but the full-data class removal, three above it there."""
 """Solvers that need ``A = Aᵀ`` (the IF/PIF/FIF systems, not GIF's rectangular H[:,S])."""
 
 
