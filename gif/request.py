@@ -110,6 +110,42 @@ class Selection(_Strict):
         return self
 
 
+SYMMETRIC_ALGORITHMS = frozenset({"minres"})
+"""Solvers that need ``A = Aᵀ`` (the IF/PIF/FIF systems, not GIF's rectangular H[:,S])."""
+SCALINGS = frozenset({"columns", "layers"})
+"""The column scalings of E8 (``auto`` is none, or a choice the edit makes between none and
+``columns`` on the validation split; ``gif.edit.run``)."""
+AUTO_SCALING_ITERATION = 16
+"""``preconditioner: auto``: the iteration by which an unscaled path that has not stopped (its
+validation score still climbing, E9) hands over to the column-scaled solve at the latest.
+Every unscaled path on the benchmark's relabel and sample removals, and on the class removals
+below 60k points, stopped by itself by iteration 16; on the full-data class removal it ran to
+32-50 iterations and lost 0.4-2.9 points that the scaled solve keeps (docs/defaults.md)."""
+AUTO_SCALING_EARLIEST = 8
+"""``preconditioner: auto``: from this iteration on, an unscaled path hands over at the first
+scored iterate whose score rose (by more than E9's ``min_gain``: a new reference), before
+``AUTO_SCALING_ITERATION``. A path that stops by itself by iteration 16 never does on this
+rule (only the far-α rule, ``AUTO_SCALING_FAR_SCALE``, hands over sooner): E9 stops it at
+``k ≥ 2·k_ref + patience`` (patience 4), so its last rise was by iteration 6. A path
+still rising after 7 is one E9 would keep solving past 16 anyway, and the earlier hand-over
+spends fewer iterations on the attempt the validation split then discards (docs/defaults.md,
+"Where `auto`'s cost goes")."""
+AUTO_SCALING_FAR_SCALE = 512.0
+"""``preconditioner: auto``: a scored iterate from ``AUTO_SCALING_FAR_FROM`` on whose best α
+is at least this hands over at once. α that large (eight times the grid's largest, 64) means
+the update of the unscaled geometry is hundreds of times too short: the edited points'
+gradients are nearly saturated and the first Krylov directions are the high-curvature ones
+that barely move the objective. Measured on the unscaled paths' third iterates: 4,096 on the
+full-data TinyNet class removal (whose scaled solve wins), at most 128 on every other
+benchmark edit measured (docs/defaults.md, "An earlier hand-over for a slow path")."""
+AUTO_SCALING_FAR_FROM = 3
+"""Where the far-α rule starts. Not at the first two iterates: PIF's early iterates, the full
+IF's first Krylov steps cut to ``S``, are short on their own (best α 2,048 then 512 on the
+small class removal, 4,096 then 128 on the medium one, then 64 and 128 at the third: paths
+that stop by themselves and are right unscaled). Two octaves below the threshold at the third
+iterate on every benchmark edit but the full-data class removal, three above it there."""
+
+
 class Solver(_Strict):
     """The inverse-HVP solve (method.md E7, E8)."""
 
@@ -157,9 +193,10 @@ class Solver(_Strict):
     preconditioner: Literal["auto", "none", "columns", "layers"] = Field(
         "auto",
         description="auto: unscaled, but a path still improving stops (at the first "
-                    "iterate from AUTO_SCALING_FAR_FROM (2) on whose best step is "
-                    "AUTO_SCALING_FAR_SCALE (512) or more, or from AUTO_SCALING_EARLIEST "
-                    "(8) on whose score rose, at AUTO_SCALING_ITERATION (16) at the "
+                    f"iterate from AUTO_SCALING_FAR_FROM ({AUTO_SCALING_FAR_FROM}) on whose "
+                    f"best step is AUTO_SCALING_FAR_SCALE ({AUTO_SCALING_FAR_SCALE:g}) or "
+                    f"more, or from AUTO_SCALING_EARLIEST ({AUTO_SCALING_EARLIEST}) on whose "
+                    f"score rose, at AUTO_SCALING_ITERATION ({AUTO_SCALING_ITERATION}) at the "
                     "latest) and the column-scaled problem "
                     "is solved too, the validation split keeping the better edit (step.mode "
                     "auto with lsqr, cg or neumann; otherwise none). none: unscaled. columns: "
@@ -176,40 +213,6 @@ class Solver(_Strict):
     )
 
 
-SYMMETRIC_ALGORITHMS = frozenset({"minres"})
-SCALINGS = frozenset({"columns", "layers"})
-"""The column scalings of E8 (``auto`` is none, or a choice the edit makes between none and
-``columns`` on the validation split; ``gif.edit.run``)."""
-AUTO_SCALING_ITERATION = 16
-"""``preconditioner: auto``: the iteration by which an unscaled path that has not stopped (its
-validation score still climbing, E9) hands over to the column-scaled solve at the latest.
-Every unscaled path on the benchmark's relabel and sample removals, and on the class removals
-below 60k points, stopped by itself by iteration 16; on the full-data class removal it ran to
-32-50 iterations and lost 0.4-2.9 points that the scaled solve keeps (docs/defaults.md)."""
-AUTO_SCALING_EARLIEST = 8
-"""``preconditioner: auto``: from this iteration on, an unscaled path hands over at the first
-scored iterate whose score rose (by more than E9's ``min_gain``: a new reference), before
-``AUTO_SCALING_ITERATION``. A path that stops by itself by iteration 16 never does on this
-rule (only the far-α rule, ``AUTO_SCALING_FAR_SCALE``, hands over sooner): E9 stops it at
-``k ≥ 2·k_ref + patience`` (patience 4), so its last rise was by iteration 6. A path
-still rising after 7 is one E9 would keep solving past 16 anyway, and the earlier hand-over
-spends fewer iterations on the attempt the validation split then discards (docs/defaults.md,
-"Where `auto`'s cost goes")."""
-AUTO_SCALING_FAR_SCALE = 512.0
-"""``preconditioner: auto``: a scored iterate from ``AUTO_SCALING_FAR_FROM`` on whose best α
-is at least this hands over at once. α that large (eight times the grid's largest, 64) means
-the update of the unscaled geometry is hundreds of times too short: the edited points'
-gradients are nearly saturated and the first Krylov directions are the high-curvature ones
-that barely move the objective. Measured on the unscaled paths' third iterates: 4,096 on the
-full-data TinyNet class removal (whose scaled solve wins), at most 128 on every other
-benchmark edit measured (docs/defaults.md, "An earlier hand-over for a slow path")."""
-AUTO_SCALING_FAR_FROM = 3
-"""Where the far-α rule starts. Not at the first two iterates: PIF's early iterates, the full
-IF's first Krylov steps cut to ``S``, are short on their own (best α 2,048 then 512 on the
-small class removal, 4,096 then 128 on the medium one, then 64 and 128 at the third: paths
-that stop by themselves and are right unscaled). Two octaves below the threshold at the third
-iterate on every benchmark edit but the full-data class removal, three above it there."""
-"""Solvers that need ``A = Aᵀ`` (the IF/PIF/FIF systems, not GIF's rectangular H[:,S])."""
 
 
 def check_solver(method: str, solver_cfg: Solver) -> None:

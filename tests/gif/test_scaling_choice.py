@@ -13,6 +13,8 @@ whatever the two geometries really do on this model."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -187,8 +189,6 @@ def test_an_iterate_whose_best_step_is_far_past_the_grid_hands_over_from_iterati
     follows it past the grid's top, and ``slow_path`` reads the best α it found — from
     ``AUTO_SCALING_FAR_FROM`` on, never at the first two iterates (PIF's are short on their
     own)."""
-    import math
-
     path = RegularisationPath(lambda candidate, alpha: alpha,
                               lambda alpha: {"objective": -abs(math.log2(alpha / peak))})
     assert AUTO_SCALING_FAR_FROM == 3

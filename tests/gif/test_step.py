@@ -263,4 +263,3 @@ def test_an_iterate_whose_best_alpha_is_the_smallest_is_followed_by_the_whole_gr
     iteration, _, curve = path.finish()
     assert (iteration, curve.scale) == (2, 16.0)
     assert set(DEFAULT_SCALES) <= set(scored[2])
-
