@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="request fields on top of the default request, as JSON (e.g. "
                              "'{\"solver\": {\"max_iter\": 100}}'): what a variant would do")
     parser.add_argument("--scan", action="store_true",
-                        help="score every iterate on 2^-6 … 2^20 and solve to max_iter")
+                        help="score every iterate on 2^-6 … 2^20 in full (no pruning) and "
+                             "solve to max_iter")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     import gif.edit.run as edit_run
@@ -72,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
                                           {**dict(scale.influence_overrides), **args.overrides}),
                                 task)
     default_path = edit_run.RegularisationPath
+    if args.scan:  # every α of the range scored in full: a pruned point has no value to show
+        import gif.step
+
+        gif.step.PRUNING = False
     edit_run.RegularisationPath = functools.partial(
         ScanningPath if args.scan else RegularisationPath, patience=patience)
     try:

@@ -141,15 +141,26 @@ def plot_convergence(result: dict) -> bytes:
         if isinstance(point, dict)),  # a fixed step scores nothing
 )
 def plot_scale_curve(result: dict) -> bytes:
-    """The E9 step curve: objective (and its components) against ``α``, chosen ``α`` marked."""
-    curve = result["step"]["curve"]
+    """The E9 step curve: objective (and its components) against ``α``, chosen ``α`` marked.
+    A pruned α (its scoring stopped once the objective was proven below the best's, gif.step)
+    is drawn as a downward triangle at its upper bound — "at most this" — not on the line."""
+    curve = [point for point in result["step"]["curve"] if isinstance(point, dict)]
     figure = Figure(figsize=(6, 4))
     axes = figure.add_subplot()
-    scales = [point["scale"] for point in curve]
-    for key in [k for k in curve[0] if k != "scale"]:
-        values = [point.get(key) for point in curve]
+    scored = [point for point in curve if not point.get("pruned")]
+    keys = [key for key in dict.fromkeys(k for point in scored for k in point) if key != "scale"]
+    for key in keys:
+        points = [point for point in scored if _is_number(point.get(key))]
         style = {"linewidth": 2.5} if key == "objective" else {"linestyle": "--"}
-        axes.plot(scales, values, marker="o", label=key.replace("_", " "), **style)
+        axes.plot([point["scale"] for point in points], [point[key] for point in points],
+                  marker="o", label=key.replace("_", " "), **style)
+    pruned = [point for point in curve
+              if point.get("pruned") and _is_number(point.get("objective_bound"))]
+    if pruned:
+        axes.scatter([point["scale"] for point in pruned],
+                     [point["objective_bound"] for point in pruned], marker="v",
+                     facecolors="none", edgecolors="black",
+                     label="pruned: objective at most this")
     if _is_number(result.get("scale")):
         axes.axvline(result["scale"], color="black", alpha=0.5,
                      label=f"chosen α={result['scale']:.3g}")
@@ -175,9 +186,16 @@ def plot_path(result: dict) -> bytes:
     path = result["path"]
     figure = Figure(figsize=(6, 4))
     axes = figure.add_subplot()
-    surface = [row for row in path.get("surface") or [] if _is_number(row.get("objective"))]
+    rows = [row for row in path.get("surface") or [] if isinstance(row, dict)]
+    surface = [row for row in rows if _is_number(row.get("objective"))]
     axes.scatter([row["iteration"] for row in surface], [row["objective"] for row in surface],
                  s=8, color=TOTAL_COLOUR, label="every (k, α) scored")
+    pruned = [row for row in rows if row.get("pruned") and _is_number(row.get("objective_bound"))]
+    if pruned:  # stopped once below the iterate's best: drawn at their bound, as "at most"
+        axes.scatter([row["iteration"] for row in pruned],
+                     [row["objective_bound"] for row in pruned], s=10, marker="v",
+                     facecolors="none", edgecolors=TOTAL_COLOUR,
+                     label="pruned (k, α): objective at most this")
     iterates = [row for row in path["iterates"] if _is_number(row.get("objective"))]
     ks = [row["iteration"] for row in iterates]
     kept, others = path_attempts(result)

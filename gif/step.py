@@ -16,6 +16,17 @@ model, can be far too short; ``_extend_past_edges``). The grid is then
 refined around its best point by
 bisection in log α (``REFINE_OCTAVES``: ±1/2, ±1/4, ±1/8 octave, 6 more points): the
 trade-off between forgetting and keeping is often sharp within one octave.
+
+Each α is scored against a *floor*: the best objective found so far, minus
+``PLATEAU_TOLERANCE`` for an α above every one tried (the top edge, which the upward plateau
+rule compares with the best within that tolerance). An objective that can bound itself from a
+part of the validation data (``gif.edit.measure``) stops as soon as its upper bound is below the
+floor and reports the point *pruned*, with that bound. The floor is exactly where no decision
+of the search can use the value: a point below it is neither the best nor tied with it, nor a
+plateau the search follows upward (an α tried below the top never becomes the top: the range
+only grows upward by new points), nor better than the bottom edge it may be compared with
+(``_best``, ``_extend_past_edges``), so the curve's choice and every α visited are those of
+scoring every point in full (method.md E9).
 """
 
 from __future__ import annotations
@@ -31,6 +42,10 @@ PLATEAU_TOLERANCE = 0.005
 """Upward, the search goes on while the largest α tried scores no more than this below the
 best: a plateau (objectives equal up to the validation accuracy's small changes) is not a
 peak. The same half point of validation accuracy as ``PATH_MIN_GAIN``."""
+PRUNING = True
+"""Whether a search passes its floor to the objective (the module docstring). False scores
+every α in full: the same choices at a higher cost (``experiments/candidates.py`` measures
+both in one run; docs/defaults.md, "Pruning the step search")."""
 MAX_EXTRA_OCTAVES = 12
 """How far past the grid's edges a best α (or a flat curve, upward) is followed: 2^18 at the
 top. A well-fitted model's Newton step is short (its edited points' gradients are nearly
@@ -38,15 +53,28 @@ saturated), and its useful α can lie far above 64: measured on the full-data Ti
 removal, 1,024–32,768 for the first LSQR iterates (docs/defaults.md, "The step's range")."""
 
 
+Objective = Callable[[Any, float], dict[str, Any]]
+"""``objective(model, floor)`` → ``{"objective": float, **components}`` measured on the
+validation split. It may stop early once it has proven its objective below ``floor`` and return
+``{"objective": upper_bound, "pruned": True, **the components it measured in full}``
+(``upper_bound < floor``); ``floor = -inf`` asks for the full measurement."""
+
+
 @dataclass(frozen=True)
 class ScalePoint:
-    """One evaluated ``α``: its objective and the components it was computed from."""
+    """One evaluated ``α``: its objective and the components it was computed from. A
+    *pruned* point was stopped once its objective was proven below the search's floor:
+    ``objective`` is then that upper bound, never the value itself."""
 
     scale: float
     objective: float
     components: dict[str, float] = field(default_factory=dict)
+    pruned: bool = False
 
     def to_json(self) -> dict[str, Any]:
+        if self.pruned:  # the bound is not the objective: it is reported as what it is
+            return {"scale": self.scale, "objective": None, "objective_bound": self.objective,
+                    "pruned": True, **self.components}
         return {"scale": self.scale, "objective": self.objective, **self.components}
 
 
@@ -83,26 +111,33 @@ def validate_scales(scales: Sequence[float]) -> tuple[float, ...]:
 
 def _evaluate(
     apply_fn: Callable[[float], Any],
-    objective_fn: Callable[[Any], dict[str, float]],
+    objective_fn: Objective,
     scale: float,
+    floor: float = -math.inf,
 ) -> ScalePoint:
-    """Apply ``α`` and score it. A non-finite objective (NaN weights) counts as -inf."""
-    values = dict(objective_fn(apply_fn(scale)))
+    """Apply ``α`` and score it against ``floor`` (``Objective``). A non-finite objective
+    (NaN weights) counts as -inf."""
+    values = dict(objective_fn(apply_fn(scale), floor))
     objective = float(values.pop("objective"))
+    pruned = bool(values.pop("pruned", False))
     if not math.isfinite(objective):
         objective = -math.inf
-    return ScalePoint(scale=scale, objective=objective, components=values)
+    if pruned and not objective < floor:
+        raise ValueError(f"a pruned objective's bound {objective!r} must be below the floor "
+                         f"{floor!r}")
+    return ScalePoint(scale=scale, objective=objective, components=values, pruned=pruned)
 
 
 def search_scale(
     apply_fn: Callable[[float], Any],
-    objective_fn: Callable[[Any], dict[str, float]],
+    objective_fn: Objective,
     scales: Sequence[float] = DEFAULT_SCALES,
     *,
     refine_octaves: Sequence[float] = REFINE_OCTAVES,
     max_extra_octaves: int = MAX_EXTRA_OCTAVES,
     should_stop: Callable[[], None] | None = None,
     known: Sequence[ScalePoint] = (),
+    first: float | None = None,
 ) -> ScaleCurve:
     """E9, ``mode=auto``: evaluate every ``α`` in ``scales``, refine around the best, keep it.
 
@@ -113,23 +148,35 @@ def search_scale(
     ``max_extra_octaves=0, refine_octaves=()`` to evaluate the grid only.
 
     ``apply_fn(α)`` returns whatever ``objective_fn`` scores (the model with
-    ``θ_S + αΔ_S`` loaded); ``objective_fn`` returns ``{"objective": float, **components}``
-    measured on the validation split. Ties go to the *smallest* ``α``: among equally good
-    edits, the one that moves the weights least. ``should_stop`` is called before each point
-    (it raises to cancel). A curve whose every point is non-finite still returns (its
-    smallest ``α``); the caller's check of the edited weights then reports it.
-    ``known`` are points already scored for this update (reused, not scored again).
+    ``θ_S + αΔ_S`` loaded); ``objective_fn`` is an ``Objective``, scored against the floor of
+    the module docstring (points below it may come back pruned). Ties go to the *smallest*
+    ``α``: among equally good edits, the one that moves the weights least. ``should_stop`` is
+    called before each point (it raises to cancel). A curve whose every point is non-finite
+    still returns (its smallest ``α``); the caller's check of the edited weights then reports
+    it. ``known`` are points already scored for this update (reused, not scored again).
+
+    The grid is visited from ``first`` (the likeliest best, e.g. the previous iterate's α), if
+    it is on the grid, then from the top down: the order changes no result, only how much a
+    floor set by a good point early can prune (a class removal's best α is at the grid's top
+    or past it).
     """
     grid = validate_scales(scales)
     evaluated: dict[float, ScalePoint] = {point.scale: point for point in known}
+
+    def floor(scale: float) -> float:
+        scored = [point.objective for point in evaluated.values() if not point.pruned]
+        if not (scored and PRUNING):
+            return -math.inf
+        new_top = all(scale > other for other in evaluated)
+        return max(scored) - PLATEAU_TOLERANCE if new_top else max(scored)
 
     def visit(scale: float) -> None:
         if scale not in evaluated:
             if should_stop is not None:
                 should_stop()
-            evaluated[scale] = _evaluate(apply_fn, objective_fn, scale)
+            evaluated[scale] = _evaluate(apply_fn, objective_fn, scale, floor(scale))
 
-    for scale in grid:
+    for scale in sorted(grid, key=lambda scale: (scale != first, -scale)):
         visit(scale)
     _extend_past_edges(evaluated, visit, max_extra_octaves)
     for octave in refine_octaves:
@@ -175,7 +222,7 @@ def _best(points: list[ScalePoint]) -> ScalePoint:
 
 def fixed_scale(
     apply_fn: Callable[[float], Any],
-    objective_fn: Callable[[Any], dict[str, float]],
+    objective_fn: Objective,
     scale: float,
 ) -> ScaleCurve:
     """E9, ``mode=fixed``: use the caller's ``α``, still recording its objective."""
@@ -246,7 +293,7 @@ class RegularisationPath:
     """
 
     def __init__(self, apply_fn: Callable[[Any, float], Any],
-                 objective_fn: Callable[[Any], dict[str, float]], *,
+                 objective_fn: Objective, *,
                  patience: int = PATH_PATIENCE, min_gain: float = PATH_MIN_GAIN,
                  should_stop: Callable[[], None] | None = None):
         if patience < 1:
@@ -264,10 +311,10 @@ class RegularisationPath:
         self.reference: PathIterate | None = None  # the wait is counted from it
 
     def _curve(self, candidate: Any, scales: Sequence[float], refine: Sequence[float],
-               known: Sequence[ScalePoint] = ()) -> ScaleCurve:
+               known: Sequence[ScalePoint] = (), first: float | None = None) -> ScaleCurve:
         return search_scale(lambda alpha: self.apply_fn(candidate, alpha), self.objective_fn,
                             scales, refine_octaves=refine, should_stop=self.should_stop,
-                            known=known)
+                            known=known, first=first)
 
     def wants(self, iteration: int) -> bool:
         """Whether iterate ``iteration`` is on the scoring schedule (``path_scores``)."""
@@ -276,6 +323,7 @@ class RegularisationPath:
     def observe(self, iteration: int, candidate: Any) -> bool:
         """Score iterate ``iteration`` over α; True once ``should_end`` says the best is behind."""
         previous = self.iterates[-1].curve if self.iterates else None
+        centre = None
         if previous is not None and previous.best_index > 0:
             centre = previous.scale
             scales = [centre * 2.0**o for o in range(-PATH_OCTAVES, PATH_OCTAVES + 1)]
@@ -284,7 +332,7 @@ class RegularisationPath:
             # e.g. too short an update): the whole grid again, not a window that would only
             # slide down with the ties (measured: to α = 6e-8 at k = 50, no edit made)
             scales = DEFAULT_SCALES
-        point = PathIterate(iteration, self._curve(candidate, scales, ()))
+        point = PathIterate(iteration, self._curve(candidate, scales, (), first=centre))
         self.iterates.append(point)
         score = point.curve.best.objective
         if self.best is None or score > self.best.curve.best.objective:
@@ -318,6 +366,14 @@ class RegularisationPath:
             "reference_iteration": None if self.reference is None else self.reference.iteration,
             "chosen": {"iteration": chosen_iteration, **curve.best.to_json()},
             "iterates": [point.to_json() for point in self.iterates],
-            "surface": [{"iteration": point.iteration, "scale": p.scale, "objective": p.objective}
+            "surface": [_surface_row(point.iteration, p)
                         for point in self.iterates for p in point.curve.points],
         }
+
+
+def _surface_row(iteration: int, point: ScalePoint) -> dict[str, Any]:
+    """One scored ``(k, α)`` of ``result.path.surface``; a pruned one carries its bound."""
+    if point.pruned:
+        return {"iteration": iteration, "scale": point.scale, "objective": None,
+                "objective_bound": point.objective, "pruned": True}
+    return {"iteration": iteration, "scale": point.scale, "objective": point.objective}

@@ -129,7 +129,8 @@ def test_class_removal_forgets_the_class_and_keeps_the_rest(digits, clean_model)
     assert result["step"]["mode"] == "auto"
     assert result["scale"] in [point["scale"] for point in result["step"]["curve"]]
     # The unedited model's objective is the curve's reference, and this edit beats it.
-    best = max(point["objective"] for point in result["step"]["curve"])
+    best = max(point["objective"] for point in result["step"]["curve"]
+               if not point.get("pruned"))
     assert result["step"]["improved"] is True
     assert result["step"]["baseline"]["objective"] < best
     assert result["step"]["baseline"]["forget_accuracy"] > 0.9  # the class is still known
@@ -339,9 +340,13 @@ def test_the_path_returns_its_best_candidate_and_never_reads_the_evaluation_sets
     result = outcome.result
     path = result["path"]
     chosen = path["chosen"]
-    top = max(row["objective"] for row in path["surface"])
+    scored = [row for row in path["surface"] if not row.get("pruned")]
+    top = max(row["objective"] for row in scored)
     assert chosen["objective"] >= top  # the refinement may only add better points
-    first_best = min(row["iteration"] for row in path["surface"] if row["objective"] == top)
+    # a pruned (k, α) was proven below its iterate's best: its bound is below the choice too
+    assert all(row["objective_bound"] < chosen["objective"]
+               for row in path["surface"] if row.get("pruned"))
+    first_best = min(row["iteration"] for row in scored if row["objective"] == top)
     assert chosen["iteration"] <= first_best  # ties go to the earlier iterate
     assert result["scale"] == chosen["scale"] and result["step"]["improved"] is True
     assert chosen["objective"] > path["baseline_objective"]
@@ -397,7 +402,7 @@ def test_a_chosen_edit_that_costs_the_retained_points_is_flagged(digits, clean_m
     original_ids = []
 
     def fake_objective(kind, data, num_classes):
-        def objective(model):
+        def objective(model, floor=-math.inf):
             if id(model) in original_ids:
                 return {"objective": 0.0, "validation_accuracy": 0.95}
             return {"objective": 1.0, "validation_accuracy": 0.60}

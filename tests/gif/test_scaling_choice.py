@@ -66,7 +66,7 @@ def rig_paths(monkeypatch, second_score: float | None, first="endless") -> list:
             self.number = len(made)
             self.scoring = 0  # the iterate being scored
 
-            def rigged(model):
+            def rigged(model, floor):  # scored in full: the rigged value replaces it
                 real = objective_fn(model)  # keeps the components (validation accuracy, …)
                 if self.number == 0:
                     if callable(first):
@@ -190,7 +190,7 @@ def test_an_iterate_whose_best_step_is_far_past_the_grid_hands_over_from_iterati
     ``AUTO_SCALING_FAR_FROM`` on, never at the first two iterates (PIF's are short on their
     own)."""
     path = RegularisationPath(lambda candidate, alpha: alpha,
-                              lambda alpha: {"objective": -abs(math.log2(alpha / peak))})
+                              lambda alpha, floor: {"objective": -abs(math.log2(alpha / peak))})
     assert AUTO_SCALING_FAR_FROM == 3
     for k in (1, 2):
         assert not path.observe(k, "x")

@@ -23,7 +23,7 @@ from gif.step import (
 def _peaked_objective(peak: float):
     """A known curve in log α with its maximum at ``peak``: -(log2 α - log2 peak)²."""
 
-    def objective(alpha: float) -> dict[str, float]:
+    def objective(alpha: float, floor: float) -> dict[str, float]:
         return {"objective": -((math.log2(alpha) - math.log2(peak)) ** 2), "alpha_seen": alpha}
 
     return objective
@@ -40,8 +40,9 @@ def test_search_picks_argmax_of_known_curve(peak):
     curve = search_scale(apply, _peaked_objective(peak))
     assert curve.scale == pytest.approx(peak)
     assert curve.mode == "auto"
-    # Every grid point evaluated, in order, then the bisection refinement around the best.
-    assert applied[: len(DEFAULT_SCALES)] == sorted(DEFAULT_SCALES)
+    # Every grid point evaluated, from the top down, then the bisection refinement around the
+    # best.
+    assert applied[: len(DEFAULT_SCALES)] == sorted(DEFAULT_SCALES, reverse=True)
     assert len(applied) == len(DEFAULT_SCALES) + 2 * len(REFINE_OCTAVES)
     scales = [p["scale"] for p in curve.to_json()["curve"]]
     assert scales == sorted(applied)  # the whole curve is reported, sorted by α
@@ -69,7 +70,7 @@ def test_search_follows_a_peak_beyond_the_grid_edges():
 
 
 def test_flat_bottom_edge_is_not_extended_but_a_flat_curve_is_followed_upward():
-    curve = search_scale(lambda a: a, lambda a: {"objective": 0.0})
+    curve = search_scale(lambda a: a, lambda a, floor: {"objective": 0.0})
     assert min(p.scale for p in curve.points) == min(DEFAULT_SCALES)
     assert max(p.scale for p in curve.points) == max(DEFAULT_SCALES) * 2.0**MAX_EXTRA_OCTAVES
     assert curve.scale == min(DEFAULT_SCALES)  # nothing helped: ties go to the smallest α
@@ -78,7 +79,7 @@ def test_flat_bottom_edge_is_not_extended_but_a_flat_curve_is_followed_upward():
 def test_a_peak_beyond_a_flat_stretch_is_found():
     """Too short an update changes no prediction on the whole grid (a flat objective); the
     useful α lies octaves above it (measured: 1,024-32,768 on a well-fitted TinyNet)."""
-    def objective(alpha: float) -> dict[str, float]:
+    def objective(alpha: float, floor: float) -> dict[str, float]:
         return {"objective": 0.0 if alpha < 2.0**10 else -((math.log2(alpha) - 12) ** 2) + 9}
 
     curve = search_scale(lambda a: a, objective)
@@ -89,7 +90,7 @@ def test_a_plateau_of_ties_is_followed_upward_to_the_peak_behind_it():
     """A stretch where one validation point flips (a small, constant objective) is still a
     plateau: the search goes on through it (measured on a full-data TinyNet: 0.004 from α = 64
     to 256, the peak at 16,384); it stops where the top is worse than the best."""
-    def objective(alpha: float) -> dict[str, float]:
+    def objective(alpha: float, floor: float) -> dict[str, float]:
         if alpha < 2.0**6:
             return {"objective": 0.0}
         if alpha < 2.0**10:  # varying in the fifth digit, as with the validation accuracy
@@ -109,14 +110,14 @@ def test_default_grid_is_positive_geometric_and_contains_newton_step():
 
 
 def test_ties_go_to_smallest_scale():
-    curve = search_scale(lambda a: a, lambda a: {"objective": 1.0 if a >= 0.5 else 0.0},
+    curve = search_scale(lambda a: a, lambda a, floor: {"objective": 1.0 if a >= 0.5 else 0.0},
                          scales=[4.0, 0.25, 0.5, 2.0])
     assert curve.scale == 0.5
 
 
 def test_nan_objective_never_wins():
     curve = search_scale(lambda a: a,
-                         lambda a: {"objective": float("nan") if a > 1 else a},
+                         lambda a, floor: {"objective": float("nan") if a > 1 else a},
                          scales=[0.5, 1.0, 2.0, 4.0])
     assert curve.scale == 1.0
     assert curve.points[-1].objective == -math.inf
@@ -143,7 +144,8 @@ def test_should_stop_can_cancel_between_points():
             raise RuntimeError("stop")
 
     with pytest.raises(RuntimeError):
-        search_scale(lambda a: seen.append(a) or a, lambda a: {"objective": a}, should_stop=stop)
+        search_scale(lambda a: seen.append(a) or a, lambda a, floor: {"objective": a},
+                     should_stop=stop)
     assert len(seen) == 2
 
 
@@ -154,7 +156,7 @@ def _path_objective(best_k: int, best_alpha: float):
     """The candidate of iterate k is the number k; the objective peaks at (best_k, best_alpha)
     (a bowl in (k, log2 α)), so the path must return exactly that pair."""
 
-    def objective(point: tuple[int, float]) -> dict[str, float]:
+    def objective(point: tuple[int, float], floor: float) -> dict[str, float]:
         k, alpha = point
         return {"objective": -((k - best_k) ** 2) - (math.log2(alpha) - math.log2(best_alpha)) ** 2}
 
@@ -184,7 +186,7 @@ def test_path_returns_the_candidate_the_objective_prefers_and_waits_as_long_agai
 
 
 def test_path_prefers_the_earlier_iterate_on_ties():
-    path = RegularisationPath(lambda k, alpha: alpha, lambda alpha: {"objective": 1.0},
+    path = RegularisationPath(lambda k, alpha: alpha, lambda alpha, floor: {"objective": 1.0},
                               patience=2)  # every scored iterate ties with the first
     assert [path.observe(k, k) for k in (1, 2, 3, 4)] == [False, False, False, True]
     chosen, _, curve = path.finish()
@@ -199,7 +201,7 @@ def test_path_cancel_is_called_before_each_point():
         if len(calls) > 3:
             raise RuntimeError("cancelled")
 
-    path = RegularisationPath(lambda k, alpha: alpha, lambda alpha: {"objective": alpha},
+    path = RegularisationPath(lambda k, alpha: alpha, lambda alpha, floor: {"objective": alpha},
                               should_stop=stop)
     with pytest.raises(RuntimeError, match="cancelled"):
         path.observe(1, 1)
@@ -212,7 +214,8 @@ def test_path_waits_longer_for_a_late_climb_after_an_early_dip():
     the default waits to 2·2 + PATH_PATIENCE = 8, sees the climb, and follows it to its peak."""
     scores = {1: 0.0, 2: 0.45, 3: 0.40, 4: 0.38, 5: 0.42, 6: 0.44, 7: 0.44, 8: 0.52, 10: 0.6,
               12: 0.78, 14: 0.8, 16: 0.85, 20: 0.86, 24: 0.89}
-    path = RegularisationPath(lambda k, alpha: k, lambda k: {"objective": scores.get(k, 0.88)})
+    path = RegularisationPath(lambda k, alpha: k,
+                              lambda k, floor: {"objective": scores.get(k, 0.88)})
     assert PATH_PATIENCE == 4 and PATH_MIN_GAIN == 0.005
     stopped_at = next(k for k in range(1, 200) if path.wants(k) and path.observe(k, k))
     assert stopped_at == 56  # the first scored k >= 2·24 + 4
@@ -224,7 +227,7 @@ def test_gains_below_min_gain_are_chosen_but_do_not_extend_the_wait():
     path still returns the highest score, but counts its wait from k = 3 (no later iterate beats
     it by more than ``min_gain``), so it stops at the first scored k >= 2·3 + 4 = 10 instead of
     doubling k at every small gain; with min_gain 0 each gain extends it past max_iter."""
-    def scores(k):
+    def scores(k, floor):
         return {"objective": 0.5 if k < 3 else 0.8 + 0.004 * (1 - 2 ** (-k / 4))}
 
     def stop_at(min_gain):
@@ -252,7 +255,7 @@ def test_an_iterate_whose_best_alpha_is_the_smallest_is_followed_by_the_whole_gr
     whole grid: here iterate 1 helps nowhere and iterate 2 only at α = 16."""
     scored: dict[int, list[float]] = {}
 
-    def objective(point):
+    def objective(point, floor):
         k, alpha = point
         scored.setdefault(k, []).append(alpha)
         return {"objective": 1.0 if (k == 2 and alpha == 16.0) else 0.0}
