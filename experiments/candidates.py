@@ -28,8 +28,9 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 ENGINE = "_engine"
-"""A candidate's key for settings of ``gif.edit.update`` that are constants, not request
-fields (set for that row only, then restored)."""
+"""A candidate's key for engine settings that are constants, not request fields (set for that
+row only, then restored): ``NAME`` is one of ``gif.edit.update``, ``module:NAME`` one of
+``module``."""
 
 CANDIDATES: dict[str, dict[str, Any]] = {
     "default": {},
@@ -67,6 +68,12 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     # gif.request.AUTO_SCALING_FAR_SCALE = inf for this row only; not a request field)
     "default, hand-over rule before 7 Dec": {
         ENGINE: {"AUTO_SCALING_FAR_SCALE": float("inf")}},
+    # the default request before 8 December 2026: the far-α rule from k = 3 for every method,
+    # and every α scored in full (no pruning below the search's floor, gif.step.PRUNING)
+    "default before 8 Dec": {
+        ENGINE: {"AUTO_SCALING_FAR_FROM": {"gif": 3, "fif": 3, "pif": 3, "if": 3},
+                 "gif.step:PRUNING": False}},
+    "default, every α scored in full": {ENGINE: {"gif.step:PRUNING": False}},
     "finetune 1 epoch": {"method": "finetune", "training": {"epochs": 1}},
     "retrain (reference)": {"method": "retrain"},
 }
@@ -84,17 +91,23 @@ def load_bench():
 
 @contextmanager
 def engine_constants(values: dict[str, Any]):
-    """Set constants of ``gif.edit.update`` (the module that reads them) for one row."""
-    import gif.edit.update as update
+    """Set engine constants (``ENGINE``'s names) for one row."""
+    import gif.edit.update
 
-    saved = {name: getattr(update, name) for name in values}
+    def owner(name: str) -> tuple[Any, str]:
+        module, _, constant = name.rpartition(":")
+        return (importlib.import_module(module) if module else gif.edit.update), constant
+
+    saved = [(*owner(name), value) for name, value in values.items()]
+    saved = [(module, constant, getattr(module, constant), value)
+             for module, constant, value in saved]
     try:
-        for name, value in values.items():
-            setattr(update, name, value)
+        for module, constant, _, value in saved:
+            setattr(module, constant, value)
         yield
     finally:
-        for name, value in saved.items():
-            setattr(update, name, value)
+        for module, constant, old, _ in saved:
+            setattr(module, constant, old)
 
 
 def main(argv: list[str] | None = None) -> int:

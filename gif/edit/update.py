@@ -163,16 +163,17 @@ def hands_over(request: EditRequest) -> bool:
             and request.solver.algorithm not in SYMMETRIC_ALGORITHMS)
 
 
-def slow_path(path: RegularisationPath, iteration: int) -> bool:
-    """``preconditioner: auto`` (E8): whether an unscaled path that E9 would go on solving
-    hands over at its scored iterate ``iteration``: from ``AUTO_SCALING_FAR_FROM`` on when the
-    iterate's best α is ``AUTO_SCALING_FAR_SCALE`` or more (the unscaled update far too short);
+def slow_path(path: RegularisationPath, iteration: int, method: str) -> bool:
+    """``preconditioner: auto`` (E8): whether an unscaled path of ``method`` that E9 would go on
+    solving hands over at its scored iterate ``iteration``: from ``AUTO_SCALING_FAR_FROM`` (per
+    method) on when the iterate's best α is ``AUTO_SCALING_FAR_SCALE`` or more (the unscaled
+    update far too short);
     from ``AUTO_SCALING_EARLIEST`` on when the iterate just raised the score (it is the path's
     new reference); and at ``AUTO_SCALING_ITERATION`` whatever the score did."""
     if iteration >= AUTO_SCALING_ITERATION:
         return True
     far = path.iterates[-1].curve.scale >= AUTO_SCALING_FAR_SCALE
-    if far and iteration >= AUTO_SCALING_FAR_FROM:
+    if far and iteration >= AUTO_SCALING_FAR_FROM[method]:
         return True
     return iteration >= AUTO_SCALING_EARLIEST and path.reference is path.iterates[-1]
 
@@ -199,7 +200,7 @@ def path_solve(request: EditRequest, system: EditSystem, indices: torch.Tensor,
             return False
         if path.observe(iteration, delta.detach().clone()):
             return True
-        if hand_over is None or handed_over or not slow_path(path, iteration):
+        if hand_over is None or handed_over or not slow_path(path, iteration, request.method):
             return False
         handed_over = True
         return hand_over(path, iteration, hvps)

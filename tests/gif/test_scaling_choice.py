@@ -177,27 +177,29 @@ def test_the_hand_over_comes_at_the_first_rise_from_iteration_8_or_at_16(
     assert AUTO_SCALING_EARLIEST == 8 and AUTO_SCALING_ITERATION == 16  # the cases above
 
 
+@pytest.mark.parametrize("method", ["gif", "fif", "pif", "if"])
 @pytest.mark.parametrize("peak, slow", [
     (AUTO_SCALING_FAR_SCALE, True),  # the update must be stretched 512-fold: far too short
-    (2.0**12, True),  # the full-data TinyNet's class removal at k = 3
+    (2.0**11, True),  # the full-data TinyNet's class removal at k = 1
     (AUTO_SCALING_FAR_SCALE / 2, False),
     (128.0, False),  # where the medium PIF class removal's third iterate peaks
 ])
-def test_an_iterate_whose_best_step_is_far_past_the_grid_hands_over_from_iteration_3(
-        peak, slow):
+def test_an_iterate_whose_best_step_is_far_past_the_grid_hands_over_from_its_methods_iterate(
+        method, peak, slow):
     """Scored iterates whose objective peaks at α = ``peak`` (a bowl in log α): the α search
     follows it past the grid's top, and ``slow_path`` reads the best α it found — from
-    ``AUTO_SCALING_FAR_FROM`` on, never at the first two iterates (PIF's are short on their
-    own)."""
+    ``AUTO_SCALING_FAR_FROM`` on: GIF and FIF from the first iterate, PIF and IF never at the
+    first two (PIF's are short on their own)."""
     path = RegularisationPath(lambda candidate, alpha: alpha,
                               lambda alpha, floor: {"objective": -abs(math.log2(alpha / peak))})
-    assert AUTO_SCALING_FAR_FROM == 3
-    for k in (1, 2):
+    assert AUTO_SCALING_FAR_FROM == {"gif": 1, "fif": 1, "pif": 3, "if": 3}
+    first = AUTO_SCALING_FAR_FROM[method]
+    for k in range(1, first):
         assert not path.observe(k, "x")
-        assert path.iterates[-1].curve.scale == peak and slow_path(path, k) is False
-    assert not path.observe(3, "x")
+        assert path.iterates[-1].curve.scale == peak and slow_path(path, k, method) is False
+    assert not path.observe(first, "x")
     assert path.iterates[-1].curve.scale == peak
-    assert slow_path(path, 3) is slow
+    assert slow_path(path, first, method) is slow
 
 
 def test_keeping_the_unscaled_attempt_returns_what_the_unscaled_solve_alone_gives(
