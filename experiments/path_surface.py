@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     import gif.edit.run as edit_run
+    import gif.step
     from gif.edit import LoadedModel, run_edit
     from gif.step import PATH_PATIENCE, RegularisationPath, search_scale
 
@@ -72,11 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     request = bench.request_for(bench.Row("gif", "gif", "default request",
                                           {**dict(scale.influence_overrides), **args.overrides}),
                                 task)
-    default_path = edit_run.RegularisationPath
-    if args.scan:  # every α of the range scored in full: a pruned point has no value to show
-        import gif.step
-
-        gif.step.PRUNING = False
+    default_path, default_pruning = edit_run.RegularisationPath, gif.step.PRUNING
+    # --scan: every α of the range scored in full (a pruned point has no value to show)
+    gif.step.PRUNING = default_pruning and not args.scan
     edit_run.RegularisationPath = functools.partial(
         ScanningPath if args.scan else RegularisationPath, patience=patience)
     try:
@@ -84,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         outcome = run_edit(request, LoadedModel(spec=spec, state_dict=original), task.train, {})
         cpu = time.process_time() - started
     finally:
-        edit_run.RegularisationPath = default_path
+        edit_run.RegularisationPath, gif.step.PRUNING = default_path, default_pruning
     path = outcome.result["path"]
     components = sorted({key for it in path["iterates"] for key in it}
                         - {"iteration", "scale", "objective"})
