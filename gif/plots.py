@@ -189,7 +189,7 @@ def plot_path(result: dict) -> bytes:
     rows = [row for row in path.get("surface") or [] if isinstance(row, dict)]
     surface = [row for row in rows if _is_number(row.get("objective"))]
     axes.scatter([row["iteration"] for row in surface], [row["objective"] for row in surface],
-                 s=8, color=TOTAL_COLOUR, label="every (k, α) scored")
+                 s=8, color=TOTAL_COLOUR, label="every (k, α) scored in full")
     pruned = [row for row in rows if row.get("pruned") and _is_number(row.get("objective_bound"))]
     if pruned:  # stopped once below the iterate's best: drawn at their bound, as "at most"
         axes.scatter([row["iteration"] for row in pruned],

@@ -162,3 +162,36 @@ def test_missing_data_is_a_clear_error(name):
     assert not PLOTS[name].has_data({"scale": None})
     with pytest.raises(MissingPlotData, match="result has no data"):
         PLOTS[name]({"scale": None})
+
+
+def test_pruned_points_are_drawn_at_their_bound_and_kept_off_the_curve(monkeypatch):
+    """A pruned α (gif.step: scoring stopped once its objective was proven below the best) is
+    an upper bound, not a value: it is drawn as a marker at its bound, never joined to the
+    objective's line, in the step-size and path figures — even when it is the curve's first."""
+    import gif.plots
+
+    figures = []
+    real_png = gif.plots._png
+    monkeypatch.setattr(gif.plots, "_png",
+                        lambda figure: figures.append(figure) or real_png(figure))
+    pruned = {"scale": 0.25, "objective": None, "objective_bound": 0.2, "pruned": True,
+              "forget_accuracy": 0.95}
+    result = {**RESULT, "step": {**RESULT["step"], "curve": [pruned, *RESULT["step"]["curve"]]},
+              "path": {"iterates": [{"iteration": 1, "scale": 2.0, "objective": 0.9}],
+                       "surface": [{"iteration": 1, "scale": 2.0, "objective": 0.9},
+                                   {"iteration": 1, "scale": 0.25, "objective": None,
+                                    "objective_bound": 0.2, "pruned": True}],
+                       "chosen": {"iteration": 1, "scale": 2.0, "objective": 0.9}}}
+    for name in ("scale", "path"):
+        _assert_not_blank(_decoded(PLOTS[name](result)))
+        axes = figures[-1].axes[0]
+        lines = {line.get_label(): list(line.get_xdata()) for line in axes.get_lines()}
+        markers = {collection.get_label(): collection.get_offsets().tolist()
+                   for collection in axes.collections}
+        bound_label = next(label for label in markers if label.startswith("pruned"))
+        if name == "scale":
+            assert markers[bound_label] == [[0.25, 0.2]]
+            assert lines["objective"] == [0.5, 1.0, 2.0]  # the scored points only
+        else:
+            assert markers[bound_label] == [[1.0, 0.2]]
+            assert markers["every (k, α) scored in full"] == [[1.0, 0.9]]
