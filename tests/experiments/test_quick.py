@@ -182,6 +182,19 @@ def test_candidates_print_every_requested_row(capsys):
         assert 0.0 <= asr <= 1.0 and 0.0 <= clean <= 1.0
     objective = lines[3].split("|")[3].strip()  # the default request's: what its path chose by
     assert 0.0 <= float(objective) <= 1.0
+    # With the retraining among the rows, each row's mean gap to it over the benchmark's gap
+    # metrics (backdoor: forget, retain, test, ASR, MIA): 0 for the retraining itself, and for
+    # the others at least the mean over the columns shown (MIA, not shown, adds a term >= 0).
+    assert "| mean gap to retrain |" in lines[0]
+    header = [cell.strip() for cell in lines[0].split("|")[1:-1]]
+    shown = [header.index(name) for name in ("ASR", "clean test acc", "retained-train acc",
+                                             "forget acc (label 4)")]
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in lines[2:]]
+    reference = rows[-1]
+    assert float(reference[-1]) == 0.0
+    for row in rows[:-1]:
+        partial = sum(abs(float(row[i]) - float(reference[i])) for i in shown) / 5
+        assert float(row[-1]) >= partial - 0.001
 
 
 def test_candidates_column_floor_reaches_the_scaling_for_the_run_only(capsys, monkeypatch):
