@@ -103,15 +103,14 @@ def engine_constants(values: dict[str, Any]):
         module, _, constant = name.rpartition(":")
         return (importlib.import_module(module) if module else gif.edit.update), constant
 
-    saved = [(*owner(name), value) for name, value in values.items()]
-    saved = [(module, constant, getattr(module, constant), value)
-             for module, constant, value in saved]
+    targets = [(*owner(name), value) for name, value in values.items()]
+    saved = [(module, constant, getattr(module, constant)) for module, constant, _ in targets]
     try:
-        for module, constant, _, value in saved:
+        for module, constant, value in targets:
             setattr(module, constant, value)
         yield
     finally:
-        for module, constant, old, _ in saved:
+        for module, constant, old in saved:
             setattr(module, constant, old)
 
 
@@ -172,10 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     reference = next((record for _, method, record in records if method == "retrain"), None)
     if reference is not None:  # the benchmark's mean gap (bench.GAP_METRICS) to this retrain
         headers.append("mean gap to retrain")
-        gaps = {index: f"{gap_to(bench, args.task, record, reference):.3f}"
-                for index, _, record in records}
-        rows = [[*row, gaps.get(index, f"{gap_to(bench, args.task, unedited, reference):.3f}"
-                                if index == 0 else "–")] for index, row in enumerate(rows)]
+        measured = {0: unedited, **{index: record for index, _, record in records}}
+        rows = [[*row, f"{gap_to(bench, args.task, measured[index], reference):.3f}"
+                 if index in measured else "–"] for index, row in enumerate(rows)]
     floor = "" if args.column_floor is None else f"; column floor {args.column_floor}"
     print(f"{bench.TASK_TITLES[args.task]}, {scale.describe()}{floor}\n")
     print(bench.markdown_table(headers, rows))

@@ -89,6 +89,13 @@ def _png(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
+def _pruned(points: list[dict]) -> list[dict]:
+    """The points of a step curve or path surface whose scoring stopped below the best
+    (gif.step): their ``objective_bound`` is an upper bound, drawn as one, never as a value."""
+    return [point for point in points
+            if point.get("pruned") and _is_number(point.get("objective_bound"))]
+
+
 def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -154,8 +161,7 @@ def plot_scale_curve(result: dict) -> bytes:
         style = {"linewidth": 2.5} if key == "objective" else {"linestyle": "--"}
         axes.plot([point["scale"] for point in points], [point[key] for point in points],
                   marker="o", label=key.replace("_", " "), **style)
-    pruned = [point for point in curve
-              if point.get("pruned") and _is_number(point.get("objective_bound"))]
+    pruned = _pruned(curve)
     if pruned:
         axes.scatter([point["scale"] for point in pruned],
                      [point["objective_bound"] for point in pruned], marker="v",
@@ -190,7 +196,7 @@ def plot_path(result: dict) -> bytes:
     surface = [row for row in rows if _is_number(row.get("objective"))]
     axes.scatter([row["iteration"] for row in surface], [row["objective"] for row in surface],
                  s=8, color=TOTAL_COLOUR, label="every (k, α) scored in full")
-    pruned = [row for row in rows if row.get("pruned") and _is_number(row.get("objective_bound"))]
+    pruned = _pruned(rows)
     if pruned:  # stopped once below the iterate's best: drawn at their bound, as "at most"
         axes.scatter([row["iteration"] for row in pruned],
                      [row["objective_bound"] for row in pruned], s=10, marker="v",

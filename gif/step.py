@@ -71,11 +71,15 @@ class ScalePoint:
     components: dict[str, float] = field(default_factory=dict)
     pruned: bool = False
 
+    def objective_json(self) -> dict[str, Any]:
+        """``{objective}``, or for a pruned point ``{objective: None, objective_bound, pruned}``:
+        the bound is not the objective, so it is reported as what it is."""
+        if self.pruned:
+            return {"objective": None, "objective_bound": self.objective, "pruned": True}
+        return {"objective": self.objective}
+
     def to_json(self) -> dict[str, Any]:
-        if self.pruned:  # the bound is not the objective: it is reported as what it is
-            return {"scale": self.scale, "objective": None, "objective_bound": self.objective,
-                    "pruned": True, **self.components}
-        return {"scale": self.scale, "objective": self.objective, **self.components}
+        return {"scale": self.scale, **self.objective_json(), **self.components}
 
 
 @dataclass(frozen=True)
@@ -366,14 +370,6 @@ class RegularisationPath:
             "reference_iteration": None if self.reference is None else self.reference.iteration,
             "chosen": {"iteration": chosen_iteration, **curve.best.to_json()},
             "iterates": [point.to_json() for point in self.iterates],
-            "surface": [_surface_row(point.iteration, p)
+            "surface": [{"iteration": point.iteration, "scale": p.scale, **p.objective_json()}
                         for point in self.iterates for p in point.curve.points],
         }
-
-
-def _surface_row(iteration: int, point: ScalePoint) -> dict[str, Any]:
-    """One scored ``(k, α)`` of ``result.path.surface``; a pruned one carries its bound."""
-    if point.pruned:
-        return {"iteration": iteration, "scale": point.scale, "objective": None,
-                "objective_bound": point.objective, "pruned": True}
-    return {"iteration": iteration, "scale": point.scale, "objective": point.objective}

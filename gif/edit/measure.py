@@ -58,6 +58,11 @@ def accuracy_objective(kind: str, sets: list[tuple[str, torch.Tensor, torch.Tens
         high = [(c + n - s) / n for c, s, n in zip(correct, seen, sizes, strict=True)]
         return M.score(kind, low[0] if removal else high[0], high[1])
 
+    def measured(correct: list[int], seen: list[int]) -> dict[str, float]:
+        """The accuracies of the sets scored in full."""
+        return {name: c / n for name, c, s, n in zip(names, correct, seen, sizes, strict=True)
+                if s == n}
+
     def objective(model: nn.Module, floor: float = -math.inf) -> dict[str, Any]:
         correct, seen = [0, 0], [0, 0]
         for position, (_, x, y) in enumerate(sets):
@@ -69,12 +74,9 @@ def accuracy_objective(kind: str, sets: list[tuple[str, torch.Tensor, torch.Tens
                     break  # all scored: the bound is the value itself
                 bound = upper_bound(correct, seen)
                 if bound < floor:
-                    return {"objective": bound, "pruned": True,
-                            **{name: c / n for name, c, s, n
-                               in zip(names, correct, seen, sizes, strict=True) if s == n}}
-        accuracies = [c / n for c, n in zip(correct, sizes, strict=True)]
-        return {"objective": M.score(kind, *accuracies),
-                **dict(zip(names, accuracies, strict=True))}
+                    return {"objective": bound, "pruned": True, **measured(correct, seen)}
+        accuracies = measured(correct, seen)
+        return {"objective": M.score(kind, *accuracies.values()), **accuracies}
 
     return objective
 
