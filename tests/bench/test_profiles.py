@@ -28,6 +28,28 @@ def test_profile_edit_prints_the_edit_and_where_its_time_went(capsys):
     assert "'removed':" in out and "iterations " in out and "timings {" in out
     for hot in ("hvp.py", "(apply)", "step.py", "(_curve)"):  # the HVPs and the path's scoring
         assert hot in out, hot
+    alphas, pruned, points = _scoring(out)
+    assert alphas > 0 and 0 <= pruned <= alphas and points > 0
+
+
+def _scoring(out: str) -> tuple[int, int, int]:
+    line = next(line for line in out.splitlines() if line.startswith("step search: "))
+    words = line.replace(",", "").replace(";", "").split()
+    return int(words[2]), int(words[5]), int(words[9])
+
+
+def test_profile_edit_without_pruning_scores_every_alpha_in_full(capsys):
+    """The same edit scored in full: the same α, none pruned, at least as many points."""
+    profile = load("profile_edit")
+    assert profile.main(["--scale", "tiny", "--task", "class", "--top", "1"]) == 0
+    alphas, _, points = _scoring(capsys.readouterr().out)
+    assert profile.main(["--scale", "tiny", "--task", "class", "--top", "1",
+                         "--no-pruning"]) == 0
+    full_alphas, full_pruned, full_points = _scoring(capsys.readouterr().out)
+    assert (full_alphas, full_pruned) == (alphas, 0) and full_points >= points
+    import gif.step
+
+    assert gif.step.PRUNING is True  # restored
 
 
 @pytest.mark.services
